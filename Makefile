@@ -1,0 +1,35 @@
+# vitzoo: two commands set everything up on a machine with nothing installed.
+#   make demo   create .venv, install, run the main job (CPU, a few minutes, no download)
+#   make test   create .venv, install, run the test suite (< 10 min on 2 CPU cores)
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+DEMO_DIR ?= demo_out
+
+.PHONY: demo test test-slow bench install clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m vitzoo.demo --out $(DEMO_DIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_models.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info src/*.egg-info

@@ -1,0 +1,120 @@
+"""Checkpoints as plain data: tensors plus a JSON-safe ``meta`` dict, written atomically.
+
+A vitzoo checkpoint is one ``torch.save`` file holding only tensors, numbers, strings, lists and dicts,
+so it loads with ``torch.load(weights_only=True)`` (a checkpoint can never run code)::
+
+    {"model": state_dict, "ema": state_dict | None, "optimizer": ..., "scheduler": ..., "scaler": ...,
+     "rng": {...}, "meta": {"format": "vitzoo", "arch": ..., "num_classes": ..., "model_kwargs": {...},
+                            "class_names": [...], "data_config": {...}, "config": {...}, "epoch": ..., ...}}
+
+Weights can also be shared as ``.safetensors`` (the meta dict travels as JSON in the header).
+Writes go to a temporary file in the target folder, are fsync'ed, then renamed over the target: a run
+killed at any instant leaves either the old file or the new one, never a truncated file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from vitzoo.errors import UserError
+
+FORMAT = "vitzoo"
+FORMAT_VERSION = 1
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` then atomically move the file to ``path`` (fsync'ed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:  # pragma: no cover - some filesystems refuse fsync on folders
+        pass
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    return atomic_write(path, write)
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Save ``payload`` (tensors + JSON-safe meta) atomically; ``.safetensors`` keeps weights only."""
+    meta = dict(payload.get("meta") or {})
+    meta.setdefault("format", FORMAT)
+    meta.setdefault("format_version", FORMAT_VERSION)
+    json.dumps(meta)  # fail early (and loudly) on anything that would need pickle
+    payload = {**payload, "meta": meta}
+    if str(path).endswith(".safetensors"):
+        return save_safetensors(path, payload["model"], meta)
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def save_safetensors(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], meta: dict) -> Path:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    header = {"vitzoo_meta": json.dumps(meta)}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint without ever executing code from it.
+
+    Returns the stored object: a vitzoo payload (with ``meta``), or whatever dict an official release
+    file holds (``model`` / ``state_dict_ema`` / ``module`` wrappers are left to :mod:`vitzoo.models.weights`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+                header = f.metadata() or {}
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # corrupt header, truncated file, ...
+            raise UserError(f"{path}: not a readable safetensors file ({e})") from e
+        meta = json.loads(header["vitzoo_meta"]) if "vitzoo_meta" in header else {}
+        return {"model": state, "meta": meta}
+    if path.suffix == ".npz":
+        raise UserError(f"{path}: a Google .npz checkpoint; convert it first (vitzoo convert SRC DST --arch NAME)")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"{path}: cannot be loaded as a plain-data checkpoint ({msg}); files that need arbitrary "
+            "code to unpickle are refused"
+        ) from e
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    return obj
+
+
+def is_vitzoo_checkpoint(obj: dict) -> bool:
+    return isinstance(obj, dict) and isinstance(obj.get("meta"), dict) and obj["meta"].get("format") == FORMAT

@@ -1,0 +1,77 @@
+"""`vitzoo` console entry point: one thin ``main(argv)`` per sub-command, imported lazily.
+
+Every sub-command module exposes ``main(argv: list[str] | None) -> int`` so tests can call it in
+process. User errors (:class:`vitzoo.errors.UserError`) are printed as one line and exit non-zero;
+``--debug`` anywhere on the command line shows the full traceback instead.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, one-line summary)
+COMMANDS = {
+    "models": ("vitzoo.cli.models", "list registered models (with parameter counts)"),
+    "train": ("vitzoo.cli.train", "train a model from a YAML config (+ --key value overrides)"),
+    "eval": ("vitzoo.cli.evaluate", "evaluate a checkpoint on the validation set"),
+    "infer": ("vitzoo.cli.infer", "predict classes of an image or a folder of images, write JSON"),
+    "export": ("vitzoo.cli.export", "export a checkpoint to ONNX / TorchScript / torch.export"),
+    "eval-onnx": ("vitzoo.cli.onnx_eval", "evaluate an exported ONNX model with ONNX Runtime"),
+    "infer-onnx": ("vitzoo.cli.onnx_infer", "predict with an exported ONNX model, write JSON"),
+    "convert": ("vitzoo.cli.convert", "convert an official release checkpoint to vitzoo's format"),
+    "make-dataset": ("vitzoo.cli.make_dataset", "write a small generated image dataset (no download)"),
+    "attention": ("vitzoo.cli.visual", "draw attention maps (attention rollout) for images"),
+    "plot": ("vitzoo.cli.plot", "draw training curves from a run's metrics file"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: vitzoo COMMAND [options]   (vitzoo COMMAND --help for details)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", "add --debug to any command to see a full traceback on error"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from vitzoo import __version__
+
+        print(f"vitzoo {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        from difflib import get_close_matches
+
+        near = get_close_matches(name, list(COMMANDS), n=3)
+        hint = f" (did you mean: {', '.join(near)}?)" if near else ""
+        print(f"vitzoo: unknown command '{name}'{hint}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    return run(COMMANDS[name][0], rest, debug=debug, prog=f"vitzoo {name}")
+
+
+def run(module: str, argv: list[str], *, debug: bool = False, prog: str = "vitzoo") -> int:
+    """Run one sub-command's ``main`` and turn user errors into one line + exit code."""
+    from vitzoo.errors import UserError
+
+    try:
+        code = importlib.import_module(module).main(argv)
+        return int(code or 0)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
