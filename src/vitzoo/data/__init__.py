@@ -1,0 +1,34 @@
+"""Data pipeline: datasets (folders, CIFAR binary), the DeiT/T2T/BEiT transforms, loaders, a generated set.
+
+Typical use (the trainer)::
+
+    data_config = resolve_data_config(cfg, model)            # -> checkpoint meta["data_config"]
+    train_ds = build_dataset(cfg, "train", data_config=data_config)
+    val_ds = build_dataset(cfg, "val", data_config=data_config, classes=train_ds.classes)
+    train_loader = build_loader(cfg, train_ds, "train", distributed=dist)
+    mixup_fn = build_mixup(cfg, len(train_ds.classes))
+    for epoch ...: set_epoch(train_loader, epoch); ...; report_bad_files(train_ds, cfg.output_dir, epoch)
+"""
+from __future__ import annotations
+
+from vitzoo.data.datasets import (
+    IMG_EXTENSIONS,
+    CifarBinaryDataset,
+    ImageFolderDataset,
+    build_dataset,
+    dataset_kind,
+    list_images,
+    load_image,
+    read_cifar_bin,
+    report_bad_files,
+)
+from vitzoo.data.loader import OrderedSplitSampler, build_loader, set_epoch
+from vitzoo.data.synthetic import SHAPES, make_shapes_dataset
+from vitzoo.data.transforms import build_eval_transform, build_mixup, build_train_transform, resolve_data_config
+
+__all__ = [
+    "IMG_EXTENSIONS", "CifarBinaryDataset", "ImageFolderDataset", "OrderedSplitSampler", "SHAPES",
+    "build_dataset", "build_eval_transform", "build_loader", "build_mixup", "build_train_transform",
+    "dataset_kind", "list_images", "load_image", "make_shapes_dataset", "read_cifar_bin",
+    "report_bad_files", "resolve_data_config", "set_epoch",
+]

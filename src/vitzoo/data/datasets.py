@@ -1,0 +1,390 @@
+"""Dataset readers: ImageNet-style folders and the CIFAR-10/100 binary format, with a bad-file policy.
+
+Every dataset yields ``(image_tensor CHW float32, int label)`` once a transform is attached and carries
+``.classes`` (the class names that travel into checkpoints) and ``.bad_files`` (``{path: reason}`` for
+images that could not be decoded). Why a policy: one corrupt JPEG among 1.28M must not kill a 300-epoch
+run, so by default a bad sample is replaced by the next readable one (deterministic), counted, and the
+names are reported at epoch end (:func:`report_bad_files`); ``bad_image_policy: error`` makes it fatal.
+
+DataLoader workers hold their own copy of the dataset, so a worker cannot update the main process's
+``bad_files``. Each copy queues what it finds in ``_pending_bad``; the collate function of
+:mod:`vitzoo.data.loader` (which runs in the worker) drains that queue into the batch, and the loader
+merges it into the main-process dataset. CIFAR records are parsed with numpy (never pickle).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vitzoo.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# The extensions timm / torchvision treat as images (matched case-insensitively).
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+BAD_IMAGE_POLICIES = ("skip", "error")
+_MAX_CONSECUTIVE_BAD = 32  # give up (UserError) if this many samples in a row are unreadable
+
+
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
+
+
+def list_images(path: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """A file -> ``[file]``; a folder -> its image files (by extension, any case), sorted by path."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UserError(f"no such file or folder: {path}")
+    if recursive:
+        found = [Path(root) / f for root, dirs, files in os.walk(path, followlinks=True)
+                 for f in files if _is_image(f)]
+    else:
+        found = [p for p in path.iterdir() if p.is_file() and _is_image(p.name)]
+    return sorted(found)
+
+
+class _BadImage(Exception):
+    """Internal: a file that exists but cannot be decoded (carries a short reason)."""
+
+
+def _open_rgb(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            img.load()  # decode now: truncated files fail here, not later inside a transform
+        return img.convert("RGB")
+    except FileNotFoundError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
+            Image.DecompressionBombError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if os.path.getsize(path) == 0:
+            reason = "empty file (0 bytes)"
+        raise _BadImage(reason) from e
+
+
+def load_image(path: str | os.PathLike):
+    """Open ``path`` as an RGB PIL image; UserError naming the file if it is missing or unreadable."""
+    path = Path(path)
+    try:
+        return _open_rgb(path)
+    except FileNotFoundError:
+        raise UserError(f"image not found: {path}") from None
+    except _BadImage as e:
+        raise UserError(f"{path}: not a readable image ({e})") from None
+
+
+class _BaseDataset(Dataset):
+    """Shared behaviour: transform, seeded subset, bad-file bookkeeping."""
+
+    def __init__(self, classes: list[str], labels: Sequence[int], transform: Callable | None,
+                 bad_image_policy: str = "skip"):
+        if bad_image_policy not in BAD_IMAGE_POLICIES:
+            raise UserError(f"bad_image_policy must be one of {BAD_IMAGE_POLICIES}, got {bad_image_policy!r}")
+        self.classes = list(classes)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.transform = transform
+        self.bad_image_policy = bad_image_policy
+        self.bad_files: dict[str, str] = {}  # path -> reason, merged from every worker
+        self._pending_bad: list[tuple[str, str]] = []  # found by this process copy, not yet reported
+        self._index = np.arange(len(self.labels))  # positions into the full record list (subsets)
+
+    # -- subsets ------------------------------------------------------------------------------------
+    def select_subset(self, num_samples: int, seed: int) -> None:
+        """Keep a fixed random subset of ``num_samples`` (sorted, so order stays by class / file)."""
+        n = len(self._index)
+        if num_samples is None or num_samples < 0 or num_samples >= n:
+            return
+        if num_samples == 0:
+            raise UserError("num_samples must be -1 (all) or > 0, got 0")
+        rng = np.random.default_rng(seed)
+        self._index = np.sort(rng.choice(self._index, size=num_samples, replace=False))
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    @property
+    def targets(self) -> list[int]:
+        return self.labels[self._index].tolist()
+
+    # -- loading ------------------------------------------------------------------------------------
+    def _load(self, record: int):  # -> PIL image; raises _BadImage
+        raise NotImplementedError
+
+    def _name(self, record: int) -> str:
+        return f"record {record}"
+
+    def _record_bad(self, name: str, reason: str) -> None:
+        if name not in self.bad_files:
+            self.bad_files[name] = reason
+            self._pending_bad.append((name, reason))
+
+    def merge_bad_files(self, items: Sequence[tuple[str, str]]) -> None:
+        """Record bad files found by a worker's copy of this dataset (called by the loader)."""
+        for name, reason in items:
+            self.bad_files.setdefault(name, reason)
+
+    def drain_pending_bad(self) -> list[tuple[str, str]]:
+        out, self._pending_bad = self._pending_bad, []
+        return out
+
+    def __getitem__(self, i: int):
+        n = len(self._index)
+        for attempt in range(min(n, _MAX_CONSECUTIVE_BAD)):
+            record = int(self._index[(i + attempt) % n])  # deterministic replacement: the next sample
+            try:
+                img = self._load(record)
+            except _BadImage as e:
+                name = self._name(record)
+                if self.bad_image_policy == "error":
+                    raise UserError(f"unreadable image {name}: {e} "
+                                    "(set bad_image_policy: skip to skip such files)") from None
+                self._record_bad(name, str(e))
+                continue
+            if self.transform is not None:
+                img = self.transform(img)
+            return img, int(self.labels[record])
+        raise UserError(f"{min(n, _MAX_CONSECUTIVE_BAD)} unreadable images in a row starting at "
+                        f"{self._name(int(self._index[i % n]))}; is the dataset corrupt?")
+
+
+class ImageFolderDataset(_BaseDataset):
+    """``root/<class>/**/*.{jpg,png,...}``; classes are the sorted sub-folder names.
+
+    ``classes`` (e.g. the train split's list, or a checkpoint's) fixes the label order, so a validation
+    folder that lacks some classes still maps names to the right indices.
+    """
+
+    def __init__(self, root: str | os.PathLike, transform: Callable | None = None, *,
+                 classes: Sequence[str] | None = None, bad_image_policy: str = "skip"):
+        root = Path(root)
+        if not root.is_dir():
+            raise UserError(f"dataset folder not found: {root} (expected {root}/<class>/<images>)")
+        found = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
+        if not found:
+            raise UserError(f"no class folders in {root} (expected {root}/<class>/<images>)")
+        if classes is None:
+            classes = found
+        else:
+            classes = list(classes)
+            unknown = sorted(set(found) - set(classes))
+            if unknown:
+                raise UserError(f"{root} has class folders not among the {len(classes)} known classes: "
+                                f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+        to_idx = {c: i for i, c in enumerate(classes)}
+        paths, labels = [], []
+        for c in found:
+            files = list_images(root / c, recursive=True)
+            if not files:
+                raise UserError(f"class folder {root / c} holds no images (extensions: "
+                                f"{' '.join(IMG_EXTENSIONS)})")
+            paths += [str(p) for p in files]
+            labels += [to_idx[c]] * len(files)
+        self.root = root
+        self.paths = paths
+        super().__init__(classes, labels, transform, bad_image_policy)
+
+    def _name(self, record: int) -> str:
+        return self.paths[record]
+
+    def _load(self, record: int):
+        try:
+            return _open_rgb(Path(self.paths[record]))
+        except FileNotFoundError:
+            raise _BadImage("file disappeared") from None
+
+
+# CIFAR binary format (https://www.cs.toronto.edu/~kriz/cifar.html): each record is the label byte(s)
+# followed by 3072 bytes: 1024 R, 1024 G, 1024 B, each a 32x32 plane in row-major order.
+_CIFAR = {
+    "cifar10": dict(label_bytes=1, train=[f"data_batch_{i}.bin" for i in range(1, 6)], val=["test_batch.bin"],
+                    names="batches.meta.txt", num_classes=10, folder="cifar-10-batches-bin", per_file=10000),
+    "cifar100": dict(label_bytes=2, train=["train.bin"], val=["test.bin"], names="fine_label_names.txt",
+                     num_classes=100, folder="cifar-100-binary", per_file=None),
+}
+_PIXELS = 3 * 32 * 32
+
+
+def read_cifar_bin(path: str | os.PathLike, label_bytes: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Parse one CIFAR ``.bin`` file -> (images uint8 (N, 32, 32, 3), labels int64 (N,)).
+
+    With two label bytes (CIFAR-100: coarse, fine) the fine label (second byte) is returned.
+    """
+    path = Path(path)
+    rec = label_bytes + _PIXELS
+    size = path.stat().st_size
+    if size == 0 or size % rec:
+        raise UserError(f"{path}: {size} bytes is not a whole number of CIFAR records; expected a multiple "
+                        f"of {rec} bytes ({label_bytes} label byte(s) + {_PIXELS} pixel bytes per record, "
+                        f"{rec * 10000} for a file of 10000 images)")
+    raw = np.fromfile(path, dtype=np.uint8).reshape(-1, rec)
+    labels = raw[:, label_bytes - 1].astype(np.int64)
+    images = raw[:, label_bytes:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # planes -> HWC
+    return np.ascontiguousarray(images), labels
+
+
+class CifarBinaryDataset(_BaseDataset):
+    """CIFAR-10 / CIFAR-100 from the binary distribution (``cifar-10-batches-bin`` layout)."""
+
+    def __init__(self, files: Sequence[str | os.PathLike], kind: str = "cifar10",
+                 transform: Callable | None = None, names_file: str | os.PathLike | None = None):
+        spec = _CIFAR[kind]
+        parts = [read_cifar_bin(f, spec["label_bytes"]) for f in files]
+        self.images = np.concatenate([p[0] for p in parts])
+        labels = np.concatenate([p[1] for p in parts])
+        if labels.max(initial=0) >= spec["num_classes"]:
+            bad = next(str(f) for f, p in zip(files, parts) if p[1].max(initial=0) >= spec["num_classes"])
+            raise UserError(f"{bad}: label {int(labels.max())} out of range for {kind} "
+                            f"({spec['num_classes']} classes); is this the right dataset kind?")
+        classes = [str(i) for i in range(spec["num_classes"])]
+        if names_file is not None and Path(names_file).is_file():
+            names = [ln.strip() for ln in Path(names_file).read_text(encoding="utf-8").splitlines()]
+            names = [n for n in names if n]
+            if len(names) == spec["num_classes"]:
+                classes = names
+            else:
+                log.warning("%s: %d names for %d classes; using numbers", names_file, len(names),
+                            spec["num_classes"])
+        self.files = [str(f) for f in files]
+        super().__init__(classes, labels, transform, "skip")
+
+    def _load(self, record: int):
+        from PIL import Image
+
+        return Image.fromarray(self.images[record])
+
+    def _name(self, record: int) -> str:
+        return f"{self.files[0]}#{record}"
+
+
+def _cifar_files(kind: str, folder: Path, split: str, explicit: bool) -> list[Path]:
+    """The .bin files of ``split`` in ``folder`` (or its standard sub-folder)."""
+    spec = _CIFAR[kind]
+    if not folder.exists():
+        raise UserError(f"{kind} data folder not found: {folder}")
+    if folder.is_file():
+        return [folder]
+    for d in (folder, folder / spec["folder"]):
+        files = [d / n for n in spec[split] if (d / n).is_file()]
+        if files:
+            return files
+    if explicit and split == "val":  # a separate verify folder may name its test batch differently
+        files = sorted(p for p in folder.glob("*.bin") if p.name not in spec["train"])
+        if files:
+            return files
+    raise UserError(f"no {kind} {split} batch in {folder}: expected {' / '.join(spec[split])}")
+
+
+def _split_root(cfg: Any, split: str) -> Path:
+    data_path = getattr(cfg, "data_path", "") or ""
+    val_path = getattr(cfg, "val_data_path", "") or ""
+    if split == "val" and val_path:
+        return Path(val_path)
+    if not data_path:
+        raise UserError("data_path is not set (the folder that holds the dataset)")
+    return Path(data_path)
+
+
+def _folder_for(cfg: Any, split: str, root: Path) -> Path:
+    """``root/train_dir`` or ``root/val_dir``; a ``val_data_path`` may also be the val folder itself."""
+    sub = getattr(cfg, "train_dir" if split == "train" else "val_dir", None) or split
+    if (root / sub).is_dir() or split == "train" or not getattr(cfg, "val_data_path", ""):
+        return root / sub
+    return root
+
+
+def _train_classes(cfg: Any) -> list[str] | None:
+    """The train folder's classes (so a val folder missing a class keeps the same label indices)."""
+    data_path = getattr(cfg, "data_path", "") or ""
+    train_root = Path(data_path) / (getattr(cfg, "train_dir", None) or "train")
+    if not data_path or not train_root.is_dir():
+        return None
+    return sorted(d.name for d in os.scandir(train_root) if d.is_dir() and not d.name.startswith(".")) or None
+
+
+def dataset_kind(cfg: Any) -> str:
+    """Normalise ``cfg.dataset``: 'imagenet'/'folder' -> 'folder'; 'cifar10'; 'cifar100' (any case)."""
+    kind = str(getattr(cfg, "dataset", "folder") or "folder").lower().replace("-", "").replace("_", "")
+    kind = {"imagenet": "folder", "imagefolder": "folder"}.get(kind, kind)
+    if kind not in ("folder", "cifar10", "cifar100"):
+        raise UserError(f"dataset must be folder / imagenet / cifar10 / cifar100, got {cfg.dataset!r}")
+    return kind
+
+
+def build_dataset(cfg: Any, split: str, *, transform: Callable | None = None,
+                  data_config: dict | None = None, classes: Sequence[str] | None = None) -> _BaseDataset:
+    """Build the ``split`` ('train' | 'val') dataset that ``cfg`` describes.
+
+    The transform is, in order of preference: ``transform``; the split's transform built from
+    ``data_config`` (see :func:`vitzoo.data.resolve_data_config`); the split's transform from the
+    config alone (model defaults unknown: input_size / crop_pct / mean / std from cfg or ImageNet's).
+    ``build_loader(..., data_config=...)`` may replace it later. ``classes`` fixes the label order of a
+    folder dataset (default: the train folder's classes, so train and val agree).
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    kind = dataset_kind(cfg)
+    policy = str(getattr(cfg, "bad_image_policy", "skip") or "skip").lower()
+    root = _split_root(cfg, split)
+    if kind == "folder":
+        ds: _BaseDataset = ImageFolderDataset(_folder_for(cfg, split, root), classes=classes or
+                                              (_train_classes(cfg) if split == "val" else None),
+                                              bad_image_policy=policy)
+    else:
+        explicit = bool(split == "val" and getattr(cfg, "val_data_path", ""))
+        files = _cifar_files(kind, root, split, explicit)
+        name_file = _CIFAR[kind]["names"]
+        dirs = (files[0].parent, root, Path(getattr(cfg, "data_path", "") or "."))
+        names = next((d / name_file for d in dirs if (d / name_file).is_file()), None)
+        ds = CifarBinaryDataset(files, kind, names_file=names)
+    num = getattr(cfg, f"{split}_num_samples", -1)
+    seed = int(getattr(cfg, "seed", 0) or 0) + (0 if split == "train" else 1)
+    ds.select_subset(-1 if num is None else int(num), seed)
+    if transform is None:
+        from vitzoo.data.transforms import build_eval_transform, build_train_transform, resolve_data_config
+
+        data_config = data_config or resolve_data_config(cfg, None)
+        transform = build_train_transform(cfg, data_config) if split == "train" else build_eval_transform(data_config)
+    ds.transform = transform
+    return ds
+
+
+def base_dataset(dataset: Any) -> Any:
+    """Unwrap ``torch.utils.data.Subset``-style wrappers down to the vitzoo dataset."""
+    while not hasattr(dataset, "bad_files") and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    return dataset
+
+
+def report_bad_files(dataset: Any, output_dir: str | os.PathLike, epoch: int) -> list[str]:
+    """Write the unreadable files seen so far to ``output_dir/bad_files.txt``; return their names.
+
+    Called at the end of each epoch. The file is rewritten atomically (cumulative list). Under
+    torch.distributed each rank reads different files, so ranks > 0 write ``bad_files.rank{r}.txt``.
+    """
+    ds = base_dataset(dataset)
+    bad = dict(getattr(ds, "bad_files", {}) or {})
+    if not bad:
+        return []
+    from vitzoo.checkpoint import atomic_write_text
+
+    rank = 0
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank = torch.distributed.get_rank()
+    name = "bad_files.txt" if rank == 0 else f"bad_files.rank{rank}.txt"
+    lines = [f"# {len(bad)} unreadable image file(s) skipped (as of epoch {epoch})"]
+    lines += [f"{p}\t{r}" for p, r in sorted(bad.items())]
+    atomic_write_text(Path(output_dir) / name, "\n".join(lines) + "\n")
+    log.warning("epoch %s: %d unreadable image(s) skipped, listed in %s", epoch, len(bad),
+                Path(output_dir) / name)
+    return sorted(bad)

@@ -1,0 +1,145 @@
+"""DataLoaders: samplers (shuffle / repeated augmentation / distributed), seeded workers, bad-file relay.
+
+Train: a seeded shuffle that depends on (seed, epoch) only, so a resumed run sees the same order
+(``loader.sampler.set_epoch(epoch)`` each epoch; :func:`set_epoch` does it); DeiT's repeated-augmentation
+sampler (timm ``RepeatAugSampler``) when ``repeated_aug``; ``drop_last`` keeps batches full (Mixup needs an
+even batch). Val: in order, and under torch.distributed each rank takes every world_size-th sample with
+no padding, so sums all-reduced over ranks equal the one-process numbers exactly.
+
+Workers keep their own dataset copies; :func:`_collate` (run inside the worker) appends the bad files
+that copy found to the batch, and :class:`Loader` strips them off and records them in the main process.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler, default_collate, get_worker_info
+
+from vitzoo.data.datasets import base_dataset
+from vitzoo.errors import UserError
+
+
+class OrderedSplitSampler(Sampler[int]):
+    """Rank ``r`` of ``w`` gets indices ``r, r + w, r + 2w, ...``: every sample exactly once, no padding.
+
+    (torch's DistributedSampler and timm's OrderedDistributedSampler pad the last round with duplicates,
+    which double-counts those samples in an all-reduced accuracy.)
+    """
+
+    def __init__(self, dataset: Any, num_replicas: int = 1, rank: int = 0):
+        self.n, self.num_replicas, self.rank = len(dataset), int(num_replicas), int(rank)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.num_replicas))
+
+
+def _collate(batch: list) -> tuple:
+    """Default collate + the bad files this worker's dataset copy found since the last batch."""
+    x, y = default_collate(batch)
+    info = get_worker_info()
+    bad = []
+    if info is not None:  # in the main process the dataset records into .bad_files directly
+        ds = base_dataset(info.dataset)
+        if hasattr(ds, "drain_pending_bad"):
+            bad = ds.drain_pending_bad()
+    return x, y, bad
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed python ``random`` and numpy from torch's per-worker seed (timm's RandAugment uses ``random``)."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _clean_worker_error(e: UserError) -> UserError:
+    """torch re-raises a worker's exception with the worker traceback in its message; keep the last line."""
+    msg = str(e)
+    if "Original Traceback" in msg:
+        last = [ln for ln in msg.strip().splitlines() if ln.strip()][-1]
+        msg = last.split("UserError: ", 1)[-1]
+    return UserError(msg)
+
+
+class Loader(DataLoader):
+    """A DataLoader yielding ``(images, labels)`` that relays bad-file records from worker processes."""
+
+    def __iter__(self):
+        ds = base_dataset(self.dataset)
+        it = super().__iter__()
+        while True:
+            try:
+                x, y, bad = next(it)
+            except StopIteration:
+                return
+            except UserError as e:
+                raise _clean_worker_error(e) from None
+            if bad and hasattr(ds, "merge_bad_files"):
+                ds.merge_bad_files(bad)
+            yield x, y
+
+
+def _dist_info(distributed: bool) -> tuple[int, int]:
+    if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+def build_loader(cfg: Any, dataset: Any, split: str, *, data_config: dict | None = None,
+                 distributed: bool = False) -> Loader:
+    """The train or val DataLoader for ``dataset``.
+
+    ``data_config`` (from :func:`resolve_data_config`), when given, (re)builds the dataset's transform
+    for ``split``. ``distributed`` uses the initialised process group's rank / world size.
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if data_config is not None:
+        from vitzoo.data.transforms import build_eval_transform, build_train_transform
+
+        ds = base_dataset(dataset)
+        ds.transform = build_train_transform(cfg, data_config) if split == "train" else build_eval_transform(data_config)
+    world, rank = _dist_info(distributed)
+    seed = int(getattr(cfg, "seed", 0) or 0)
+    train = split == "train"
+    batch_size = int(getattr(cfg, "batch_size", 32) if train else
+                     (getattr(cfg, "eval_batch_size", None) or getattr(cfg, "batch_size", 32)))
+    if batch_size < 1:
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
+    if train and getattr(cfg, "repeated_aug", False):
+        from timm.data.distributed_sampler import RepeatAugSampler
+
+        # DeiT's RASampler: 3 augmented copies of each image per epoch, spread over ranks; the epoch is
+        # cut back to len(dataset) / world samples per rank, so epochs keep their length.
+        sampler: Sampler = RepeatAugSampler(dataset, num_replicas=world, rank=rank, shuffle=True)
+    elif train:
+        # (seed, epoch)-determined shuffle for one process too, so resuming reproduces the order
+        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                                      seed=seed, drop_last=False)
+    else:
+        sampler = OrderedSplitSampler(dataset, world, rank)
+    workers = int(getattr(cfg, "num_workers", 0) or 0)
+    pin = bool(getattr(cfg, "pin_mem", True)) and torch.cuda.is_available()
+    loader = Loader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=_collate,
+        pin_memory=pin, drop_last=train, worker_init_fn=_seed_worker,
+        persistent_workers=workers > 0 and bool(getattr(cfg, "persistent_workers", True)),
+        generator=torch.Generator().manual_seed(seed * 1000 + rank),
+        prefetch_factor=2 if workers > 0 else None,
+    )
+    if train and len(loader) == 0:
+        raise UserError(f"the train set has {len(sampler)} samples per process, fewer than one batch of "
+                        f"{batch_size} (the last partial batch is dropped); lower batch_size")
+    return loader
+
+
+def set_epoch(loader: Any, epoch: int) -> None:
+    """Tell the loader's sampler which epoch it is (reshuffles deterministically)."""
+    if hasattr(getattr(loader, "sampler", None), "set_epoch"):
+        loader.sampler.set_epoch(epoch)

@@ -1,0 +1,157 @@
+"""``make-dataset shapes``: a small generated ImageNet-style folder, so everything runs with no download.
+
+Each image is one shape (the class) in a random colour, position, size and rotation on a noisy
+background of another random colour. Only the shape carries the label, and the shapes differ in outline
+(corners, holes, concavities), so a small ViT learns the task in a couple of CPU minutes while the
+colour / position / noise randomness still makes it a real (if easy) vision task.
+
+Determinism: image ``i`` of a split is drawn from ``numpy.random.default_rng([seed, split, i])`` alone, so
+the bytes of every PNG depend only on (seed, split, index, size, num_classes).
+Shapes are drawn as a 4x supersampled mask with PIL and box-filtered down (anti-aliased edges).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from vitzoo.errors import UserError
+
+# Class order of the generated set (folder names; --num-classes C takes the first C).
+SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon", "crescent", "arrow")
+_SS = 4  # supersampling factor for anti-aliased edges
+_MANIFEST = "shapes.json"
+_INCOMPLETE = ".shapes_incomplete"
+
+
+def _regular(n: int, r: float, rot: float, inner: float | None = None) -> np.ndarray:
+    """Vertices of a regular n-gon (or an n-pointed star when ``inner`` is given), unit-centred."""
+    k = 2 * n if inner else n
+    ang = rot + np.arange(k) * 2 * np.pi / k - np.pi / 2
+    rad = np.full(k, r) if not inner else np.where(np.arange(k) % 2 == 0, r, r * inner)
+    return np.stack([rad * np.cos(ang), rad * np.sin(ang)], 1)
+
+
+def _rotate(pts: np.ndarray, rot: float) -> np.ndarray:
+    c, s = math.cos(rot), math.sin(rot)
+    return pts @ np.array([[c, s], [-s, c]])
+
+
+def _outline(shape: str, r: float, rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(polygons to fill, polygons to cut out) centred at 0; circles are 64-gons."""
+    small = rng.uniform(-0.2, 0.2)  # ~+-11 degrees: keeps square vs diamond and cross vs x apart
+    full = rng.uniform(0, 2 * np.pi)
+    if shape == "circle":
+        return [_regular(64, r, 0)], []
+    if shape == "square":
+        return [_rotate(np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * r * 0.8, small)], []
+    if shape == "triangle":
+        return [_regular(3, r, full)], []
+    if shape == "star":
+        return [_regular(5, r, full, inner=0.42)], []
+    if shape == "cross":
+        a, b = r, r * 0.33
+        pts = [[-b, -a], [b, -a], [b, -b], [a, -b], [a, b], [b, b], [b, a], [-b, a], [-b, b], [-a, b], [-a, -b], [-b, -b]]
+        return [_rotate(np.array(pts), small)], []
+    if shape == "ring":
+        return [_regular(64, r, 0)], [_regular(64, r * 0.55, 0)]
+    if shape == "diamond":  # a tall rhombus, distinct from the square by its aspect and corners
+        return [_rotate(np.array([[0, -r], [r * 0.6, 0], [0, r], [-r * 0.6, 0]]), small)], []
+    if shape == "hexagon":
+        return [_regular(6, r, full)], []
+    if shape == "crescent":
+        off = _rotate(np.array([[r * 0.45, 0.0]]), full)[0]
+        return [_regular(64, r, 0)], [_regular(64, r * 0.85, 0) + off]
+    if shape == "arrow":
+        s, h = r * 0.28, r * 0.1
+        pts = [[-r, -s], [h, -s], [h, -r * 0.75], [r, 0], [h, r * 0.75], [h, s], [-r, s]]
+        return [_rotate(np.array(pts), full)], []
+    raise ValueError(shape)
+
+
+def draw_shape(shape: str, size: int, rng: np.random.Generator):
+    """One RGB PIL image of ``shape`` on a noisy background."""
+    from PIL import Image, ImageDraw
+
+    bg = rng.integers(0, 256, 3)
+    while True:  # a shape colour far from the background, so the outline is always visible
+        fg = rng.integers(0, 256, 3)
+        if np.abs(fg - bg).sum() > 200:
+            break
+    r = rng.uniform(0.24, 0.42) * size
+    cx, cy = rng.uniform(r, size - r, 2)
+    fill, cut = _outline(shape, r, rng)
+    big = size * _SS
+    mask = Image.new("L", (big, big), 0)
+    d = ImageDraw.Draw(mask)
+    for poly, value in [(p, 255) for p in fill] + [(p, 0) for p in cut]:
+        xy = (poly + [cx, cy]) * _SS
+        d.polygon([tuple(map(float, v)) for v in xy], fill=value)
+    alpha = np.asarray(mask.resize((size, size), Image.BOX), dtype=np.float32)[..., None] / 255.0
+    noise = rng.normal(0, 18, (size, size, 3))
+    img = bg + noise * 1.0
+    img = img * (1 - alpha) + (fg + rng.normal(0, 8, (size, size, 3))) * alpha
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+
+
+def _manifest(num_train: int, num_val: int, size: int, seed: int, classes: list[str]) -> dict:
+    return {"kind": "shapes", "version": 1, "num_train": num_train, "num_val": num_val, "size": size,
+            "seed": seed, "classes": classes, "train_dir": "train", "val_dir": "val"}
+
+
+def make_shapes_dataset(out: str | os.PathLike, num_train: int, num_val: int, size: int = 32, seed: int = 0,
+                        num_classes: int = 5, *, overwrite: bool = False, progress: bool | None = None) -> Path:
+    """Write ``out/train/<shape>/*.png`` and ``out/val/<shape>/*.png``; return ``out``.
+
+    Classes are balanced (image ``i`` has class ``i % num_classes``). Re-running with the same settings
+    on a finished folder does nothing; different settings need ``overwrite=True`` (which replaces
+    ``out/train`` and ``out/val`` only). ``progress``: a tqdm bar (default: when > 2000 images).
+    """
+    if not 1 <= num_classes <= len(SHAPES):
+        raise UserError(f"num_classes must be in 1..{len(SHAPES)} (shapes: {', '.join(SHAPES)}), got {num_classes}")
+    if num_train < num_classes or num_val < num_classes:
+        raise UserError(f"num_train and num_val must be at least num_classes ({num_classes}) so that every "
+                        f"class folder holds an image; got {num_train} / {num_val}")
+    if not 8 <= size <= 2048:
+        raise UserError(f"size must be in 8..2048 pixels, got {size}")
+    out = Path(out)
+    classes = list(SHAPES[:num_classes])
+    want = _manifest(num_train, num_val, size, seed, classes)
+    existing = [out / d for d in ("train", "val") if (out / d).exists()]
+    if existing:
+        try:
+            have = json.loads((out / _MANIFEST).read_text())
+        except (OSError, ValueError):
+            have = None
+        ours_partial = (out / _INCOMPLETE).exists()
+        if have == want and not ours_partial:
+            return out
+        if not (overwrite or ours_partial):
+            raise UserError(f"{out} already holds {' and '.join(p.name + '/' for p in existing)} "
+                            f"({'made with other settings' if have else 'not made by make-dataset'}); "
+                            "pass --overwrite to replace them, or choose another folder")
+        for p in existing:
+            shutil.rmtree(p)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / _INCOMPLETE).write_text("make-dataset did not finish writing this folder\n")
+    (out / _MANIFEST).unlink(missing_ok=True)
+    jobs = [("train", 0, i) for i in range(num_train)] + [("val", 1, i) for i in range(num_val)]
+    for split in ("train", "val"):
+        for c in classes:
+            (out / split / c).mkdir(parents=True, exist_ok=True)
+    from tqdm import tqdm
+
+    show = len(jobs) > 2000 if progress is None else progress
+    for split, code, i in tqdm(jobs, desc=f"shapes -> {out}", unit="img", disable=not show):
+        cls = classes[i % num_classes]
+        img = draw_shape(cls, size, np.random.default_rng([seed, code, i]))
+        img.save(out / split / cls / f"{i:06d}.png", optimize=False)
+    from vitzoo.checkpoint import atomic_write_text
+
+    atomic_write_text(out / _MANIFEST, json.dumps(want, indent=1) + "\n")
+    (out / _INCOMPLETE).unlink()
+    return out

@@ -1,0 +1,158 @@
+"""The DeiT / T2T-ViT / BEiT preprocessing recipe, built from timm's data module (not rewritten).
+
+Train (DeiT ``datasets.build_transform``, arXiv:2012.12877 Table 9): RandomResizedCrop(scale=(min_crop, 1),
+interpolation) -> horizontal flip -> RandAugment / AutoAugment / AugMix (``aa``; timm turns colour jitter
+off when one is on, as the official recipes do) or ColorJitter -> to tensor -> normalise -> RandomErasing
+(``reprob``, ``remode``, ``recount``). Mixup / CutMix act on whole batches: :func:`build_mixup`.
+Eval: resize the short side to ``size / crop_pct``, centre crop ``size``, normalise. A 32x32 CIFAR image
+is upsampled by these resizes to whatever input size the model takes.
+
+Means and stds: the model's ``data_config`` by default; ``imagenet_default_mean_and_std: true`` forces
+ImageNet's, ``false`` forces 0.5/0.5 (BEiT's fine-tuning recipe, seed 002).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from vitzoo.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF_MEAN_STD = (0.5, 0.5, 0.5)
+DEFAULT_DATA_CONFIG = {"input_size": (3, 224, 224), "crop_pct": 0.875, "mean": IMAGENET_MEAN,
+                       "std": IMAGENET_STD, "interpolation": "bicubic"}
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming", "random")
+
+
+def _interp(name: Any, key: str) -> str:
+    name = str(name or "bicubic").lower()
+    if name not in INTERPOLATIONS:
+        raise UserError(f"{key} must be one of {', '.join(INTERPOLATIONS)}, got {name!r}")
+    return name
+
+
+def _size3(size: Any) -> tuple[int, int, int]:
+    if isinstance(size, (list, tuple)):
+        size = tuple(int(s) for s in size)
+        if len(size) == 3:
+            return size  # type: ignore[return-value]
+        if len(size) == 2:
+            return (3, size[0], size[1])
+        size = size[0]
+    return (3, int(size), int(size))
+
+
+def resolve_data_config(cfg: Any, model: Any = None) -> dict:
+    """The model's ``data_config`` (or a dict passed as ``model``) with the config's overrides applied.
+
+    Overrides: ``input_size``, ``crop_pct``, ``interpolation``, ``imagenet_default_mean_and_std``.
+    The result is JSON-friendly and goes into checkpoint ``meta["data_config"]``.
+    """
+    base = model if isinstance(model, dict) else getattr(model, "data_config", None)
+    dc = {**DEFAULT_DATA_CONFIG, **(base or {})}
+    if cfg is not None:
+        if getattr(cfg, "input_size", None):
+            dc["input_size"] = _size3(cfg.input_size)
+        if getattr(cfg, "crop_pct", None):
+            dc["crop_pct"] = float(cfg.crop_pct)
+        if getattr(cfg, "interpolation", None):
+            dc["interpolation"] = cfg.interpolation
+        norm = getattr(cfg, "imagenet_default_mean_and_std", None)
+        if norm is True:
+            dc["mean"], dc["std"] = IMAGENET_MEAN, IMAGENET_STD
+        elif norm is False:
+            dc["mean"], dc["std"] = HALF_MEAN_STD, HALF_MEAN_STD
+    crop = float(dc["crop_pct"])
+    if not 0 < crop <= 1:
+        raise UserError(f"crop_pct must be in (0, 1], got {crop}")
+    return {"input_size": _size3(dc["input_size"]), "crop_pct": crop,
+            "mean": tuple(float(m) for m in dc["mean"]), "std": tuple(float(s) for s in dc["std"]),
+            "interpolation": _interp(dc["interpolation"], "interpolation")}
+
+
+def _aa(cfg: Any) -> str | None:
+    aa = getattr(cfg, "aa", "rand-m9-mstd0.5-inc1")
+    if aa is None or str(aa).strip().lower() in ("", "none", "null", "false", "off"):
+        return None
+    return str(aa).strip()
+
+
+class ToRGB:
+    """Convert any PIL image (L, P, RGBA, CMYK, I;16 ...) to RGB, so eval accepts whatever it is given."""
+
+    def __call__(self, img):
+        return img if getattr(img, "mode", "RGB") == "RGB" else img.convert("RGB")
+
+    def __repr__(self) -> str:
+        return "ToRGB()"
+
+
+def build_train_transform(cfg: Any, data_config: dict) -> Callable:
+    """The training augmentation chain (timm ``create_transform(is_training=True)``) for ``data_config``."""
+    from timm.data import create_transform
+    from torchvision import transforms
+
+    interp = _interp(data_config["interpolation"], "interpolation")
+    aa = _aa(cfg)
+    min_crop = float(getattr(cfg, "min_crop", 0.08))
+    if not 0 < min_crop <= 1:
+        raise UserError(f"min_crop must be in (0, 1], got {min_crop}")
+    remode = str(getattr(cfg, "remode", "pixel") or "pixel").lower()
+    if remode not in ("pixel", "rand", "const"):
+        raise UserError(f"remode must be pixel / rand / const, got {remode!r}")
+    kwargs = dict(
+        input_size=data_config["input_size"], is_training=True, scale=(min_crop, 1.0),
+        hflip=float(getattr(cfg, "hflip", 0.5)), color_jitter=float(getattr(cfg, "color_jitter", 0.4) or 0.0) or None,
+        auto_augment=aa, mean=data_config["mean"], std=data_config["std"],
+        re_prob=float(getattr(cfg, "reprob", 0.25) or 0.0), re_mode=remode,
+        re_count=int(getattr(cfg, "recount", 1) or 1),
+        # `resplit` splits random erasing across augmentation splits (timm train.py: num_aug_splits if
+        # resplit else 0); vitzoo trains without aug splits (no AugMix-JSD), so it is 0 either way.
+        re_num_splits=0, separate=True,
+    )
+    try:
+        primary, secondary, final = create_transform(interpolation=interp, **kwargs)
+        aa_interp = _interp(getattr(cfg, "aa_interpolation", None) or interp, "aa_interpolation")
+        if aa and aa_interp != interp:  # seed 001 rotates/shears in RandAugment with a different filter
+            _, secondary, _ = create_transform(interpolation=aa_interp, **kwargs)
+    except (AssertionError, KeyError, ValueError, IndexError) as e:
+        raise UserError(f"cannot build the training transform (aa={aa!r}): {e or type(e).__name__}") from None
+    return transforms.Compose([ToRGB(), *primary.transforms, *secondary.transforms, *final.transforms])
+
+
+def build_eval_transform(data_config: dict) -> Callable:
+    """Resize short side to ``size / crop_pct``, centre crop ``size``, to tensor, normalise (any PIL image)."""
+    from timm.data import create_transform
+    from torchvision import transforms
+
+    t = create_transform(input_size=data_config["input_size"], is_training=False,
+                         crop_pct=float(data_config["crop_pct"]),
+                         interpolation=_interp(data_config["interpolation"], "interpolation"),
+                         mean=data_config["mean"], std=data_config["std"])
+    return transforms.Compose([ToRGB(), *t.transforms])
+
+
+def build_mixup(cfg: Any, num_classes: int) -> Callable | None:
+    """timm ``Mixup`` for the config (label smoothing folded into its soft targets), or None when off.
+
+    Batch mode needs an even batch size (the train loader drops the last, partial batch).
+    ``mixup_off_epoch`` is the trainer's: it sets ``mixup_fn.mixup_enabled = False`` from that epoch.
+    """
+    mixup = float(getattr(cfg, "mixup", 0.8) or 0.0)
+    cutmix = float(getattr(cfg, "cutmix", 1.0) or 0.0)
+    minmax = getattr(cfg, "cutmix_minmax", None)
+    prob = float(getattr(cfg, "mixup_prob", 1.0) if getattr(cfg, "mixup_prob", 1.0) is not None else 1.0)
+    if prob <= 0 or (mixup <= 0 and cutmix <= 0 and minmax is None):
+        return None
+    mode = str(getattr(cfg, "mixup_mode", "batch") or "batch").lower()
+    if mode not in ("batch", "pair", "elem"):
+        raise UserError(f"mixup_mode must be batch / pair / elem, got {mode!r}")
+    if minmax is not None:
+        minmax = [float(v) for v in minmax]
+        if len(minmax) != 2 or not 0 < minmax[0] < minmax[1] <= 1:
+            raise UserError(f"cutmix_minmax must be [lo, hi] with 0 < lo < hi <= 1, got {minmax}")
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, cutmix_minmax=minmax, prob=prob,
+                 switch_prob=float(getattr(cfg, "mixup_switch_prob", 0.5) or 0.0), mode=mode,
+                 label_smoothing=float(getattr(cfg, "smoothing", 0.1) or 0.0), num_classes=int(num_classes))
