@@ -1,0 +1,119 @@
+"""ONNX Runtime helpers: sessions, metadata, preprocessing and batched runs for exported vitzoo models.
+
+The preprocessing comes from the ``data_config`` that :mod:`vitzoo.export` stores in the file's
+``metadata_props``, and goes through the same ``build_eval_transform`` the PyTorch commands use, so
+``eval-onnx`` / ``infer-onnx`` reproduce ``eval`` / ``infer`` without extra flags. ONNX files from elsewhere
+(no vitzoo metadata) fall back to the ImageNet mean/std, crop_pct 0.875 and the input size in the graph.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitzoo.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def providers_for(device: str) -> list[str]:
+    """'CPU' | 'GPU' | 'auto' -> ORT execution providers (GPU needs onnxruntime-gpu's CUDA provider)."""
+    import onnxruntime as ort
+
+    device = (device or "auto").upper()
+    available = ort.get_available_providers()
+    if device in ("GPU", "CUDA"):
+        if "CUDAExecutionProvider" not in available:
+            raise UserError("-m GPU: this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu) "
+                            "; use -m CPU")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "AUTO" and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device not in ("CPU", "AUTO"):
+        raise UserError(f"unknown device {device!r} for ONNX Runtime; use CPU or GPU")
+    return ["CPUExecutionProvider"]
+
+
+def create_session(path: str | os.PathLike, device: str = "auto", threads: int | None = None):
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"ONNX model not found: {path}")
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3  # errors only: ORT warns about unused initialisers etc.
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers_for(device))
+    except UserError:
+        raise
+    except Exception as e:  # protobuf parse errors, unsupported opset, ...
+        raise UserError(f"{path}: cannot be loaded by ONNX Runtime ({str(e).splitlines()[0]})") from e
+
+
+def session_metadata(session) -> dict[str, Any]:
+    """The vitzoo metadata of a session's model (parsed JSON values), {} for foreign files."""
+    from vitzoo.export import parse_metadata
+
+    return parse_metadata(dict(session.get_modelmeta().custom_metadata_map or {}))
+
+
+def _input(session):
+    inp = session.get_inputs()[0]
+    return inp, (np.float16 if "float16" in inp.type else np.float32)
+
+
+def fixed_batch(session) -> int | None:
+    """The graph's batch size if it is fixed (export --batch N), else None."""
+    b = _input(session)[0].shape[0]
+    return b if isinstance(b, int) and b > 0 else None
+
+
+def data_config_for(session, image_size: int | None = None) -> dict[str, Any]:
+    """Eval preprocessing: the recorded data_config, else the graph's input size + ImageNet defaults.
+
+    ``image_size`` (the seed's ``--image-size``) overrides the size; it must match a graph with a fixed
+    spatial size, which every exported ViT has (the position embedding fixes the token count).
+    """
+    meta = session_metadata(session)
+    dc = dict(meta.get("data_config") or {})
+    shape = _input(session)[0].shape
+    graph_hw = [s if isinstance(s, int) else None for s in shape[2:4]] if len(shape) == 4 else [None, None]
+    if not dc:
+        h, w = graph_hw[0] or 224, graph_hw[1] or 224
+        dc = {"input_size": (3, h, w), "crop_pct": 0.875, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+              "interpolation": "bicubic"}
+    dc["input_size"] = tuple(int(s) for s in dc["input_size"])
+    if image_size:
+        if graph_hw[0] and graph_hw[0] != image_size:
+            raise UserError(f"--image-size {image_size} does not match the model's fixed input "
+                            f"{graph_hw[0]}x{graph_hw[1]}")
+        dc["input_size"] = (3, int(image_size), int(image_size))
+    for k in ("mean", "std"):
+        dc[k] = tuple(float(v) for v in dc[k])
+    return dc
+
+
+def run_session(session, x: np.ndarray) -> np.ndarray:
+    """Logits (float32) for a batch; pads/splits to the graph's batch size when it is fixed."""
+    inp, dtype = _input(session)
+    x = np.ascontiguousarray(x, dtype=dtype)
+    fixed = fixed_batch(session)
+    if fixed is None or x.shape[0] == fixed:
+        return np.asarray(session.run(None, {inp.name: x})[0], dtype=np.float32)
+    outs = []
+    for i in range(0, x.shape[0], fixed):
+        chunk = x[i:i + fixed]
+        n = chunk.shape[0]
+        if n < fixed:  # zero-pad the tail; the padded rows are dropped below
+            chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), dtype)], 0)
+        outs.append(np.asarray(session.run(None, {inp.name: chunk})[0], dtype=np.float32)[:n])
+    return np.concatenate(outs, 0)
+
+
+def class_names_of(session) -> list[str]:
+    return [str(c) for c in session_metadata(session).get("class_names") or []]
