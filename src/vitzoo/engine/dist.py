@@ -1,0 +1,90 @@
+"""torch.distributed set-up for runs launched with ``torchrun`` (any number of processes and nodes).
+
+``torchrun`` exports RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; a plain ``python``
+launch has none of them and runs as a single process. NCCL is used for CUDA, gloo for CPU.
+Only rank 0 writes files (checkpoints, logs, metrics): callers ask :func:`is_main`.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from vitzoo.errors import UserError
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """'auto' -> cuda:LOCAL_RANK when a GPU is visible, else cpu; 'cuda' without a GPU is a user error."""
+    device = (device or "auto").lower()
+    if device in ("gpu",):
+        device = "cuda"
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError("device: cuda was requested but no CUDA GPU is visible (use --device cpu)")
+        return torch.device("cuda", local_rank if device == "cuda" else int(device.split(":")[1]))
+    if device != "cpu":
+        raise UserError(f"device: expected auto, cuda or cpu, got {device!r}")
+    return torch.device("cpu")
+
+
+def init_distributed(device: str = "auto") -> tuple[int, int, int, torch.device]:
+    """Join the process group if launched by torchrun; return (rank, world_size, local_rank, device)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if world_size > 1 and not is_dist():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size, **kwargs)
+    elif dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return rank, world_size, local_rank, dev
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In-place sum over processes (no-op in a single process); returns ``t``."""
+    if is_dist():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def broadcast_flag(flag: bool, device: torch.device) -> bool:
+    """Rank 0's decision for everyone (e.g. 'save a checkpoint now' when decided by wall-clock time)."""
+    if not is_dist():
+        return flag
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())  # host sync
+
+
+def cleanup() -> None:
+    if is_dist():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -1,0 +1,114 @@
+"""Optimiser construction: weight-decay groups, layer-wise lr decay, fused/foreach kernels.
+
+Weight decay is not applied to 1-d parameters (biases, LayerNorm/BatchNorm affine) nor to the names a
+model lists in ``no_weight_decay()`` (position embeddings, class/dist tokens, rel-pos tables); this is
+the DeiT/timm recipe. Layer-wise lr decay (BEiT, arXiv:2106.08254 sec. 2.6 / its ``layer_decay``) scales
+the lr of layer ``i`` of ``L+2`` (0 = embeddings, L+1 = head) by ``layer_decay ** (L + 1 - i)``; the
+scale is stored as ``lr_scale`` in each param group and applied by :mod:`vitzoo.engine.schedule`.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from vitzoo.errors import UserError
+
+OPTIMIZERS = ("adamw", "adam", "sgd", "momentum")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return getattr(model, "module", model)  # DDP
+
+
+def _skip_decay(name: str, param: torch.Tensor, skip: set[str]) -> bool:
+    if param.ndim <= 1 or name.endswith(".bias"):
+        return True
+    # a listed name matches itself or anything under it ("pos_embed" also covers "pos_embed.xyz")
+    return name in skip or any(name.startswith(s + ".") for s in skip)
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    layer_decay: float | None = None,
+    extra_no_decay: Iterable[str] = (),
+) -> list[dict[str, Any]]:
+    """Split trainable parameters into groups by (layer, decay / no decay).
+
+    Every group carries ``weight_decay``, ``lr_scale`` and a readable ``name``
+    (``"layer_3_decay"``, ``"no_decay"``, ...). Frozen parameters are left out.
+    """
+    model = _unwrap(model)
+    skip = set(extra_no_decay)
+    if hasattr(model, "no_weight_decay"):
+        skip |= set(model.no_weight_decay())
+    use_ld = layer_decay is not None and float(layer_decay) != 1.0
+    if use_ld:
+        if not (hasattr(model, "num_layers") and hasattr(model, "layer_id")):
+            raise UserError(f"layer_decay: {type(model).__name__} has no num_layers()/layer_id() for layer-wise lr decay")
+        if not 0.0 < float(layer_decay) <= 1.0:
+            raise UserError(f"layer_decay: expected a value in (0, 1], got {layer_decay}")
+        num_layers = int(model.num_layers())
+    groups: dict[str, dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = _skip_decay(name, p, skip)
+        kind = "no_decay" if no_decay else "decay"
+        if use_ld:
+            lid = int(model.layer_id(name))
+            key = f"layer_{lid}_{kind}"
+            scale = float(layer_decay) ** (num_layers + 1 - lid)
+        else:
+            key, scale = kind, 1.0
+        if key not in groups:
+            groups[key] = {"name": key, "params": [], "param_names": [],
+                           "weight_decay": 0.0 if no_decay else float(weight_decay), "lr_scale": scale}
+        groups[key]["params"].append(p)
+        groups[key]["param_names"].append(name)
+    return list(groups.values())
+
+
+def _kernel_kwargs(cls: type, params: list[torch.Tensor]) -> dict[str, bool]:
+    """fused=True where every parameter is on CUDA (one kernel for all tensors), else foreach."""
+    if params and all(p.is_cuda for p in params) and cls in (torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD):
+        return {"fused": True}
+    return {"foreach": True}
+
+
+def build_optimizer(cfg: Any, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """The optimiser ``cfg.opt`` over :func:`param_groups` of ``model`` at base ``lr``.
+
+    ``sgd`` is Nesterov momentum SGD and ``momentum`` plain momentum SGD, as timm names them.
+    """
+    opt = str(cfg.opt).lower()
+    groups = param_groups(model, cfg.weight_decay, getattr(cfg, "layer_decay", None))
+    for g in groups:
+        g.pop("param_names")  # kept out of the optimizer state (and checkpoints)
+    params = [p for g in groups for p in g["params"]]
+    if not params:
+        raise UserError("the model has no trainable parameters")
+    if opt in ("adamw", "adam"):
+        cls = torch.optim.AdamW if opt == "adamw" else torch.optim.Adam
+        betas = tuple(getattr(cfg, "opt_betas", None) or (0.9, 0.999))
+        eps = getattr(cfg, "opt_eps", None) or 1e-8
+        return cls(groups, lr=lr, betas=betas, eps=eps, **_kernel_kwargs(cls, params))
+    if opt in ("sgd", "momentum"):
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=(opt == "sgd") and cfg.momentum > 0,
+                               **_kernel_kwargs(torch.optim.SGD, params))
+    from vitzoo.errors import nearest
+
+    raise UserError(f"opt: unknown optimizer {cfg.opt!r}; choose one of {', '.join(OPTIMIZERS)}{nearest(opt, OPTIMIZERS)}")
+
+
+def scaled_lr(base_lr: float, batch_size: int, world_size: int, update_freq: int = 1, unscale: bool = False) -> float:
+    """DeiT's linear scaling rule: lr x global batch / 512 (arXiv:2012.12877 sec. 6), unless ``unscale``.
+
+    The global batch is what one optimiser step sees: per-process batch x processes x accumulation steps.
+    """
+    if unscale:
+        return float(base_lr)
+    return float(base_lr) * batch_size * world_size * max(1, update_freq) / 512.0

@@ -1,0 +1,89 @@
+"""The frozen teacher for DeiT distillation: any model of this zoo, of timm, or of torchvision.
+
+DeiT's paper teacher is timm's ``regnety_160`` (arXiv:2012.12877 sec. 5.2); any classifier works as
+long as it predicts the student's classes. Weights come from a local file only (no download):
+a vitzoo checkpoint, an official release file of a zoo model, or a plain / wrapped state dict,
+always loaded with ``weights_only=True``. The teacher is put in eval mode with gradients off.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vitzoo.errors import UserError, nearest
+
+_WRAPPERS = ("model", "state_dict", "model_state", "module", "net", "state_dict_ema", "model_ema")
+
+
+def _plain_state_dict(obj: dict) -> dict[str, torch.Tensor]:
+    """Find the state dict inside common checkpoint wrappers and strip DDP's 'module.' prefix."""
+    for key in _WRAPPERS:
+        if key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise UserError("teacher_path: no tensors found in the file (expected a state dict)")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _zoo_names() -> list[str]:
+    try:
+        from vitzoo.models import list_models
+
+        return list(list_models())
+    except ImportError:  # pragma: no cover - models package not present
+        return []
+
+
+def build_model_by_name(name: str, num_classes: int) -> tuple[nn.Module, str]:
+    """(model with random weights, source) for a zoo / timm / torchvision name."""
+    zoo = _zoo_names()
+    if name in zoo:
+        from vitzoo.models import create_model
+
+        return create_model(name, num_classes=num_classes), "vitzoo"
+    import timm
+
+    if timm.is_model(name):
+        return timm.create_model(name, pretrained=False, num_classes=num_classes), "timm"
+    import torchvision
+
+    tv = torchvision.models.list_models()
+    if name in tv:
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes), "torchvision"
+    raise UserError(f"teacher_model: unknown model {name!r} (not in vitzoo, timm or torchvision)"
+                    f"{nearest(name, zoo + list(timm.list_models()) + tv)}")
+
+
+def build_teacher(name: str, path: str, num_classes: int, device: torch.device | str = "cpu") -> nn.Module:
+    """Build ``name``, load ``path`` (required: training against a random teacher is meaningless)."""
+    if not name:
+        raise UserError("teacher_model: distillation needs a teacher model name (e.g. regnety_160)")
+    if not path:
+        raise UserError(f"teacher_path: distillation needs the weights of teacher {name!r} (a local file)")
+    if not Path(path).is_file():
+        raise UserError(f"teacher_path: file not found: {path}")
+    if name in _zoo_names():
+        from vitzoo.models import create_model
+
+        # the zoo handles its own checkpoints and the official release layouts (weights_only)
+        teacher = create_model(name, num_classes=num_classes, pretrained=path)
+    else:
+        teacher, _ = build_model_by_name(name, num_classes)
+        from vitzoo.checkpoint import load_checkpoint
+
+        sd = _plain_state_dict(load_checkpoint(path))
+        try:
+            teacher.load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[:2]
+            raise UserError(f"teacher_path: {path} does not fit teacher {name!r} with {num_classes} classes: "
+                            f"{' '.join(first)}") from e
+    teacher.to(device).eval()
+    teacher.requires_grad_(False)
+    return teacher
