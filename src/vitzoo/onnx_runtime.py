@@ -117,3 +117,37 @@ def run_session(session, x: np.ndarray) -> np.ndarray:
 
 def class_names_of(session) -> list[str]:
     return [str(c) for c in session_metadata(session).get("class_names") or []]
+
+
+def evaluate_folder(session, root: str | os.PathLike, data_config: dict, class_names: list[str], *,
+                    batch_size: int = 32, num_workers: int = 0, prefetch: int = 16) -> dict[str, Any]:
+    """Top-1 / top-5 accuracy (fractions, rounded as the seeds print) of ``session`` on ``root/<class>/*``.
+
+    Uses the data module's folder dataset (same file order, same bad-file policy: skip) and eval transform
+    as ``vitzoo eval``, so both commands see identical tensors.
+    """
+    import torch
+
+    from vitzoo.data import ImageFolderDataset, build_eval_transform
+    from vitzoo.data.loader import Loader, _collate  # the Loader relays bad files found in worker processes
+
+    found = {d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith(".")} \
+        if os.path.isdir(root) else set()
+    classes = class_names if class_names and found and found <= set(class_names) else None
+    ds = ImageFolderDataset(root, build_eval_transform(data_config), classes=classes)
+    # --prefetch N (the seed's option) = batches decoded ahead in all, spread over the workers
+    loader = Loader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate,
+                    prefetch_factor=max(1, prefetch // max(1, num_workers)) if num_workers else None)
+    correct1 = correct5 = total = 0
+    for x, y in loader:
+        logits = run_session(session, x.numpy())
+        k = min(5, logits.shape[1])
+        top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+        y = y.numpy()
+        correct1 += int((top[:, 0] == y).sum())
+        correct5 += int((top == y[:, None]).any(1).sum())
+        total += len(y)
+    if total == 0:
+        raise UserError(f"no images evaluated in {root}")
+    return {"Top1-Acc": round(correct1 / total, 6), "Top5-Acc": round(correct5 / total, 6), "num_samples": total,
+            "bad_files": dict(ds.bad_files)}

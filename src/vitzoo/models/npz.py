@@ -120,3 +120,6 @@ def npz_model_kwargs(sd: dict[str, torch.Tensor]) -> dict[str, int]:
     if "head.weight" in sd:
         out["num_classes"] = int(sd["head.weight"].shape[0])
     return out
+
+
+load_npz_state_dict = load_npz  # the name vitzoo.models.weights imports

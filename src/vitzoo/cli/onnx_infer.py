@@ -1,0 +1,39 @@
+"""`vitzoo infer-onnx`: `vitzoo infer` with an exported ONNX model run by ONNX Runtime.
+
+Same console lines and the same ``{path: class}`` JSON as the PyTorch command; the preprocessing and
+class names come from the metadata ``vitzoo export`` stored in the file.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from vitzoo.cli.infer import add_common_args, check_common_args, run_prediction
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vitzoo infer-onnx", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common_args(p)
+    p.add_argument("--onnx-path", "--onnx_path", required=True, help="ONNX model written by vitzoo export")
+    p.add_argument("-m", "--device", default="auto", type=str.upper, choices=["AUTO", "CPU", "GPU"],
+                   help="ONNX Runtime execution provider (GPU needs onnxruntime-gpu)")
+    p.add_argument("--image-size", "--image_size", type=int, default=None,
+                   help="input size override (default: the size recorded in the model)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    check_common_args(args)
+    from vitzoo.data import build_eval_transform
+    from vitzoo.onnx_runtime import class_names_of, create_session, data_config_for, run_session
+
+    session = create_session(args.onnx_path, args.device)
+    transform = build_eval_transform(data_config_for(session, args.image_size))
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(run_session(session, x.numpy()))
+
+    return run_prediction(args, transform, run, class_names_of(session))
