@@ -260,3 +260,17 @@ def test_gelu_option_and_layer_ids():
     assert exact.layer_id("cls_token") == 0 and exact.layer_id("patch_embed.proj.weight") == 0
     assert exact.layer_id("blocks.1.mlp.fc1.weight") == 2 and exact.layer_id("head.weight") == 3
     assert exact.no_weight_decay() == {"cls_token", "pos_embed"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TIMM_NAMES)
+def test_full_size_logits_match_timm(name):
+    """The registered architecture as released (all blocks, native resolution) against timm."""
+    torch.manual_seed(0)
+    ref = timm.create_model(name).eval()
+    ours = create_model(name).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    size = ours.data_config["input_size"][-1]
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        assert (ours(x) - ref(x)).abs().max().item() <= 1e-4

@@ -60,6 +60,7 @@ def run(module: str, argv: list[str], *, debug: bool = False, prog: str = "vitzo
     """Run one sub-command's ``main`` and turn user errors into one line + exit code."""
     from vitzoo.errors import UserError
 
+    _setup_logging()
     try:
         code = importlib.import_module(module).main(argv)
         return int(code or 0)
@@ -71,6 +72,18 @@ def run(module: str, argv: list[str], *, debug: bool = False, prog: str = "vitzo
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def _setup_logging() -> None:
+    """Show the library's INFO messages (what a loader dropped or resized, ...) on stderr, once."""
+    import logging
+
+    logger = logging.getLogger("vitzoo")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 if __name__ == "__main__":  # pragma: no cover
