@@ -217,3 +217,87 @@ def read_torchscript_metadata(path: str | os.PathLike) -> dict[str, Any]:
         warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
         torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     return parse_metadata(json.loads(extra[META_FILE])) if extra[META_FILE] else {}
+
+
+# ------------------------------------------------------------------------------------------ conversion
+def _layout(obj: dict) -> str:
+    """A human name for an official file's layout (for the convert report)."""
+    keys = [k for k in ("state_dict_ema", "model_ema", "model", "module", "state_dict", "model_state") if k in obj]
+    inner = obj.get(keys[0]) if keys else obj
+    prefixed = isinstance(inner, dict) and any(str(k).startswith("module.") for k in inner)
+    has_relpos = isinstance(inner, dict) and any("relative_position" in str(k) for k in inner)
+    kind = "BEiT" if has_relpos else ("T2T-ViT" if "state_dict_ema" in obj or "state_dict" in obj else "DeiT/timm")
+    return f"{kind} .pth ({keys[0] if keys else 'bare state dict'}{', module. prefix' if prefixed else ''})"
+
+
+def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, arch: str | None = None,
+                       num_classes: int | None = None, img_size: int | None = None,
+                       use_ema: bool = False) -> dict[str, Any]:
+    """Official release file (or vitzoo checkpoint) -> vitzoo checkpoint at ``dst``, checked by reloading.
+
+    The loading itself is :func:`vitzoo.models.weights.load_pretrained` (the same code path as
+    ``create_model(pretrained=SRC)``), so ``convert`` and loading the file directly agree by construction.
+    """
+    from vitzoo import __version__
+    from vitzoo.checkpoint import is_vitzoo_checkpoint, load_checkpoint, save_checkpoint
+    from vitzoo.models import create_model, load_model, load_pretrained
+    from vitzoo.models.npz import load_npz, npz_model_kwargs
+    from vitzoo.models.weights import unwrap_state_dict
+
+    src = str(src)
+    if src.endswith(".npz"):
+        obj: dict = {"model": load_npz(src)}
+        layout, meta_in, sd = "Google ViT .npz", {}, obj["model"]
+    else:
+        obj = load_checkpoint(src)
+        if is_vitzoo_checkpoint(obj):
+            layout, meta_in = "vitzoo checkpoint", obj["meta"]
+            sd = obj["ema"] if use_ema and obj.get("ema") else obj["model"]
+        else:
+            layout, meta_in, sd = _layout(obj), {}, unwrap_state_dict(obj, use_ema)
+    arch = arch or meta_in.get("arch")
+    if not arch:
+        hint = ""
+        if "patch_embed.proj.weight" in sd and src.endswith(".npz"):
+            k = npz_model_kwargs(sd)
+            hint = f" (the file has embed_dim {k['embed_dim']}, patch {k['patch_size']}, depth {k['depth']})"
+        raise UserError(f"{src} does not record its architecture; pass --arch NAME{hint}")
+    kwargs = dict(meta_in.get("model_kwargs") or {})
+    file_classes = int(sd["head.weight"].shape[0]) if "head.weight" in sd else None
+    kwargs["num_classes"] = num_classes or kwargs.get("num_classes") or file_classes or 1000
+    if img_size:
+        kwargs["img_size"] = img_size
+    model = create_model(arch, **kwargs).eval()
+    target = model.state_dict()
+    load_pretrained(model, obj, use_ema=use_ema)
+
+    notes = []
+    if file_classes is not None and file_classes != model.num_classes:
+        notes.append(f"classifier re-initialised: file has {file_classes} classes, model {model.num_classes}")
+    if "pos_embed" in sd and "pos_embed" in target and sd["pos_embed"].shape != target["pos_embed"].shape:
+        notes.append(f"pos_embed resized {tuple(sd['pos_embed'].shape)} -> {tuple(target['pos_embed'].shape)}")
+    unused = sorted(k for k in sd if k not in target and not k.endswith("relative_position_index"))
+    if unused:
+        notes.append(f"not used by the model: {', '.join(unused[:6])}{' ...' if len(unused) > 6 else ''}")
+    data_config = dict(meta_in.get("data_config") or {})
+    if tuple(data_config.get("input_size") or ()) != tuple(model.data_config["input_size"]):
+        data_config = dict(model.data_config)
+    data_config = {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()}
+    meta = {**{k: v for k, v in meta_in.items() if k not in ("format", "format_version")},
+            "arch": arch, "model_kwargs": dict(model.model_kwargs), "num_classes": model.num_classes,
+            "class_names": list(meta_in.get("class_names") or []), "data_config": data_config,
+            "converted_from": src, "source_layout": layout,
+            "vitzoo_version": __version__, "torch_version": torch.__version__}
+    path = save_checkpoint(dst, {"model": model.state_dict(), "meta": meta})
+
+    # check: the written file rebuilds the same function (arch + kwargs + weights)
+    c, h, w = model.data_config["input_size"]
+    x = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(0))
+    reloaded, _ = load_model(path)
+    with torch.no_grad():
+        a, b = model(x), reloaded(x)
+    if not torch.isfinite(a).all() or not torch.allclose(a, b, atol=1e-5, rtol=0):
+        raise UserError(f"{path}: the converted checkpoint does not reproduce the source model's logits")
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"path": path, "arch": arch, "layout": layout, "num_classes": model.num_classes,
+            "num_params": n_params, "notes": notes}

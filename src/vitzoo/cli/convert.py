@@ -1,0 +1,40 @@
+"""`vitzoo convert`: turn an official release file into a vitzoo checkpoint (weights + arch + config).
+
+Accepted layouts: DeiT / timm ``.pth`` (``{"model": ...}``), T2T-ViT ``.pth.tar`` (``state_dict_ema`` /
+``state_dict``, ``module.`` prefix), BEiT ``.pth`` (``model`` / ``module``; relative position index buffers
+dropped, a shared rel-pos table expanded per block), Google ViT ``.npz`` (``ViT-B_16.npz`` layout) and vitzoo
+checkpoints themselves (e.g. to re-save as ``.safetensors``). DST ending in ``.safetensors`` writes
+safetensors (meta in the header); anything else a ``torch.save`` file loadable with ``weights_only=True``.
+The converted model is checked: it must load strictly and give finite logits.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vitzoo convert", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("src", metavar="SRC", help="official file: .pth / .pth.tar / .npz (or a vitzoo checkpoint)")
+    p.add_argument("dst", metavar="DST", help="output checkpoint (.pt, .pth or .safetensors)")
+    p.add_argument("--arch", "--model", default=None,
+                   help="model name (see `vitzoo models`); required unless SRC is a vitzoo checkpoint")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classifier width (default: the file's; another width re-initialises the head)")
+    p.add_argument("--img-size", type=int, default=None,
+                   help="input resolution (default: the arch's; position tables are resized)")
+    p.add_argument("--use-ema", action="store_true", help="take the EMA weights when the file has both")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from vitzoo.export import convert_checkpoint
+
+    info = convert_checkpoint(args.src, args.dst, arch=args.arch, num_classes=args.num_classes,
+                              img_size=args.img_size, use_ema=args.use_ema)
+    print(f"converted {args.src} ({info['layout']}) -> {info['path']}: {info['arch']}, "
+          f"{info['num_classes']} classes, {info['num_params']:,} parameters")
+    for line in info["notes"]:
+        print(f"  {line}")
+    return 0
