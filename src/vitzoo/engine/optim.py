@@ -103,12 +103,3 @@ def build_optimizer(cfg: Any, model: nn.Module, lr: float) -> torch.optim.Optimi
 
     raise UserError(f"opt: unknown optimizer {cfg.opt!r}; choose one of {', '.join(OPTIMIZERS)}{nearest(opt, OPTIMIZERS)}")
 
-
-def scaled_lr(base_lr: float, batch_size: int, world_size: int, update_freq: int = 1, unscale: bool = False) -> float:
-    """DeiT's linear scaling rule: lr x global batch / 512 (arXiv:2012.12877 sec. 6), unless ``unscale``.
-
-    The global batch is what one optimiser step sees: per-process batch x processes x accumulation steps.
-    """
-    if unscale:
-        return float(base_lr)
-    return float(base_lr) * batch_size * world_size * max(1, update_freq) / 512.0

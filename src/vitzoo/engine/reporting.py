@@ -1,0 +1,142 @@
+"""What a run tells its user: console progress, a log file, TensorBoard scalars, metrics JSONL/CSV.
+
+Only rank 0 reports. On a terminal each epoch gets a tqdm bar (rate, ETA, loss, lr); otherwise (a log
+file, a CI job, ``nohup``) a plain line every ``print_loss_every`` updates. ``metrics.jsonl`` holds one
+JSON object per epoch (keys in :data:`METRIC_KEYS`; ``vitzoo plot`` reads it) and ``metrics.csv`` the
+same table; both are rewritten atomically each epoch, so a killed run never leaves half a line.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from vitzoo.checkpoint import atomic_write_text
+
+METRIC_KEYS = ("epoch", "step", "train_loss", "lr", "val_loss", "val_top1", "val_top5", "img_per_sec", "time",
+               "skipped_steps")
+LOGGER = "vitzoo.train"
+
+
+def setup_logger(log_file: Path | None, main: bool) -> logging.Logger:
+    """Console (stdout, message only) + ``log_file`` (timestamped) on rank 0; warnings only elsewhere."""
+    log = logging.getLogger(LOGGER)
+    close_logger(log)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    console.setLevel(logging.INFO if main else logging.WARNING)
+    log.addHandler(console)
+    if main and log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file, encoding="utf-8")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(fh)
+    return log
+
+
+def close_logger(log: logging.Logger) -> None:
+    for h in list(log.handlers):
+        h.close()
+        log.removeHandler(h)
+
+
+class Tensorboard:
+    """A SummaryWriter on rank 0, or nothing (other ranks; tensorboard not installed)."""
+
+    def __init__(self, folder: Path, enabled: bool, log: logging.Logger) -> None:
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(folder))
+            except ImportError as e:  # pragma: no cover - tensorboard is a dependency
+                log.warning("TensorBoard disabled: %s", e)
+
+    def scalars(self, step: int, **values: float) -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                if v is not None and math.isfinite(v):
+                    self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class MetricsFile:
+    """Per-epoch rows in ``metrics.jsonl`` + ``metrics.csv`` (rows after a resume point are dropped)."""
+
+    def __init__(self, folder: Path, enabled: bool) -> None:
+        self.jsonl, self.csv = folder / "metrics.jsonl", folder / "metrics.csv"
+        self.enabled = enabled
+        self.rows: list[dict[str, Any]] = []
+
+    def load(self, upto_epoch: int) -> None:
+        """Keep the rows of a previous run up to ``upto_epoch`` (resume)."""
+        if not self.jsonl.is_file():
+            return
+        for line in self.jsonl.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and int(row.get("epoch", 0)) <= upto_epoch:
+                self.rows.append(row)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append({k: row.get(k) for k in METRIC_KEYS})
+        if not self.enabled:
+            return
+        atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in self.rows))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=METRIC_KEYS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(self.rows)
+        atomic_write_text(self.csv, buf.getvalue())
+
+
+class Progress:
+    """One epoch's progress: a tqdm bar on a terminal, else a plain line every ``every`` updates."""
+
+    def __init__(self, epoch: int, epochs: int, total: int, initial: int, every: int, enabled: bool,
+                 log: logging.Logger, batch_size: int) -> None:
+        self.epoch, self.epochs, self.total, self.every = epoch, epochs, total, max(1, every)
+        self.log, self.enabled, self.batch_size = log, enabled, batch_size
+        self.start, self.done0 = time.perf_counter(), initial
+        self.bar = None
+        if enabled and sys.stdout.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
+                            dynamic_ncols=True, leave=True)
+
+    def update(self, done: int, global_step: int, loss: float, lr: float) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", refresh=False)
+            return
+        if done % self.every and done != self.total:
+            return
+        elapsed = time.perf_counter() - self.start
+        rate = (done - self.done0) / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - done) / rate if rate > 0 else 0.0
+        self.log.info("epoch %d/%d step %d/%d (global %d) loss %.4f lr %.4g %.1f img/s eta %s",
+                      self.epoch + 1, self.epochs, done, self.total, global_step, loss, lr,
+                      rate * self.batch_size, time.strftime("%H:%M:%S", time.gmtime(eta)))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
