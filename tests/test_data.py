@@ -263,6 +263,15 @@ def test_train_transform_shapes(aa):
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
     if aa == "none":
         assert not any("RandAug" in type(s).__name__ for s in t.transforms)
+    # posterize at 0 bits (RandAugment magnitude 10) must not crash with Pillow >= 13: a black image
+    found = 0
+    for t_ in t.transforms:
+        for op in [*(getattr(t_, "ops", None) or []), *sum(getattr(t_, "policy", None) or [], [])]:
+            if "Posterize" in op.name:
+                assert op.aug_fn(img, 0).getextrema() == ((0, 0),) * 3
+                assert op.aug_fn(img, 8) is img
+                found += 1
+    assert (found > 0) == (aa != "none")
     with pytest.raises(UserError, match="aa="):
         build_train_transform(make_cfg(aa="bogus-aug"), resolve_data_config(cfg, None))
 

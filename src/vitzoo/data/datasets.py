@@ -62,7 +62,7 @@ def _open_rgb(path: Path):
         with open(path, "rb") as f:
             img = Image.open(f)
             img.load()  # decode now: truncated files fail here, not later inside a transform
-        return img.convert("RGB")
+        return img if img.mode == "RGB" else img.convert("RGB")  # (convert would copy an RGB image)
     except FileNotFoundError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,

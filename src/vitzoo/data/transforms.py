@@ -87,6 +87,36 @@ class ToRGB:
         return "ToRGB()"
 
 
+def _posterize(img, bits_to_keep, **_):
+    """timm's posterize op, valid for Pillow >= 13 too.
+
+    RandAugment's ``PosterizeIncreasing`` reaches 0 bits at magnitude 10 (``mstd0.5`` samples that), and
+    Pillow 13 rejects ``ImageOps.posterize(img, 0)`` ("bits must be between or equal to 1 and 8") where
+    older Pillow returned a black image; keep the old result so long runs do not crash in a worker.
+    """
+    from PIL import Image, ImageOps
+
+    bits = int(bits_to_keep)
+    if bits >= 8:
+        return img
+    if bits <= 0:
+        return Image.new(img.mode, img.size)  # every bit masked off: black, as Pillow < 13 gave
+    return ImageOps.posterize(img, bits)
+
+
+def patch_posterize(transform: Any) -> Any:
+    """Swap timm's posterize for :func:`_posterize` in every AutoAugment / RandAugment / AugMix op."""
+    from timm.data import auto_augment as taa
+
+    for t in getattr(transform, "transforms", [transform]):
+        ops = list(getattr(t, "ops", None) or [])
+        ops += [op for sub in (getattr(t, "policy", None) or []) for op in sub]
+        for op in ops:
+            if getattr(op, "aug_fn", None) is taa.posterize:
+                op.aug_fn = _posterize
+    return transform
+
+
 def build_train_transform(cfg: Any, data_config: dict) -> Callable:
     """The training augmentation chain (timm ``create_transform(is_training=True)``) for ``data_config``."""
     from timm.data import create_transform
@@ -117,7 +147,8 @@ def build_train_transform(cfg: Any, data_config: dict) -> Callable:
             _, secondary, _ = create_transform(interpolation=aa_interp, **kwargs)
     except (AssertionError, KeyError, ValueError, IndexError) as e:
         raise UserError(f"cannot build the training transform (aa={aa!r}): {e or type(e).__name__}") from None
-    return transforms.Compose([ToRGB(), *primary.transforms, *secondary.transforms, *final.transforms])
+    return patch_posterize(transforms.Compose([ToRGB(), *primary.transforms, *secondary.transforms,
+                                               *final.transforms]))
 
 
 def build_eval_transform(data_config: dict) -> Callable:

@@ -1,0 +1,103 @@
+"""Train-pipeline throughput: vitzoo's loader vs timm's own (create_dataset + create_loader), same folder.
+
+Both run the DeiT training recipe (RandomResizedCrop bicubic, flip, RandAugment rand-m9-mstd0.5-inc1,
+normalise, RandomErasing 0.25 pixel) at the same input size, batch size and worker count on a folder
+written by ``make-dataset shapes`` (optionally re-encoded as JPEG, as ImageNet is). Runs alternate
+(ours, timm, ours, timm, ...) after one warm-up epoch each, and the best epoch of each is reported, so
+machine noise hits both alike. Prints images/s, images/s per worker, and the ratio ours / timm.
+
+    python benchmarks/bench_data.py --num-images 1024 --size 160 --input-size 224 --workers 2
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import tempfile
+import time
+import types
+from pathlib import Path
+
+
+def recipe_cfg(args, data_path: str) -> types.SimpleNamespace:
+    return types.SimpleNamespace(
+        dataset="folder", data_path=data_path, val_data_path="", train_dir="train", val_dir="val",
+        train_num_samples=-1, val_num_samples=-1, num_workers=args.workers, pin_mem=False,
+        persistent_workers=True, batch_size=args.batch_size, eval_batch_size=None, bad_image_policy="skip",
+        repeated_aug=False, imagenet_default_mean_and_std=True, crop_pct=0.875, interpolation="bicubic",
+        aa="rand-m9-mstd0.5-inc1", aa_interpolation=None, color_jitter=0.4, hflip=0.5, min_crop=0.08,
+        reprob=0.25, remode="pixel", recount=1, resplit=False, input_size=args.input_size, seed=0,
+    )
+
+
+def to_jpeg(root: Path) -> None:
+    from PIL import Image
+
+    for p in sorted(root.rglob("*.png")):
+        Image.open(p).convert("RGB").save(p.with_suffix(".jpg"), quality=90)
+        p.unlink()
+
+
+def epoch_rate(loader) -> float:
+    n, t0 = 0, time.perf_counter()
+    for x, _ in loader:
+        n += x.shape[0]
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="", help="existing make-dataset folder (default: generate one)")
+    ap.add_argument("--num-images", type=int, default=1024)
+    ap.add_argument("--size", type=int, default=160, help="side of the generated images")
+    ap.add_argument("--jpeg", action="store_true", help="re-encode the generated images as JPEG")
+    ap.add_argument("--input-size", type=int, default=224)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="timed epochs per loader (alternating)")
+    args = ap.parse_args()
+
+    import torch
+    from timm.data import create_dataset, create_loader
+
+    from vitzoo.data import build_dataset, build_loader, make_shapes_dataset
+    from vitzoo.data.transforms import patch_posterize
+
+    torch.set_num_threads(1)
+    tmp = tempfile.TemporaryDirectory()
+    root = Path(args.data or tmp.name)
+    if not args.data:
+        make_shapes_dataset(root, args.num_images, 10, args.size, seed=0, num_classes=10)
+        if args.jpeg:
+            to_jpeg(root)
+    cfg = recipe_cfg(args, str(root))
+
+    ours = build_loader(cfg, build_dataset(cfg, "train"), "train")
+    timm_ds = create_dataset("", root=str(root / "train"), is_training=True)
+    theirs = create_loader(
+        timm_ds, input_size=(3, args.input_size, args.input_size), batch_size=args.batch_size, is_training=True,
+        scale=(cfg.min_crop, 1.0), hflip=cfg.hflip, color_jitter=cfg.color_jitter, auto_augment=cfg.aa,
+        interpolation=cfg.interpolation, re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount,
+        num_workers=args.workers, use_prefetcher=False, pin_memory=False, persistent_workers=True,
+        device=torch.device("cpu"))
+    # timm's RandAugment posterize crashes at 0 bits on Pillow >= 13; give timm the same fix as ours
+    patch_posterize(timm_ds.transform)
+    rates = {"vitzoo": [], "timm": []}
+    for name, loader in (("vitzoo", ours), ("timm", theirs)):
+        epoch_rate(loader)  # warm-up: worker start, file cache
+    for _ in range(args.rounds):
+        for name, loader in (("vitzoo", ours), ("timm", theirs)):
+            rates[name].append(epoch_rate(loader))
+    w = max(args.workers, 1)
+    print(f"train pipeline, {len(timm_ds)} images ({'jpeg' if args.jpeg else 'png'} {args.size}px) -> "
+          f"{args.input_size}px, batch {args.batch_size}, {args.workers} workers, best of {args.rounds} epochs")
+    for name, r in rates.items():
+        print(f"  {name:7s} {max(r):8.1f} img/s   {max(r) / w:7.1f} img/s/worker   "
+              f"(epochs: {', '.join(f'{v:.0f}' for v in r)})")
+    print(f"  ratio vitzoo / timm: {max(rates['vitzoo']) / max(rates['timm']):.3f}")
+    del ours, theirs  # stop the persistent workers before the temporary folder goes
+    gc.collect()
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
