@@ -1,0 +1,132 @@
+"""`vitzoo attention`: draw where a model looks: attention rollout (or one block's map) per image.
+
+For each image: the eval crop the model sees (the checkpoint's ``data_config``: resize to size/crop_pct,
+centre crop, normalise), the class token's attention over the patch grid upsampled to the crop, and the
+overlay, side by side in one PNG titled with the predicted class and its probability.
+
+Modes: ``rollout`` (Abnar & Zuidema 2020: heads averaged, identity added for the residual, rows
+renormalised, multiplied through all blocks), ``last`` (last block's class-token attention) and
+``block:N`` (block N, 0-based, negative from the end). ``--head N`` uses one head instead of the mean.
+Prefix tokens (class, and distillation for distilled DeiT) are left out of the map. Unreadable images
+are reported on stderr and skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from vitzoo.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vitzoo attention", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="examples: vitzoo attention img.jpg --checkpoint out/best.pt; "
+               "vitzoo attention photos/ --arch deit_tiny_patch16_224 --mode last --head 0")
+    p.add_argument("data", metavar="IMAGE_OR_FOLDER", help="an image file or a folder of images")
+    p.add_argument("--checkpoint", default=None,
+                   help="vitzoo checkpoint or official release file; without it --arch builds random weights")
+    p.add_argument("--arch", default=None,
+                   help="model name (needed for official files; alone: a randomly initialised model)")
+    p.add_argument("--output", default="attention", help="folder for the PNGs (<image stem>_attention.png)")
+    p.add_argument("--mode", default="rollout", help="rollout | last | block:N")
+    p.add_argument("--head", default="mean", help="mean (average the heads) or a head index N")
+    p.add_argument("--recursive", action="store_true", help="include images in sub-folders")
+    p.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (a few images: cpu is fine)")
+    return p
+
+
+def _parse_head(head: str) -> str | int:
+    if head == "mean":
+        return head
+    try:
+        return int(head)
+    except ValueError:
+        raise UserError(f"--head must be 'mean' or an integer head index, got {head!r}") from None
+
+
+def _load(args) -> tuple[torch.nn.Module, dict, str]:
+    """(model in eval mode, checkpoint meta, description of the weights) from the arguments."""
+    from vitzoo.engine.dist import resolve_device
+    from vitzoo.models import create_model, load_model
+
+    device = resolve_device(args.device)
+    if args.checkpoint:
+        if not Path(args.checkpoint).is_file():
+            raise UserError(f"checkpoint not found: {args.checkpoint}")
+        model, meta = load_model(args.checkpoint, arch=args.arch, use_ema=args.use_ema, device=str(device))
+        return model, meta, Path(args.checkpoint).name
+    if not args.arch:
+        raise UserError("give --checkpoint CKPT (or --arch NAME for a randomly initialised model)")
+    torch.manual_seed(0)
+    return create_model(args.arch).to(device).eval(), {}, "random weights"
+
+
+def _output_path(out_dir: Path, image: Path, root: Path) -> Path:
+    """Mirror sub-folders of ``root`` (``--recursive``) so equal file names never overwrite each other."""
+    rel = image.relative_to(root).parent if root.is_dir() else Path()
+    return out_dir / rel / f"{image.stem}_attention.png"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    head = _parse_head(args.head)
+    if args.mode not in ("rollout", "last") and not args.mode.startswith("block:"):
+        raise UserError(f"--mode must be rollout, last or block:N, got {args.mode!r}")
+    from vitzoo.cli.infer import collect_images
+    from vitzoo.data import build_eval_transform, load_image
+    from vitzoo.visualize import class_token_map, draw_attention, to_grid, upsample
+
+    root = Path(args.data)
+    images, skipped = collect_images(args.data, args.recursive)
+    if not images:
+        raise UserError(f"no image files in {args.data}" + ("" if args.recursive else " (use --recursive for sub-folders)"))
+    model, meta, weights = _load(args)
+    if not hasattr(model, "get_attention_maps"):
+        raise UserError(f"{type(model).__name__} cannot return attention maps")
+    data_config = dict(meta.get("data_config") or model.data_config)
+    data_config["input_size"] = tuple(data_config["input_size"])
+    transform = build_eval_transform(data_config)
+    mean = torch.tensor(data_config["mean"], dtype=torch.float32)[:, None, None]
+    std = torch.tensor(data_config["std"], dtype=torch.float32)[:, None, None]
+    class_names = [str(c) for c in meta.get("class_names") or []]
+    prefix = getattr(model, "num_prefix_tokens", 2 if getattr(model, "distilled", False) else 1)
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)  # T2T: square, inferred
+    device = next(model.parameters()).device
+    out_dir = Path(args.output)
+
+    bad: list[tuple[str, str]] = []
+    written = []
+    for path in images:
+        try:
+            img = load_image(path)
+        except UserError as e:
+            bad.append((str(path), str(e).split(": ", 1)[-1]))
+            continue
+        x = transform(img).unsqueeze(0).to(device)  # (1, 3, H, W)
+        with torch.inference_mode():
+            probs = model(x).float().softmax(-1)[0]
+        maps = model.get_attention_maps(x)  # [(1, heads, N, N)] per block
+        heat = to_grid(class_token_map(maps, args.mode, head, prefix).cpu(), grid)  # (1, h, w)
+        heat = upsample(heat, tuple(x.shape[-2:]))[0]
+        p, cls = probs.max(dim=0)
+        label = class_names[int(cls)] if int(cls) < len(class_names) else f"class {int(cls)}"
+        title = f"{path.name}: predicted {label} (p = {float(p):.3f})   [{weights}]"
+        shown = (x[0].cpu() * std + mean).clamp(0, 1)
+        what = f"{args.mode}, head {head}" if head != "mean" else f"{args.mode}, mean of heads"
+        out = draw_attention(shown, heat, title, _output_path(out_dir, path, root), grid_title=what)
+        written.append(out)
+        print(f"{path} -> {out}  ({label}, p={float(p):.3f})", flush=True)
+
+    for p_, reason in skipped + bad:
+        print(f"skipped {p_}: {reason}", file=sys.stderr)
+    if not written:
+        raise UserError(f"{args.data}: no readable image" + (f" ({bad[0][1]})" if bad else ""))
+    extra = f"; skipped {len(skipped) + len(bad)} file(s)" if skipped or bad else ""
+    print(f"wrote {len(written)} attention map(s) to {out_dir}{extra}", file=sys.stderr)
+    return 0
