@@ -232,7 +232,7 @@ def _layout(obj: dict) -> str:
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, arch: str | None = None,
                        num_classes: int | None = None, img_size: int | None = None,
-                       use_ema: bool = False) -> dict[str, Any]:
+                       use_ema: bool = False, overrides: dict | None = None) -> dict[str, Any]:
     """Official release file (or vitzoo checkpoint) -> vitzoo checkpoint at ``dst``, checked by reloading.
 
     The loading itself is :func:`vitzoo.models.weights.load_pretrained` (the same code path as
@@ -262,7 +262,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, arch: 
             k = npz_model_kwargs(sd)
             hint = f" (the file has embed_dim {k['embed_dim']}, patch {k['patch_size']}, depth {k['depth']})"
         raise UserError(f"{src} does not record its architecture; pass --arch NAME{hint}")
-    kwargs = dict(meta_in.get("model_kwargs") or {})
+    kwargs = {**(meta_in.get("model_kwargs") or {}), **(overrides or {})}
     file_classes = int(sd["head.weight"].shape[0]) if "head.weight" in sd else None
     kwargs["num_classes"] = num_classes or kwargs.get("num_classes") or file_classes or 1000
     if img_size:
@@ -287,7 +287,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, arch: 
             "arch": arch, "model_kwargs": dict(model.model_kwargs), "num_classes": model.num_classes,
             "class_names": list(meta_in.get("class_names") or []), "data_config": data_config,
             "converted_from": src, "source_layout": layout,
-            "vitzoo_version": __version__, "torch_version": torch.__version__}
+            "vitzoo_version": __version__, "torch_version": str(torch.__version__)}
     path = save_checkpoint(dst, {"model": model.state_dict(), "meta": meta})
 
     # check: the written file rebuilds the same function (arch + kwargs + weights)

@@ -24,7 +24,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int, default=None,
                    help="input resolution (default: the arch's; position tables are resized)")
     p.add_argument("--use-ema", action="store_true", help="take the EMA weights when the file has both")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="model config override for non-standard sizes, repeatable (e.g. --set embed_dim=192)")
     return p
+
+
+def parse_overrides(items: list[str]) -> dict:
+    import yaml
+
+    from vitzoo.errors import UserError
+
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)  # typed: 192 -> int, 0.5 -> float, true -> bool
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     from vitzoo.export import convert_checkpoint
 
     info = convert_checkpoint(args.src, args.dst, arch=args.arch, num_classes=args.num_classes,
-                              img_size=args.img_size, use_ema=args.use_ema)
+                              img_size=args.img_size, use_ema=args.use_ema,
+                              overrides=parse_overrides(args.overrides))
     print(f"converted {args.src} ({info['layout']}) -> {info['path']}: {info['arch']}, "
           f"{info['num_classes']} classes, {info['num_params']:,} parameters")
     for line in info["notes"]:

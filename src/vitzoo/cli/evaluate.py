@@ -46,7 +46,10 @@ def _load(cfg, use_ema: bool, device: torch.device):
             raise
         # an official release file: the config's model names the architecture
         model, meta = load_model(path, arch=cfg.model, use_ema=use_ema, device=str(device))
-    if meta.get("arch") and cfg.model and meta["arch"] != cfg.model:
+    from vitzoo.config import schema
+
+    default_model = next((f.default for f in schema() if f.name == "model"), None)
+    if meta.get("arch") and cfg.model and cfg.model != default_model and meta["arch"] != cfg.model:
         print(f"note: {path} holds a {meta['arch']} (config model {cfg.model} ignored)", file=sys.stderr)
     return model, meta
 

@@ -1,0 +1,171 @@
+"""`vitzoo convert`: official release layouts -> vitzoo checkpoints, checked by logits equality.
+
+Nothing can be downloaded, so each test writes a file in the official layout itself from a reference
+model (timm for ViT/DeiT/BEiT, whose keys the releases use; our own T2T-ViT for T2T) and checks that the
+converted checkpoint reproduces the reference logits.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from vitzoo.checkpoint import load_checkpoint
+from vitzoo.cli import main as cli
+from vitzoo.models import create_model, load_model
+
+TINY = dict(img_size=32, patch_size=4, embed_dim=48, depth=2, num_heads=3)
+SETS = ["--set", "patch_size=4", "--set", "embed_dim=48", "--set", "depth=2", "--set", "num_heads=3",
+        "--img-size", "32"]
+X = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def _logits(model: torch.nn.Module, x: torch.Tensor = X) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def _convert_and_load(src, dst, *extra) -> torch.nn.Module:
+    assert cli(["convert", str(src), str(dst), *extra]) == 0
+    model, meta = load_model(dst)
+    assert meta["format"] == "vitzoo" and meta["arch"] and meta["data_config"]["input_size"] == [3, 32, 32]
+    return model
+
+
+@pytest.mark.parametrize("arch", ["deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"])
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_deit_pth_model_wrapper(tmp_path, arch, suffix):
+    ref = timm.create_model(arch, num_classes=7, **TINY).eval()
+    src = tmp_path / "deit.pth"
+    torch.save({"model": ref.state_dict(), "epoch": 299}, src)  # the DeiT release wrapper
+    model = _convert_and_load(src, tmp_path / f"out{suffix}", "--arch", arch, *SETS)
+    assert model.num_classes == 7  # the head width is taken from the file
+    torch.testing.assert_close(_logits(model), _logits(ref), atol=1e-5, rtol=0)
+
+
+def test_pth_head_reinit_and_missing_arch(tmp_path, capsys):
+    ref = timm.create_model("deit_tiny_patch16_224", num_classes=7, **TINY).eval()
+    src = tmp_path / "deit.pth"
+    torch.save({"model": ref.state_dict()}, src)
+    model = _convert_and_load(src, tmp_path / "out.pt", "--arch", "deit_tiny_patch16_224", "--num-classes", "3",
+                              *SETS)
+    assert model.num_classes == 3
+    assert "classifier re-initialised" in capsys.readouterr().out
+    # the backbone is the file's
+    torch.testing.assert_close(model.forward_features(X), ref.forward_features(X), atol=1e-5, rtol=0)
+    assert cli(["convert", str(src), str(tmp_path / "x.pt")]) == 2  # no --arch for an official file
+    assert "--arch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_beit_pth_relative_position_index_and_shared_table(tmp_path, shared):
+    kw = dict(TINY, use_abs_pos_emb=False, use_rel_pos_bias=not shared, use_shared_rel_pos_bias=shared,
+              init_values=0.1)
+    ref = timm.create_model("beit_base_patch16_224", num_classes=5, **kw).eval()
+    with torch.no_grad():  # non-zero bias tables, so a mis-mapped table would change the logits
+        for name, p in ref.named_parameters():
+            if "relative_position_bias_table" in name:
+                p.normal_(0, 0.5)
+    sd = dict(ref.state_dict())
+    # official BEiT files carry the (derived) index buffers, which timm keeps non-persistent
+    for name, buf in ref.named_buffers():
+        if name.endswith("relative_position_index"):
+            sd[name] = buf
+    assert any(k.endswith("relative_position_index") for k in sd)
+    if shared:
+        assert "rel_pos_bias.relative_position_bias_table" in sd
+    src = tmp_path / "beit.pth"
+    torch.save({"model": sd}, src)
+    model = _convert_and_load(src, tmp_path / "beit.pt", "--arch", "beit_base_patch16_224", *SETS)
+    state = load_checkpoint(tmp_path / "beit.pt")["model"]
+    assert not any(k.endswith("relative_position_index") for k in state)
+    torch.testing.assert_close(_logits(model), _logits(ref), atol=1e-5, rtol=0)
+
+
+def test_t2t_pth_tar_ema_and_module_prefix(tmp_path):
+    torch.manual_seed(0)
+    kw = dict(img_size=32, embed_dim=48, depth=2, num_heads=3)
+    ref = create_model("t2t_vit_7", num_classes=6, **kw).eval()
+    ema = {f"module.{k}": v for k, v in ref.state_dict().items()}
+    other = {k: v + 0.01 if v.is_floating_point() else v for k, v in ema.items()}
+    src = tmp_path / "t2t.pth.tar"
+    torch.save({"state_dict": other, "state_dict_ema": ema, "epoch": 309}, src)
+    sets = ["--set", "embed_dim=48", "--set", "depth=2", "--set", "num_heads=3", "--img-size", "32"]
+    model = _convert_and_load(src, tmp_path / "t2t.pt", "--arch", "t2t_vit_7", "--use-ema", *sets)
+    # official T2T weights were trained with attention scale embed_dim**-0.5: loading one switches to it
+    ref.use_official_qk_scale()
+    assert model.model_kwargs["qk_scale"] == pytest.approx(48 ** -0.5)
+    torch.testing.assert_close(_logits(model), _logits(ref), atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------ Google .npz
+def _to_google_npz(sd: dict[str, torch.Tensor], heads: int, path, pre_logits: int = 0) -> None:
+    """Write a timm ViT state dict with the names/layouts of Google's ViT-B_16.npz (the inverse mapping)."""
+    a = {k: v.detach().numpy() for k, v in sd.items()}
+    d = a["cls_token"].shape[-1]
+    g = {"embedding/kernel": a["patch_embed.proj.weight"].transpose(2, 3, 1, 0),  # OIHW -> HWIO
+         "embedding/bias": a["patch_embed.proj.bias"], "cls": a["cls_token"],
+         "Transformer/posembed_input/pos_embedding": a["pos_embed"],
+         "Transformer/encoder_norm/scale": a["norm.weight"], "Transformer/encoder_norm/bias": a["norm.bias"],
+         "head/kernel": a["head.weight"].T, "head/bias": a["head.bias"]}
+    depth = 1 + max(int(k.split(".")[1]) for k in a if k.startswith("blocks."))
+    for i in range(depth):
+        b, p = f"blocks.{i}.", f"Transformer/encoderblock_{i}/"
+        att = p + "MultiHeadDotProductAttention_1/"
+        g[p + "LayerNorm_0/scale"], g[p + "LayerNorm_0/bias"] = a[b + "norm1.weight"], a[b + "norm1.bias"]
+        g[p + "LayerNorm_2/scale"], g[p + "LayerNorm_2/bias"] = a[b + "norm2.weight"], a[b + "norm2.bias"]
+        for j, n in enumerate(("query", "key", "value")):
+            w = a[b + "attn.qkv.weight"][j * d:(j + 1) * d]  # (out, in)
+            g[att + n + "/kernel"] = w.T.reshape(d, heads, d // heads)
+            g[att + n + "/bias"] = a[b + "attn.qkv.bias"][j * d:(j + 1) * d].reshape(heads, d // heads)
+        g[att + "out/kernel"] = a[b + "attn.proj.weight"].T.reshape(heads, d // heads, d)
+        g[att + "out/bias"] = a[b + "attn.proj.bias"]
+        for r in (0, 1):
+            g[p + f"MlpBlock_3/Dense_{r}/kernel"] = a[b + f"mlp.fc{r + 1}.weight"].T
+            g[p + f"MlpBlock_3/Dense_{r}/bias"] = a[b + f"mlp.fc{r + 1}.bias"]
+    if pre_logits:
+        rng = np.random.default_rng(0)
+        g["pre_logits/kernel"] = rng.normal(size=(d, d)).astype(np.float32)
+        g["pre_logits/bias"] = np.zeros(d, np.float32)
+    np.savez(path, **g)
+
+
+@pytest.fixture(scope="module")
+def vit_ref():
+    torch.manual_seed(1)
+    return timm.create_model("vit_base_patch16_224", num_classes=10, **TINY).eval()
+
+
+def test_npz_round_trip(tmp_path, vit_ref):
+    src = tmp_path / "ViT-tiny.npz"
+    _to_google_npz(vit_ref.state_dict(), heads=3, path=src)
+    # the file really is in Google's layout: timm's own .npz reader rebuilds the reference from it
+    check = timm.create_model("vit_base_patch16_224", num_classes=10, **TINY).eval()
+    timm.models.vision_transformer._load_weights(check, str(src))
+    torch.testing.assert_close(_logits(check), _logits(vit_ref), atol=1e-5, rtol=0)
+
+    model = _convert_and_load(src, tmp_path / "vit.pt", "--arch", "vit_base_patch16_224", *SETS)
+    assert model.num_classes == 10
+    torch.testing.assert_close(_logits(model), _logits(vit_ref), atol=1e-5, rtol=0)
+
+
+def test_npz_21k_pre_logits_dropped_for_finetuning(tmp_path, vit_ref, capsys):
+    src = tmp_path / "ViT-21k.npz"
+    _to_google_npz(vit_ref.state_dict(), heads=3, path=src, pre_logits=True)
+    model = _convert_and_load(src, tmp_path / "vit.safetensors", "--arch", "vit_base_patch16_224",
+                              "--num-classes", "4", *SETS)
+    out = capsys.readouterr().out
+    assert "pre_logits" in out and "re-initialised" in out
+    assert model.num_classes == 4
+    torch.testing.assert_close(model.forward_features(X), vit_ref.forward_features(X), atol=1e-5, rtol=0)
+
+
+def test_npz_errors(tmp_path, capsys):
+    bad = tmp_path / "other.npz"
+    np.savez(bad, foo=np.zeros(3))
+    assert cli(["convert", str(bad), str(tmp_path / "o.pt"), "--arch", "vit_base_patch16_224"]) == 2
+    assert "not a Google ViT .npz" in capsys.readouterr().err
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip")
+    assert cli(["convert", str(junk), str(tmp_path / "o.pt"), "--arch", "vit_base_patch16_224"]) == 2
