@@ -545,10 +545,11 @@ def build_parser(prog: str = "vitzoo train", description: str | None = None) -> 
     """--config, --dry-run and one --key per option (aliases hidden but accepted), grouped by section."""
     p = _Parser(prog=prog, description=description or "Train a model from a YAML config; any key can be "
                 "given as --key value (CLI wins over YAML). Keys also accept --key-name spelling.",
+                usage="%(prog)s [--config YAML] [--dry-run] [--KEY VALUE ...]",
                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--config", "--config_path", dest="config", default=None, metavar="YAML",
                    help="YAML config file (flat keys, any seed dialect)")
-    p.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true",
+    p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                    help="print the resolved config (every key) and exit")
     groups = {sec: p.add_argument_group(title) for sec, title in SECTIONS.items()}
     for f in schema():
@@ -577,7 +578,7 @@ def build_parser(prog: str = "vitzoo train", description: str | None = None) -> 
 
 
 def _show(v: Any) -> str:
-    return "''" if v == "" else ("null" if v is None else json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+    return "''" if v == "" else json.dumps(v) if isinstance(v, (list, dict, bool, type(None))) else str(v)
 
 
 def config_from_namespace(ns: argparse.Namespace) -> RunConfig:
