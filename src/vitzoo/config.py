@@ -54,7 +54,7 @@ class RunConfig:
     num_classes: int = _f("model", 1000, "int", "classes of the classifier head", "nb_classes")
     input_size: int | None = _f("model", None, "int?", "input resolution (square); null = the model's own",
                                 "image_size", "image_height", "image_width")
-    model_overrides: dict = _f("model", {}, "dict", "mapping of model config fields handed to create_model, "
+    model_overrides: dict = _f("model", {}, "dict", "mapping of model config fields handed to create_model, "  # noqa: RUF009
                                "e.g. '{patch_size: 4, depth: 4}'")
     drop: float = _f("model", 0.0, "float", "dropout rate (drop_rate)", "drop_rate")
     drop_path: float = _f("model", 0.1, "float", "stochastic depth rate (drop_path_rate)", "drop_path_rate")
@@ -108,7 +108,7 @@ class RunConfig:
     resplit: bool = _f("aug", False, "bool", "do not erase the first (clean) augmentation split")
     mixup: float = _f("aug", 0.8, "float", "mixup alpha (0 = off)")
     cutmix: float = _f("aug", 1.0, "float", "cutmix alpha (0 = off)")
-    cutmix_minmax: list | None = _f("aug", None, "floats?", "cutmix box ratio [min, max] (overrides alpha)")
+    cutmix_minmax: list | None = _f("aug", None, "floats?", "cutmix box ratio [min, max] (overrides alpha)")  # noqa: RUF009
     mixup_prob: float = _f("aug", 1.0, "float", "probability of applying mixup or cutmix per batch")
     mixup_switch_prob: float = _f("aug", 0.5, "float", "probability of cutmix instead of mixup when both on",
                                   "switch_prob")
@@ -126,7 +126,7 @@ class RunConfig:
     momentum: float = _f("optim", 0.9, "float", "SGD momentum")
     weight_decay: float = _f("optim", 0.05, "float", "weight decay (not on biases, norms, pos-embed, tokens)")
     opt_eps: float = _f("optim", 1e-8, "float", "AdamW epsilon", "eps")
-    opt_betas: list = _f("optim", [0.9, 0.999], "floats", "AdamW betas", "beta", "betas")
+    opt_betas: list = _f("optim", [0.9, 0.999], "floats", "AdamW betas", "beta", "betas")  # noqa: RUF009
     layer_decay: float | None = _f("optim", None, "float?", "layer-wise lr decay (BEiT); null/1.0 = off")
     unscale_lr: bool = _f("optim", False, "bool", "use lr as given, without linear scaling by batch")
     sched: str = _f("optim", "cosine", "str", "lr schedule (seeds' cosine_lr = cosine)", "lr_scheduler",
@@ -558,7 +558,7 @@ def build_parser(prog: str = "vitzoo train", description: str | None = None) -> 
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         extra = f"; choices: {', '.join(m['choices'])}" if m["choices"] else ""
         alias = f"; alias: {', '.join(m['aliases'])}" if m["aliases"] else ""
-        kw = dict(dest=f.name, default=argparse.SUPPRESS, metavar=_METAVAR[base])
+        kw = {"dest": f.name, "default": argparse.SUPPRESS, "metavar": _METAVAR[base]}
         kw.update(nargs="+" if base == "floats" else ("?" if base == "bool" else None))
         if base == "bool":
             kw["const"] = "true"
