@@ -126,8 +126,6 @@ def evaluate_folder(session, root: str | os.PathLike, data_config: dict, class_n
     Uses the data module's folder dataset (same file order, same bad-file policy: skip) and eval transform
     as ``vitzoo eval``, so both commands see identical tensors.
     """
-    import torch
-
     from vitzoo.data import ImageFolderDataset, build_eval_transform
     from vitzoo.data.loader import Loader, _collate  # the Loader relays bad files found in worker processes
 

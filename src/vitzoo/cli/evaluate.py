@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not cfg.pretrained:
         raise UserError("vitzoo eval needs the weights: --pretrained CKPT (or 'pretrained:' in the config)")
-    rank, world, _local, device = dist.init_distributed(cfg.device)
+    _rank, world, _local, device = dist.init_distributed(cfg.device)
     try:
         use_ema = bool(ns.use_ema_weights or cfg.use_ema_for_eval)
         model, meta = _load(cfg, use_ema, device)

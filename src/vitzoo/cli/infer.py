@@ -15,8 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
@@ -85,7 +86,7 @@ def predict(paths: list[Path], transform: Callable, run: Callable[[torch.Tensor]
             label = f" {class_names[cls]}" if cls < len(class_names) else ""
             line = f"{name} (class: {cls}){label}"
             if topk and topk > 1:
-                line += "  top-%d: " % k + ", ".join(
+                line += f"  top-{k}: " + ", ".join(
                     f"{i}{'/' + class_names[i] if i < len(class_names) else ''} {p:.4f}" for i, p in zip(ids, ps))
             print(line, flush=True)
     return preds, rich, bad

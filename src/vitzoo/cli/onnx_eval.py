@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 
-import numpy as np
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vitzoo eval-onnx", description=__doc__.split("\n\n")[0],

@@ -71,7 +71,7 @@ def npz_to_state_dict(weights: dict[str, np.ndarray]) -> dict[str, torch.Tensor]
     if "embedding/kernel" not in w or "Transformer/posembed_input/pos_embedding" not in w:
         hint = ", ".join(sorted(w)[:5])
         raise UserError(f"not a Google ViT .npz (no embedding/kernel or posembed_input; first keys: {hint})")
-    if any(k.startswith("conv_root") or k.startswith("block") for k in w):
+    if any(k.startswith(("conv_root", "block")) for k in w):
         raise UserError("hybrid ResNet+ViT .npz files (R50+ViT) are not supported; only pure ViT-* files")
     sd: dict[str, torch.Tensor] = {
         # HWIO -> OIHW: (ph, pw, in, out) -> (out, in, ph, pw)
