@@ -27,8 +27,8 @@ def providers_for(device: str) -> list[str]:
     available = ort.get_available_providers()
     if device in ("GPU", "CUDA"):
         if "CUDAExecutionProvider" not in available:
-            raise UserError("-m GPU: this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu) "
-                            "; use -m CPU")
+            raise UserError("-m GPU: this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu); "
+                            "use -m CPU")
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if device == "AUTO" and "CUDAExecutionProvider" in available:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
