@@ -115,9 +115,15 @@ class TokenPerformer(nn.Module):
         self.register_buffer("w", w * math.sqrt(self.m))
 
     def prm_exp(self, x: torch.Tensor) -> torch.Tensor:
-        """Positive random features: (B, T, in_dim) -> (B, T, m), exp(w x - |x|^2/2) / sqrt(m)."""
-        half_sq_norm = x.pow(2).sum(dim=-1, keepdim=True) / 2  # (B, T, 1), broadcast over m
-        return torch.exp(x @ self.w.float().t() - half_sq_norm) / math.sqrt(self.m)
+        """Positive random features: (B, T, in_dim) -> (B, T, m), exp(w x - |x|^2/2) / sqrt(m).
+
+        The official einsum + repeat + three element-wise passes become one fused multiply-add
+        (``baddbmm`` with the per-token shift broadcast over m) and an in-place exp; the 1/sqrt(m)
+        factor moves into the exponent as -log(m)/2. Same function, about half the time on CPU.
+        """
+        shift = x.pow(2).sum(dim=-1, keepdim=True).mul_(-0.5).sub_(0.5 * math.log(self.m))  # (B, T, 1)
+        w_t = self.w.float().t().expand(x.shape[0], -1, -1)  # (B, in_dim, m), a view
+        return torch.baddbmm(shift, x, w_t).exp_()
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         k, q, v = self.kqv(x).split(self.emb, dim=-1)  # 3 x (B, T, in_dim)
@@ -127,7 +133,7 @@ class TokenPerformer(nn.Module):
             kp, qp = self.prm_exp(k.float()), self.prm_exp(q.float())  # (B, T, m)
             norm = qp @ kp.sum(dim=1).unsqueeze(-1)  # (B, T, 1): phi(q_i) . sum_j phi(k_j)
             context = kp.transpose(1, 2) @ v.float()  # (B, m, in_dim): phi(k)^T v
-            y = (qp @ context) / (norm + self.eps)  # (B, T, in_dim)
+            y = (qp @ context).div_(norm.add_(self.eps))  # (B, T, in_dim)
         return v + self.dp(self.proj(y.to(v.dtype)))  # v as the skip connection (official)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
