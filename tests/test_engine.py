@@ -22,6 +22,15 @@ from vitzoo.engine.schedule import LRScheduler
 from vitzoo.errors import UserError
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors on a shared 2-core machine: one intra-op thread avoids spin contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_vit(**kw):
     from vitzoo import create_model
 

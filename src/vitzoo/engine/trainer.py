@@ -244,7 +244,7 @@ class Trainer:
             "class_names": self.class_names, "data_config": _jsonable(self.data_config),
             "config": self.cfg.to_dict(), "epoch": epoch, "global_step": self.global_step,
             "step_in_epoch": step_in_epoch, "metrics": dict(metrics or {}),
-            "vitzoo_version": vitzoo.__version__, "torch_version": torch.__version__,
+            "vitzoo_version": vitzoo.__version__, "torch_version": str(torch.__version__),
         }
         return {"model": model.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),

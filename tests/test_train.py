@@ -1,0 +1,232 @@
+"""End-to-end training tests on generated data (CPU, tiny DeiT): learning, resume, checkpoints, logs, DDP."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vitzoo.checkpoint import load_checkpoint
+from vitzoo.config import load_config
+from vitzoo.engine import runstate
+from vitzoo.engine.trainer import Trainer, train
+from vitzoo.errors import UserError
+
+TINY = "{patch_size: 4, depth: 2, embed_dim: 48, num_heads: 3}"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine run ~5x faster with one intra-op thread (no spin contention)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """An easy generated image folder (4 classes, 160 train / 40 val): the class is the colour of a blob
+    on a noisy grey background, so a tiny ViT separates it within a few dozen updates."""
+    import numpy as np
+    from PIL import Image
+
+    out = tmp_path_factory.mktemp("colours")
+    colours = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 60, 220), "yellow": (230, 220, 40)}
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 160), ("val", 40)):
+        for i in range(n):
+            name = list(colours)[i % 4]
+            img = rng.integers(60, 190, (32, 32, 1)).repeat(3, axis=2).astype(np.int64)
+            r, cy, cx = rng.integers(6, 11), rng.integers(10, 22), rng.integers(10, 22)
+            yy, xx = np.mgrid[:32, :32]
+            blob = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+            img[blob] = np.array(colours[name]) + rng.integers(-25, 25, 3)
+            folder = out / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(folder / f"{i:04d}.png")
+    return out
+
+
+def cfg_for(data, out, *extra: str):
+    args = ["--model", "deit_tiny_patch16_224", "--model_overrides", TINY, "--input_size", "32",
+            "--num_classes", "4", "--data_path", str(data), "--output_dir", str(out), "--batch_size", "16",
+            "--num_workers", "0", "--amp_level", "O0", "--device", "cpu", "--epochs", "2", "--warmup_epochs", "1",
+            "--cooldown_epochs", "0", "--lr", "2e-3", "--unscale_lr", "true", "--aa", "none", "--reprob", "0",
+            "--mixup", "0", "--cutmix", "0", "--drop_path", "0", "--crop_pct", "1.0", "--min_crop", "0.6",
+            "--ckpt_save_every_seconds", "0", "--print_loss_every", "5", "--seed", "0"]
+    return load_config(None, args + list(extra))
+
+
+def weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_training_learns_and_writes_logs(shapes, tmp_path):
+    out = tmp_path / "run"
+    cfg = cfg_for(shapes, out, "--epochs", "3", "--best_ckpt_num", "1", "--ckpt_keep_num", "2",
+                  "--ckpt_save_every_step", "4")
+    summary = train(cfg)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, 4))
+    assert set(rows[0]) >= {"epoch", "step", "train_loss", "lr", "val_loss", "val_top1", "val_top5",
+                            "img_per_sec", "time"}
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]  # the loss goes down
+    assert summary["best_top1"] > 0.25 + 0.2  # well above chance (4 classes)
+    assert summary["best_top1"] == pytest.approx(max(r["val_top1"] for r in rows), abs=1e-6)
+    # keep-N / best-N
+    assert len(runstate.list_checkpoints(out / "checkpoints")) == 2
+    assert len(list((out / "best").iterdir())) == 1
+    best = load_checkpoint(summary["best_checkpoint"])
+    assert best["meta"]["class_names"] == sorted(best["meta"]["class_names"]) and len(best["meta"]["class_names"]) == 4
+    assert best["meta"]["arch"] == "deit_tiny_patch16_224" and best["meta"]["config"]["epochs"] == 3
+    # the checkpoint rebuilds the model it came from
+    from vitzoo.models import load_model
+
+    model, meta = load_model(summary["last_checkpoint"])
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 4)
+    log = (out / "train.log").read_text()
+    assert "eval results: {'Loss': " in log and "'Top1-Acc': " in log
+    assert (out / "metrics.csv").read_text().startswith("epoch,step,train_loss")
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert not list(out.rglob("*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_resume_is_bit_for_bit_mid_epoch_and_at_epoch_end(shapes, tmp_path):
+    # exercise every RNG stream: augmentation (python/torch), mixup (numpy), drop path (torch), EMA
+    extra = ["--aa", "rand-m9-mstd0.5-inc1", "--mixup", "0.8", "--cutmix", "1.0", "--drop_path", "0.1",
+             "--model_ema", "true", "--model_ema_decay", "0.9", "--ckpt_save_every_step", "7",
+             "--ckpt_keep_num", "0", "--clip_grad", "1.0"]
+    full = tmp_path / "full"
+    train(cfg_for(shapes, full, *extra))
+    ckpts = runstate.list_checkpoints(full / "checkpoints")
+    names = [p.name for p in ckpts]
+    # 10 updates per epoch: step saves at 7 and 14, epoch ends at 10 and 20
+    assert names == [runstate.ckpt_name(0, 7), runstate.ckpt_name(1, 10), runstate.ckpt_name(1, 14),
+                     runstate.ckpt_name(2, 20)]
+    final = load_checkpoint(ckpts[-1])
+    for start in (ckpts[2], ckpts[1]):  # mid-epoch 2, then the end of epoch 1
+        out = tmp_path / f"resumed_{start.stem}"
+        (out / "checkpoints").mkdir(parents=True)
+        shutil.copy(start, out / "checkpoints" / start.name)
+        summary = train(cfg_for(shapes, out, *extra, "--resume", "auto"))
+        assert summary["global_step"] == 20
+        again = load_checkpoint(summary["last_checkpoint"])
+        assert_same(final["model"], again["model"])
+        assert_same(final["ema"], again["ema"])
+        assert again["meta"]["metrics"] == final["meta"]["metrics"]
+
+
+def test_nonfinite_stop_names_last_good_checkpoint(shapes, tmp_path):
+    trainer = Trainer(cfg_for(shapes, tmp_path / "nan", "--nonfinite_policy", "stop"))
+    real = trainer.criterion
+    calls = {"n": 0}
+
+    def poisoned(x, out, y):
+        calls["n"] += 1
+        loss = real(x, out, y)
+        return loss * float("nan") if calls["n"] == 13 else loss  # in epoch 2 (10 updates per epoch)
+
+    trainer.criterion = poisoned
+    try:
+        with pytest.raises(UserError, match=r"update 13.*last good checkpoint: .*ckpt_e0001_s000000010\.pth"):
+            trainer.fit()
+    finally:
+        trainer.close()
+    ck = load_checkpoint(tmp_path / "nan" / "checkpoints" / runstate.ckpt_name(1, 10))
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_nonfinite_skip_counts(shapes, tmp_path):
+    trainer = Trainer(cfg_for(shapes, tmp_path / "skip", "--epochs", "1"))
+    real = trainer.criterion
+    calls = {"n": 0}
+
+    def poisoned(x, out, y):
+        calls["n"] += 1
+        return real(x, out, y) * (float("inf") if calls["n"] in (2, 5) else 1.0)
+
+    trainer.criterion = poisoned
+    try:
+        summary = trainer.fit()
+    finally:
+        trainer.close()
+    assert summary["skipped_updates"] == 2
+    row = json.loads((tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["skipped_steps"] == 2
+    ck = load_checkpoint(summary["last_checkpoint"])
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_interrupted_checkpoint_write_keeps_previous_file(shapes, tmp_path, monkeypatch):
+    trainer = Trainer(cfg_for(shapes, tmp_path / "atomic", "--epochs", "1"))
+    try:
+        first = trainer.save(0, 0)
+        before = first.read_bytes()
+        real_save = torch.save
+
+        def dying_save(obj, f, *a, **k):
+            with open(f, "wb") as fh:
+                fh.write(b"partial")
+            raise KeyboardInterrupt  # killed mid-write
+
+        monkeypatch.setattr(torch, "save", dying_save)
+        with pytest.raises(KeyboardInterrupt):
+            trainer.save(0, 0)
+        monkeypatch.setattr(torch, "save", real_save)
+        assert first.read_bytes() == before and load_checkpoint(first)["meta"]["global_step"] == 0
+        assert not list(first.parent.glob("*.tmp"))
+    finally:
+        trainer.close()
+
+
+def test_cli_train_dry_run_and_bad_resume(shapes, tmp_path, capsys):
+    from vitzoo.cli import main
+
+    assert main(["train", "--model", "deit_tiny_patch16_224", "--batch-size", "8", "--dry-run"]) == 0
+    assert "batch_size: 8" in capsys.readouterr().out
+    bogus = tmp_path / "bogus.pth"
+    torch.save({"model": {}}, bogus)
+    args = ["train", "--model", "deit_tiny_patch16_224", "--model_overrides", TINY, "--input_size", "32",
+            "--num_classes", "4", "--data_path", str(shapes), "--output_dir", str(tmp_path / "o"),
+            "--num_workers", "0", "--device", "cpu", "--resume", str(bogus)]
+    assert main(args) == 2
+    assert "not a full vitzoo training checkpoint" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_gloo(shapes, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vitzoo",
+           "train", "--model", "deit_tiny_patch16_224", "--model_overrides", TINY, "--input_size", "32",
+           "--num_classes", "4", "--data_path", str(shapes), "--output_dir", str(out), "--batch_size", "8",
+           "--num_workers", "0", "--amp_level", "O0", "--device", "cpu", "--epochs", "1", "--warmup_epochs", "0",
+           "--aa", "none", "--mixup", "0", "--cutmix", "0", "--ckpt_save_every_seconds", "0"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [p.name for p in runstate.list_checkpoints(out / "checkpoints")] == [runstate.ckpt_name(1, 10)]
+    assert len(list((out / "best").iterdir())) == 1
+    assert (out / "train.log").read_text().count("eval results:") == 1
+    # distributed evaluation == one-process evaluation of the same weights
+    from vitzoo.data import build_dataset, build_loader
+    from vitzoo.engine.loop import evaluate
+    from vitzoo.models import load_model
+
+    model, meta = load_model(runstate.list_checkpoints(out / "checkpoints")[0])
+    cfg = cfg_for(shapes, tmp_path / "x")
+    val = build_dataset(cfg, "val", data_config=meta["data_config"])
+    single = evaluate(model, build_loader(cfg, val, "val"), "cpu")
+    row = json.loads((out / "metrics.jsonl").read_text())
+    assert row["val_top1"] == pytest.approx(single["Top1-Acc"], abs=1e-9)
+    assert row["val_loss"] == pytest.approx(single["Loss"], rel=1e-5)
