@@ -66,7 +66,9 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     meta = dict(payload.get("meta") or {})
     meta.setdefault("format", FORMAT)
     meta.setdefault("format_version", FORMAT_VERSION)
-    json.dumps(meta)  # fail early (and loudly) on anything that would need pickle
+    # round-trip through JSON: tuples become lists and str subclasses (torch.__version__) plain str,
+    # so the file holds only what weights_only loading accepts; anything else fails here, loudly
+    meta = json.loads(json.dumps(meta))
     payload = {**payload, "meta": meta}
     if str(path).endswith(".safetensors"):
         return save_safetensors(path, payload["model"], meta)

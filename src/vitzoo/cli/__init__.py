@@ -78,9 +78,19 @@ def _setup_logging() -> None:
     """Show the library's INFO messages (what a loader dropped or resized, ...) on stderr, once."""
     import logging
 
+    class _CurrentStderr(logging.StreamHandler):
+        # always the *current* sys.stderr (tests and tools swap it), never a closed one
+        @property
+        def stream(self):
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, _value):
+            pass
+
     logger = logging.getLogger("vitzoo")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
+    if not any(isinstance(h, logging.StreamHandler) for h in logger.handlers):
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

@@ -124,7 +124,7 @@ def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], source
 
 def load_pretrained(model: nn.Module, source: str | Path | dict, use_ema: bool = False) -> dict[str, Any]:
     """Load weights (ours or an official release) into ``model``; returns the file's meta ({} if none)."""
-    name = str(source) if not isinstance(source, dict) else "checkpoint"
+    name = str(source) if not isinstance(source, dict) else "the checkpoint"
     if isinstance(source, dict):
         obj = source
     elif str(source).endswith(".npz"):
