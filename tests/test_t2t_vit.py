@@ -26,7 +26,7 @@ README_MILLIONS = {
     "t2t_vit_7": 4.3, "t2t_vit_10": 5.9, "t2t_vit_12": 6.9, "t2t_vit_14": 21.5, "t2t_vit_19": 39.2,
     "t2t_vit_24": 64.1, "t2t_vit_t_14": 21.5, "t2t_vit_t_19": 39.2, "t2t_vit_t_24": 64.1,
 }
-SMALL = dict(img_size=32, embed_dim=64, depth=2, num_heads=2, token_dim=16)
+SMALL = {"img_size": 32, "embed_dim": 64, "depth": 2, "num_heads": 2, "token_dim": 16}
 
 
 def counts(model) -> tuple[int, int]:

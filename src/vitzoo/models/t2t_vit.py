@@ -193,12 +193,12 @@ class T2TModule(nn.Module):
         )
         d0, d1 = cfg.in_chans * SOFT_SPLITS[0][0] ** 2, cfg.token_dim * SOFT_SPLITS[1][0] ** 2  # 147, 576
         if cfg.tokens_type == "performer":
-            layer = dict(kernel_ratio=cfg.kernel_ratio, drop=cfg.performer_drop_rate, norm_eps=cfg.norm_eps,
-                         gelu_approximate=cfg.gelu_approximate)
+            layer = {"kernel_ratio": cfg.kernel_ratio, "drop": cfg.performer_drop_rate, "norm_eps": cfg.norm_eps,
+                         "gelu_approximate": cfg.gelu_approximate}
             self.attention1 = TokenPerformer(d0, cfg.token_dim, **layer)
             self.attention2 = TokenPerformer(d1, cfg.token_dim, **layer)
         else:
-            layer = dict(mlp_ratio=1.0, norm_eps=cfg.norm_eps, gelu_approximate=cfg.gelu_approximate)
+            layer = {"mlp_ratio": 1.0, "norm_eps": cfg.norm_eps, "gelu_approximate": cfg.gelu_approximate}
             self.attention1 = TokenTransformer(d0, cfg.token_dim, **layer)
             self.attention2 = TokenTransformer(d1, cfg.token_dim, **layer)
         self.project = nn.Linear(cfg.token_dim * SOFT_SPLITS[2][0] ** 2, cfg.embed_dim)
@@ -290,12 +290,12 @@ class T2TViT(ZooModel):
 _DATA = {"input_size": (3, 224, 224), "crop_pct": 0.9, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
          "interpolation": "bicubic"}
 _SIZES = {
-    "7": dict(embed_dim=256, depth=7, num_heads=4, mlp_ratio=2.0),
-    "10": dict(embed_dim=256, depth=10, num_heads=4, mlp_ratio=2.0),
-    "12": dict(embed_dim=256, depth=12, num_heads=4, mlp_ratio=2.0),
-    "14": dict(embed_dim=384, depth=14, num_heads=6, mlp_ratio=3.0),
-    "19": dict(embed_dim=448, depth=19, num_heads=7, mlp_ratio=3.0),
-    "24": dict(embed_dim=512, depth=24, num_heads=8, mlp_ratio=3.0),
+    "7": {"embed_dim": 256, "depth": 7, "num_heads": 4, "mlp_ratio": 2.0},
+    "10": {"embed_dim": 256, "depth": 10, "num_heads": 4, "mlp_ratio": 2.0},
+    "12": {"embed_dim": 256, "depth": 12, "num_heads": 4, "mlp_ratio": 2.0},
+    "14": {"embed_dim": 384, "depth": 14, "num_heads": 6, "mlp_ratio": 3.0},
+    "19": {"embed_dim": 448, "depth": 19, "num_heads": 7, "mlp_ratio": 3.0},
+    "24": {"embed_dim": 512, "depth": 24, "num_heads": 8, "mlp_ratio": 3.0},
 }
 
 VARIANTS: dict[str, tuple[T2TConfig, dict]] = {}
