@@ -8,8 +8,9 @@ of ``F.scaled_dot_product_attention``.
 
 Fairness: a warm-up per model, then ``--rounds`` rounds; each round times ``--iters`` forward passes of
 each model, alternating which goes first, so drifting machine load (turbo, other jobs) hits both alike.
-The median per-round rate is reported. ``torch.inference_mode``; bf16/fp16 run under autocast (as
-``vitzoo eval`` does). On CUDA, peak memory of one forward is reported per model.
+The median per-round rate of each model is reported, and as ratio the median of the per-round
+ratios ours / reference (paired, so load changes between rounds cancel). ``torch.inference_mode``;
+bf16/fp16 run under autocast (as ``vitzoo eval`` does). On CUDA, peak memory of one forward is reported per model.
 
     python benchmarks/bench_models.py                       # CPU, fp32, batch 8, default names
     python benchmarks/bench_models.py --device cuda --dtype bf16 --batch 64 --compile --json out.json
@@ -74,13 +75,20 @@ def sync(device):
         torch.cuda.synchronize()  # host-device sync: time the kernels, not their launch
 
 
-def time_iters(fn, iters: int, device) -> float:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_iters(fn, iters: int, device, clock: str = "wall") -> float:
+    """Seconds for ``iters`` calls: wall-clock, or CPU time of this process (``cpu``: on a machine shared
+    with other jobs, time spent waiting for a core is not counted; use with --threads 1, since idle
+    OpenMP threads spin and would be counted)."""
+    now = CLOCKS[clock]
     sync(device)
-    t0 = time.perf_counter()
+    t0 = now()
     for _ in range(iters):
         fn()
     sync(device)
-    return time.perf_counter() - t0
+    return now() - t0
 
 
 def peak_memory(fn, device) -> float | None:
@@ -112,12 +120,15 @@ def bench_one(name: str, args, device, dtype) -> dict:
     rates: dict[str, list[float]] = {"ours": [], "ref": []}
     for r in range(args.rounds):
         for key in (("ours", "ref") if r % 2 == 0 else ("ref", "ours")):
-            rates[key].append(args.batch * args.iters / time_iters(fns[key], args.iters, device))
+            rates[key].append(args.batch * args.iters / time_iters(fns[key], args.iters, device, args.clock))
     ours_rate, ref_rate = statistics.median(rates["ours"]), statistics.median(rates["ref"])
+    # ratio: median of the per-round ratios; the two runs of a round are adjacent in time, so a change
+    # in machine load between rounds cancels out of each paired ratio
+    ratio = statistics.median(o / r for o, r in zip(rates["ours"], rates["ref"]))
     mem = {k: peak_memory(fn, device) for k, fn in fns.items()}
     return {"name": name, "batch": args.batch, "dtype": args.dtype, "device": str(device),
             "reference": ref_label, "ours_img_s": ours_rate, "ref_img_s": ref_rate,
-            "ratio": ours_rate / ref_rate, "max_abs_diff_fp32": diff,
+            "ratio": ratio, "max_abs_diff_fp32": diff,
             "ours_rounds": rates["ours"], "ref_rounds": rates["ref"],
             "ours_peak_mib": mem["ours"], "ref_peak_mib": mem["ref"], "compile": args.compile}
 
@@ -154,12 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=3, help="forwards per model per round")
     ap.add_argument("--rounds", type=int, default=5, help="alternating timing rounds (median reported)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--clock", default="wall", choices=sorted(CLOCKS),
+                    help="wall (default) or cpu: process CPU time, robust to other jobs on a shared CPU "
+                         "(then use --threads 1)")
     ap.add_argument("--json", default=None, help="also write the results (with every round) to this file")
     args = ap.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cuda" and args.clock != "wall":
+        raise SystemExit("--clock cpu measures host CPU time; on CUDA use the default wall clock")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -168,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"# torch {torch.__version__}, timm {timm.__version__}, {device}"
           f"{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}, "
-          f"threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}", flush=True)
+          f"threads {torch.get_num_threads()}, {args.clock} clock, {platform.processor() or platform.machine()}",
+          flush=True)
     rows = []
     for name in args.names:
         row = bench_one(name, args, device, dtype)
