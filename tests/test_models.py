@@ -274,3 +274,15 @@ def test_full_size_logits_match_timm(name):
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():
         assert (ours(x) - ref(x)).abs().max().item() <= 1e-4
+
+
+def test_timm_training_checkpoint_with_args_namespace_loads(tmp_path):
+    """timm's train script (used for the T2T-ViT releases) stores its argparse.Namespace in the file."""
+    import argparse
+
+    m = create_model("deit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, num_classes=3)
+    path = tmp_path / "model_best.pth.tar"
+    torch.save({"epoch": 309, "arch": "deit_tiny", "args": argparse.Namespace(lr=1e-3, model="x"),
+                "state_dict": {"module." + k: v for k, v in m.state_dict().items()}}, path)
+    loaded, _ = load_model(path, arch="deit_tiny_patch16_224", img_size=32, patch_size=8, depth=1)
+    assert loaded.num_classes == 3 and torch.equal(loaded.head.weight, m.head.weight)

@@ -13,6 +13,7 @@ killed at any instant leaves either the old file or the new one, never a truncat
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import tempfile
@@ -106,7 +107,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if path.suffix == ".npz":
         raise UserError(f"{path}: a Google .npz checkpoint; convert it first (vitzoo convert SRC DST --arch NAME)")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        # timm-trained release files (T2T-ViT's) carry their argparse.Namespace under "args": plain
+        # attributes, allowed explicitly; any other class still makes the load fail
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(

@@ -37,12 +37,7 @@ _REGISTRY: dict[str, Entry] = {}
 def _registry() -> dict[str, Entry]:
     if not _REGISTRY:
         for module, cls_name in FAMILIES.items():
-            try:
-                mod = importlib.import_module(module)
-            except ModuleNotFoundError as e:  # a family still being written
-                if e.name != module:
-                    raise
-                continue
+            mod = importlib.import_module(module)
             cls = getattr(mod, cls_name)
             for name, (cfg, data) in mod.VARIANTS.items():
                 _REGISTRY[name] = Entry(name, cls, cfg, data)
