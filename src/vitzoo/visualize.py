@@ -127,8 +127,8 @@ def draw_attention(image: torch.Tensor, heat: torch.Tensor, title: str, path: st
     axes[0].imshow(img)
     axes[0].set_title("input (eval crop)")
     shown = axes[1].imshow(hm, cmap="inferno", vmin=0, vmax=1)
-    axes[1].set_title(grid_title)
-    fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04)
+    axes[1].set_title(f"{grid_title} (scaled 0-1)", fontsize=10)
+    fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04)  # min-max scaled per image
     axes[2].imshow(img)
     axes[2].imshow(hm, cmap="jet", alpha=0.45, vmin=0, vmax=1)
     axes[2].set_title("overlay")
