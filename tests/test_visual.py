@@ -10,7 +10,7 @@ from vitzoo.cli import main as cli
 from vitzoo.visualize import attention_rollout, class_token_map, to_grid
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-TINY = dict(img_size=32, patch_size=4, depth=2, embed_dim=48, num_heads=3)
+TINY = {"img_size": 32, "patch_size": 4, "depth": 2, "embed_dim": 48, "num_heads": 3}
 
 
 @pytest.fixture(autouse=True)
@@ -202,16 +202,11 @@ def test_plot_writes_png_from_run_folder_and_compares_runs(tmp_path, capsys):
     assert w > h  # two panels side by side
 
 
-def test_plot_reads_rows_as_written():
-    from pathlib import Path
-
+def test_plot_reads_rows_as_written(tmp_path):
     from vitzoo.cli.plot import read_metrics
     from vitzoo.visualize import _series
 
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        rows = read_metrics(write_metrics(Path(d) / "m.jsonl"))
+    rows = read_metrics(write_metrics(tmp_path / "m.jsonl"))
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     xs, ys = _series(rows, "val_loss", "epoch")  # the null at epoch 2 is skipped
     assert xs == [1.0, 3.0, 4.0] and ys == pytest.approx([2.2, 2.2 / 3, 2.2 / 4])

@@ -10,8 +10,9 @@ map. matplotlib is imported lazily (Agg backend, no display needed) so importing
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
