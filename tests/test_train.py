@@ -230,3 +230,15 @@ def test_torchrun_two_processes_gloo(shapes, tmp_path):
     row = json.loads((out / "metrics.jsonl").read_text())
     assert row["val_top1"] == pytest.approx(single["Top1-Acc"], abs=1e-9)
     assert row["val_loss"] == pytest.approx(single["Loss"], rel=1e-5)
+
+
+def test_demo_wires_dataset_training_and_evaluation(tmp_path, capsys):
+    from vitzoo import demo
+
+    code = demo.main(["--out", str(tmp_path / "demo"), "--num-train", "40", "--num-val", "10", "--epochs", "1",
+                      "--num_workers", "0", "--batch_size", "8", "--model_overrides", TINY, "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "eval results: {'Loss': " in out and "best checkpoint" in out
+    best = next((tmp_path / "demo" / "run" / "best").glob("best_top1_*.pth"))
+    assert load_checkpoint(best)["meta"]["num_classes"] == 5
