@@ -64,8 +64,8 @@ def bench_ours(args, device, amp_dtype, x, y) -> tuple[float, float]:
     crit = build_criterion(cfg, mixup_active=False)
     ema = ModelEma(model, 0.9999) if args.ema else None
     net = torch.compile(model) if args.compile else model
-    kw = dict(scheduler=sched, amp_dtype=amp_dtype, clip_grad=args.clip_grad, model_ema=ema,
-              channels_last=args.channels_last)
+    kw = {"scheduler": sched, "amp_dtype": amp_dtype, "clip_grad": args.clip_grad, "model_ema": ema,
+          "channels_last": args.channels_last}
     train_one_epoch(net, crit, _batches(x, y, args.warmup), opt, device, **kw)
     _sync(device)
     _reset_mem(device)

@@ -15,8 +15,13 @@ from torch import nn
 from vitzoo.engine import runstate
 from vitzoo.engine.ema import ModelEma
 from vitzoo.engine.loop import FixedLossScaler, NonFiniteLossError, evaluate, format_eval, train_one_epoch
-from vitzoo.engine.losses import (BinaryCrossEntropy, DistillationLoss, LabelSmoothingCrossEntropy,
-                                  SoftTargetCrossEntropy, build_criterion)
+from vitzoo.engine.losses import (
+    BinaryCrossEntropy,
+    DistillationLoss,
+    LabelSmoothingCrossEntropy,
+    SoftTargetCrossEntropy,
+    build_criterion,
+)
 from vitzoo.engine.optim import build_optimizer, param_groups
 from vitzoo.engine.schedule import LRScheduler
 from vitzoo.errors import UserError
@@ -39,7 +44,8 @@ def tiny_vit(**kw):
 
 
 def sched(name, **kw):
-    base = dict(sched=name, lr=1.0, epochs=10, updates_per_epoch=10, warmup_epochs=2, warmup_lr=0.0, min_lr=0.1)
+    base = {"sched": name, "lr": 1.0, "epochs": 10, "updates_per_epoch": 10, "warmup_epochs": 2, "warmup_lr": 0.0,
+            "min_lr": 0.1}
     base.update(kw)
     return LRScheduler(None, **base)
 
@@ -95,7 +101,7 @@ def test_plateau_reduces_after_patience_and_state_roundtrip():
 def test_scheduler_sets_group_lr_with_scale_and_bad_name():
     p1, p2 = nn.Parameter(torch.zeros(2, 2)), nn.Parameter(torch.zeros(2, 2))
     opt = torch.optim.SGD([{"params": [p1], "lr_scale": 1.0}, {"params": [p2], "lr_scale": 0.25}], lr=1.0)
-    s = LRScheduler(opt, sched="constant", lr=2.0, epochs=1, updates_per_epoch=4, warmup_epochs=0)
+    LRScheduler(opt, sched="constant", lr=2.0, epochs=1, updates_per_epoch=4, warmup_epochs=0)
     assert [g["lr"] for g in opt.param_groups] == [2.0, 0.5]
     with pytest.raises(UserError, match="cosine"):
         sched("cosin")
@@ -159,7 +165,7 @@ def test_soft_distillation_matches_hand_computation():
     torch.manual_seed(0)
     cls, kd, teach = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
     labels = torch.tensor([0, 3, 1])
-    teacher = lambda x: teach  # noqa: E731 - the inputs are ignored by this stand-in teacher
+    teacher = lambda x: teach
     alpha, tau = 0.3, 2.0
     loss = DistillationLoss(nn.CrossEntropyLoss(), teacher, "soft", alpha, tau)(torch.zeros(3), (cls, kd), labels)
     # by hand: base CE; KL(p_t || p_s) at temperature tau, summed, * tau^2 / numel (DeiT losses.py)

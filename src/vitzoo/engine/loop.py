@@ -8,9 +8,10 @@ micro-batch: move to device -> mixup -> forward under autocast -> fp32 loss -> n
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -214,7 +215,7 @@ def evaluate(
         raise UserError("the validation set is empty: nothing to evaluate")
     result: dict[str, Any] = {"Loss": loss_sum / n, "Top1-Acc": top1 / n, "Top5-Acc": top5 / n}
     if confusion:
-        c = num_classes or (int(math.isqrt(conf.numel())) if conf is not None else 0)
+        c = num_classes or (math.isqrt(conf.numel()) if conf is not None else 0)
         if conf is None:
             conf = torch.zeros(c * c, dtype=torch.int64, device=device)
         dist.all_reduce_sum(conf)

@@ -8,7 +8,8 @@ scale is stored as ``lr_scale`` in each param group and applied by :mod:`vitzoo.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn

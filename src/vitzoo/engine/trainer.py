@@ -23,7 +23,14 @@ from torch import nn
 from vitzoo.checkpoint import load_checkpoint, save_checkpoint
 from vitzoo.engine import dist, runstate
 from vitzoo.engine.ema import ModelEma, unwrap
-from vitzoo.engine.loop import FixedLossScaler, NonFiniteLossError, UpdateInfo, evaluate, format_eval, train_one_epoch
+from vitzoo.engine.loop import (
+    FixedLossScaler,
+    NonFiniteLossError,
+    UpdateInfo,
+    evaluate,
+    format_eval,
+    train_one_epoch,
+)
 from vitzoo.engine.losses import build_criterion
 from vitzoo.engine.optim import build_optimizer
 from vitzoo.engine.reporting import MetricsFile, Progress, Tensorboard, close_logger, setup_logger
@@ -50,9 +57,9 @@ def _skip_loader(loader: Any, n: int) -> Any:
     """The same loader (class, workers, collate, generator) starting at batch ``n`` of this epoch."""
     if n <= 0:
         return loader
-    kw = dict(batch_sampler=_SkipBatches(loader.batch_sampler, n), num_workers=loader.num_workers,
-              collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, worker_init_fn=loader.worker_init_fn,
-              generator=loader.generator)
+    kw = {"batch_sampler": _SkipBatches(loader.batch_sampler, n), "num_workers": loader.num_workers,
+          "collate_fn": loader.collate_fn, "pin_memory": loader.pin_memory,
+          "worker_init_fn": loader.worker_init_fn, "generator": loader.generator}
     if loader.num_workers > 0:
         kw["prefetch_factor"] = loader.prefetch_factor
     return type(loader)(loader.dataset, **kw)
@@ -325,7 +332,7 @@ class Trainer:
                         clip_grad=cfg.clip_value, update_freq=self.update_freq, model_ema=self.ema,
                         nonfinite_policy=cfg.nonfinite_policy, start_batch=start_batch, num_batches=num_batches,
                         global_step=self.global_step, channels_last=self.channels_last,
-                        on_update=lambda info: self._on_update(info, progress, num_batches))
+                        on_update=lambda info, p=progress, n=num_batches: self._on_update(info, p, n))
                 finally:
                     progress.close()
                 if self.device.type == "cuda":
