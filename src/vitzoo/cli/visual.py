@@ -73,33 +73,58 @@ def _output_path(out_dir: Path, image: Path, root: Path) -> Path:
     return out_dir / rel / f"{image.stem}_attention.png"
 
 
+class _Session:
+    """The loaded model and everything derived from it (built once, at the first readable image)."""
+
+    def __init__(self, args):
+        from vitzoo.data import build_eval_transform
+
+        self.model, meta, self.weights = _load(args)
+        if not hasattr(self.model, "get_attention_maps"):
+            raise UserError(f"{type(self.model).__name__} cannot return attention maps")
+        dc = dict(meta.get("data_config") or self.model.data_config)  # as trained/evaluated, else family's
+        dc["input_size"] = tuple(dc["input_size"])
+        self.transform = build_eval_transform(dc)
+        self.mean = torch.tensor(dc["mean"], dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(dc["std"], dtype=torch.float32)[:, None, None]
+        self.class_names = [str(c) for c in meta.get("class_names") or []]
+        # tokens before the patches: class (+ distillation for distilled DeiT)
+        self.prefix = getattr(self.model, "num_prefix_tokens", 2 if getattr(self.model, "distilled", False) else 1)
+        self.grid = getattr(getattr(self.model, "patch_embed", None), "grid_size", None)  # T2T: square
+        self.device = next(self.model.parameters()).device
+
+    def draw(self, img, path: Path, out: Path, mode: str, head: str | int) -> tuple[Path, str, float]:
+        from vitzoo.visualize import class_token_map, draw_attention, to_grid, upsample
+
+        x = self.transform(img).unsqueeze(0).to(self.device)  # (1, 3, H, W)
+        with torch.inference_mode():
+            probs = self.model(x).float().softmax(-1)[0]
+        maps = self.model.get_attention_maps(x)  # [(1, heads, N, N)] per block
+        heat = to_grid(class_token_map(maps, mode, head, self.prefix).cpu(), self.grid)  # (1, h, w)
+        heat = upsample(heat, tuple(x.shape[-2:]))[0]  # (H, W) in [0, 1]
+        p, cls = probs.max(dim=0)
+        cls = int(cls)
+        label = self.class_names[cls] if cls < len(self.class_names) else f"class {cls}"
+        title = f"{path.name}: predicted {label} (p = {float(p):.3f})   [{self.weights}]"
+        shown = (x[0].cpu() * self.std + self.mean).clamp(0, 1)  # undo the normalisation for display
+        what = f"{mode}, head {head}" if head != "mean" else f"{mode}, mean of heads"
+        return draw_attention(shown, heat, title, out, grid_title=what), label, float(p)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     head = _parse_head(args.head)
     if args.mode not in ("rollout", "last") and not args.mode.startswith("block:"):
         raise UserError(f"--mode must be rollout, last or block:N, got {args.mode!r}")
     from vitzoo.cli.infer import collect_images
-    from vitzoo.data import build_eval_transform, load_image
-    from vitzoo.visualize import class_token_map, draw_attention, to_grid, upsample
+    from vitzoo.data import load_image
 
-    root = Path(args.data)
+    root, out_dir = Path(args.data), Path(args.output)
     images, skipped = collect_images(args.data, args.recursive)
     if not images:
-        raise UserError(f"no image files in {args.data}" + ("" if args.recursive else " (use --recursive for sub-folders)"))
-    model, meta, weights = _load(args)
-    if not hasattr(model, "get_attention_maps"):
-        raise UserError(f"{type(model).__name__} cannot return attention maps")
-    data_config = dict(meta.get("data_config") or model.data_config)
-    data_config["input_size"] = tuple(data_config["input_size"])
-    transform = build_eval_transform(data_config)
-    mean = torch.tensor(data_config["mean"], dtype=torch.float32)[:, None, None]
-    std = torch.tensor(data_config["std"], dtype=torch.float32)[:, None, None]
-    class_names = [str(c) for c in meta.get("class_names") or []]
-    prefix = getattr(model, "num_prefix_tokens", 2 if getattr(model, "distilled", False) else 1)
-    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)  # T2T: square, inferred
-    device = next(model.parameters()).device
-    out_dir = Path(args.output)
-
+        hint = "" if args.recursive else " (use --recursive for sub-folders)"
+        raise UserError(f"no image files in {args.data}{hint}")
+    session = None
     bad: list[tuple[str, str]] = []
     written = []
     for path in images:
@@ -108,20 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         except UserError as e:
             bad.append((str(path), str(e).split(": ", 1)[-1]))
             continue
-        x = transform(img).unsqueeze(0).to(device)  # (1, 3, H, W)
-        with torch.inference_mode():
-            probs = model(x).float().softmax(-1)[0]
-        maps = model.get_attention_maps(x)  # [(1, heads, N, N)] per block
-        heat = to_grid(class_token_map(maps, args.mode, head, prefix).cpu(), grid)  # (1, h, w)
-        heat = upsample(heat, tuple(x.shape[-2:]))[0]
-        p, cls = probs.max(dim=0)
-        label = class_names[int(cls)] if int(cls) < len(class_names) else f"class {int(cls)}"
-        title = f"{path.name}: predicted {label} (p = {float(p):.3f})   [{weights}]"
-        shown = (x[0].cpu() * std + mean).clamp(0, 1)
-        what = f"{args.mode}, head {head}" if head != "mean" else f"{args.mode}, mean of heads"
-        out = draw_attention(shown, heat, title, _output_path(out_dir, path, root), grid_title=what)
+        session = session or _Session(args)  # the model loads only once there is something to draw
+        out, label, p = session.draw(img, path, _output_path(out_dir, path, root), args.mode, head)
         written.append(out)
-        print(f"{path} -> {out}  ({label}, p={float(p):.3f})", flush=True)
+        print(f"{path} -> {out}  ({label}, p={p:.3f})", flush=True)
 
     for p_, reason in skipped + bad:
         print(f"skipped {p_}: {reason}", file=sys.stderr)
