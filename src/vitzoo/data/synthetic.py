@@ -1,7 +1,7 @@
 """``make-dataset shapes``: a small generated ImageNet-style folder, so everything runs with no download.
 
-Each image is one shape (the class) in a random colour, position, size and rotation on a noisy
-background of another random colour. Only the shape carries the label, and the shapes differ in outline
+Each image is one roughly centred shape (the class) in a random colour, size, small offset and small
+rotation on a noisy background of another random colour. Only the shape carries the label, and the shapes differ in outline
 (corners, holes, concavities), so a small ViT learns the task in a couple of CPU minutes while the
 colour / position / noise randomness still makes it a real (if easy) vision task.
 
@@ -42,34 +42,38 @@ def _rotate(pts: np.ndarray, rot: float) -> np.ndarray:
 
 
 def _outline(shape: str, r: float, rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(polygons to fill, polygons to cut out) centred at 0; circles are 64-gons."""
-    small = rng.uniform(-0.2, 0.2)  # ~+-11 degrees: keeps square vs diamond and cross vs x apart
-    full = rng.uniform(0, 2 * np.pi)
+    """(polygons to fill, polygons to cut out) centred at 0; circles are 64-gons.
+
+    Rotations stay small (about +-11 degrees) so each class keeps one recognisable template: a small
+    ViT trained from scratch for a few hundred steps learns these; fully random rotations and positions
+    need far more data and steps (measured: chance level after 10 epochs of 2000 images).
+    """
+    rot = rng.uniform(-0.2, 0.2)
     if shape == "circle":
         return [_regular(64, r, 0)], []
     if shape == "square":
-        return [_rotate(np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * r * 0.8, small)], []
+        return [_rotate(np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * r * 0.8, rot)], []
     if shape == "triangle":
-        return [_regular(3, r, full)], []
+        return [_regular(3, r, rot)], []
     if shape == "star":
-        return [_regular(5, r, full, inner=0.42)], []
+        return [_regular(5, r, rot, inner=0.42)], []
     if shape == "cross":
         a, b = r, r * 0.33
         pts = [[-b, -a], [b, -a], [b, -b], [a, -b], [a, b], [b, b], [b, a], [-b, a], [-b, b], [-a, b], [-a, -b], [-b, -b]]
-        return [_rotate(np.array(pts), small)], []
+        return [_rotate(np.array(pts), rot)], []
     if shape == "ring":
         return [_regular(64, r, 0)], [_regular(64, r * 0.55, 0)]
     if shape == "diamond":  # a tall rhombus, distinct from the square by its aspect and corners
-        return [_rotate(np.array([[0, -r], [r * 0.6, 0], [0, r], [-r * 0.6, 0]]), small)], []
+        return [_rotate(np.array([[0, -r], [r * 0.6, 0], [0, r], [-r * 0.6, 0]]), rot)], []
     if shape == "hexagon":
-        return [_regular(6, r, full)], []
+        return [_regular(6, r, rot + np.pi / 6)], []  # flat top and bottom
     if shape == "crescent":
-        off = _rotate(np.array([[r * 0.45, 0.0]]), full)[0]
+        off = _rotate(np.array([[r * 0.45, 0.0]]), rot)[0]
         return [_regular(64, r, 0)], [_regular(64, r * 0.85, 0) + off]
-    if shape == "arrow":
+    if shape == "arrow":  # pointing right
         s, h = r * 0.28, r * 0.1
         pts = [[-r, -s], [h, -s], [h, -r * 0.75], [r, 0], [h, r * 0.75], [h, s], [-r, s]]
-        return [_rotate(np.array(pts), full)], []
+        return [_rotate(np.array(pts), rot)], []
     raise ValueError(shape)
 
 
@@ -77,13 +81,16 @@ def draw_shape(shape: str, size: int, rng: np.random.Generator):
     """One RGB PIL image of ``shape`` on a noisy background."""
     from PIL import Image, ImageDraw
 
-    bg = rng.integers(0, 256, 3)
-    while True:  # a shape colour far from the background, so the outline is always visible
-        fg = rng.integers(0, 256, 3)
-        if np.abs(fg - bg).sum() > 200:
-            break
-    r = rng.uniform(0.24, 0.42) * size
-    cx, cy = rng.uniform(r, size - r, 2)
+    # Random hues, but the shape is always the brighter one in every channel: the outline then shows
+    # in any linear projection of the pixels (what a patch embedding starts as), which is what lets a
+    # small ViT from scratch learn the set in a few hundred steps (random contrast polarity: ~35%
+    # accuracy after 10 epochs of 2000 images, measured).
+    bg = rng.integers(0, 100, 3)
+    fg = rng.integers(156, 256, 3)
+    r = rng.uniform(0.34, 0.44) * size
+    jitter = 0.08 * size  # roughly centred (see _outline): position varies a little, never off the edge
+    lo, hi = max(r, size / 2 - jitter), min(size - r, size / 2 + jitter)
+    cx, cy = rng.uniform(lo, hi, 2)
     fill, cut = _outline(shape, r, rng)
     big = size * _SS
     mask = Image.new("L", (big, big), 0)
@@ -92,14 +99,14 @@ def draw_shape(shape: str, size: int, rng: np.random.Generator):
         xy = (poly + [cx, cy]) * _SS
         d.polygon([tuple(map(float, v)) for v in xy], fill=value)
     alpha = np.asarray(mask.resize((size, size), Image.BOX), dtype=np.float32)[..., None] / 255.0
-    noise = rng.normal(0, 18, (size, size, 3))
+    noise = rng.normal(0, 12, (size, size, 3))
     img = bg + noise * 1.0
     img = img * (1 - alpha) + (fg + rng.normal(0, 8, (size, size, 3))) * alpha
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
 
 
 def _manifest(num_train: int, num_val: int, size: int, seed: int, classes: list[str]) -> dict:
-    return {"kind": "shapes", "version": 1, "num_train": num_train, "num_val": num_val, "size": size,
+    return {"kind": "shapes", "version": 4, "num_train": num_train, "num_val": num_val, "size": size,
             "seed": seed, "classes": classes, "train_dir": "train", "val_dir": "val"}
 
 
@@ -108,8 +115,8 @@ def make_shapes_dataset(out: str | os.PathLike, num_train: int, num_val: int, si
     """Write ``out/train/<shape>/*.png`` and ``out/val/<shape>/*.png``; return ``out``.
 
     Classes are balanced (image ``i`` has class ``i % num_classes``). Re-running with the same settings
-    on a finished folder does nothing; different settings need ``overwrite=True`` (which replaces
-    ``out/train`` and ``out/val`` only). ``progress``: a tqdm bar (default: when > 2000 images).
+    on a finished folder does nothing; different settings need ``overwrite=True`` (which always
+    rewrites, replacing ``out/train`` and ``out/val`` only). ``progress``: a tqdm bar (default: when > 2000 images).
     """
     if not 1 <= num_classes <= len(SHAPES):
         raise UserError(f"num_classes must be in 1..{len(SHAPES)} (shapes: {', '.join(SHAPES)}), got {num_classes}")
@@ -128,7 +135,7 @@ def make_shapes_dataset(out: str | os.PathLike, num_train: int, num_val: int, si
         except (OSError, ValueError):
             have = None
         ours_partial = (out / _INCOMPLETE).exists()
-        if have == want and not ours_partial:
+        if have == want and not ours_partial and not overwrite:
             return out
         if not (overwrite or ours_partial):
             raise UserError(f"{out} already holds {' and '.join(p.name + '/' for p in existing)} "
