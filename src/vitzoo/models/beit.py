@@ -104,6 +104,8 @@ class BEiTAttention(Attention):
         super().__init__(dim, num_heads, qkv_bias=False, attn_drop=attn_drop, proj_drop=proj_drop)
         self.q_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
         self.v_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
+        if qkv_bias:  # k has no bias: a fixed zero slot, kept (not rebuilt per call) and never saved
+            self.register_buffer("k_bias", torch.zeros(dim), persistent=False)
         self.relative_position_bias_table = None
         if grid:
             num_rel = (2 * grid[0] - 1) * (2 * grid[1] - 1) + 3
@@ -113,7 +115,7 @@ class BEiTAttention(Attention):
     def qkv_proj(self, x: torch.Tensor) -> torch.Tensor:
         if self.q_bias is None:
             return self.qkv(x)
-        bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
+        bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
         return F.linear(x, self.qkv.weight, bias)
 
     def attn_bias(self) -> torch.Tensor | None:
