@@ -8,6 +8,7 @@ machine noise hits both alike. Prints images/s, images/s per worker, and the rat
 
     python benchmarks/bench_data.py --num-images 1024 --size 160 --input-size 224 --workers 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,12 +21,34 @@ from pathlib import Path
 
 def recipe_cfg(args, data_path: str) -> types.SimpleNamespace:
     return types.SimpleNamespace(
-        dataset="folder", data_path=data_path, val_data_path="", train_dir="train", val_dir="val",
-        train_num_samples=-1, val_num_samples=-1, num_workers=args.workers, pin_mem=False,
-        persistent_workers=True, batch_size=args.batch_size, eval_batch_size=None, bad_image_policy="skip",
-        repeated_aug=False, imagenet_default_mean_and_std=True, crop_pct=0.875, interpolation="bicubic",
-        aa="rand-m9-mstd0.5-inc1", aa_interpolation=None, color_jitter=0.4, hflip=0.5, min_crop=0.08,
-        reprob=0.25, remode="pixel", recount=1, resplit=False, input_size=args.input_size, seed=0,
+        dataset="folder",
+        data_path=data_path,
+        val_data_path="",
+        train_dir="train",
+        val_dir="val",
+        train_num_samples=-1,
+        val_num_samples=-1,
+        num_workers=args.workers,
+        pin_mem=False,
+        persistent_workers=True,
+        batch_size=args.batch_size,
+        eval_batch_size=None,
+        bad_image_policy="skip",
+        repeated_aug=False,
+        imagenet_default_mean_and_std=True,
+        crop_pct=0.875,
+        interpolation="bicubic",
+        aa="rand-m9-mstd0.5-inc1",
+        aa_interpolation=None,
+        color_jitter=0.4,
+        hflip=0.5,
+        min_crop=0.08,
+        reprob=0.25,
+        remode="pixel",
+        recount=1,
+        resplit=False,
+        input_size=args.input_size,
+        seed=0,
     )
 
 
@@ -74,11 +97,24 @@ def main() -> None:
     ours = build_loader(cfg, build_dataset(cfg, "train"), "train")
     timm_ds = create_dataset("", root=str(root / "train"), is_training=True)
     theirs = create_loader(
-        timm_ds, input_size=(3, args.input_size, args.input_size), batch_size=args.batch_size, is_training=True,
-        scale=(cfg.min_crop, 1.0), hflip=cfg.hflip, color_jitter=cfg.color_jitter, auto_augment=cfg.aa,
-        interpolation=cfg.interpolation, re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount,
-        num_workers=args.workers, use_prefetcher=False, pin_memory=False, persistent_workers=True,
-        device=torch.device("cpu"))
+        timm_ds,
+        input_size=(3, args.input_size, args.input_size),
+        batch_size=args.batch_size,
+        is_training=True,
+        scale=(cfg.min_crop, 1.0),
+        hflip=cfg.hflip,
+        color_jitter=cfg.color_jitter,
+        auto_augment=cfg.aa,
+        interpolation=cfg.interpolation,
+        re_prob=cfg.reprob,
+        re_mode=cfg.remode,
+        re_count=cfg.recount,
+        num_workers=args.workers,
+        use_prefetcher=False,
+        pin_memory=False,
+        persistent_workers=True,
+        device=torch.device("cpu"),
+    )
     # timm's RandAugment posterize crashes at 0 bits on Pillow >= 13; give timm the same fix as ours
     patch_posterize(timm_ds.transform)
     rates = {"vitzoo": [], "timm": []}
@@ -88,11 +124,15 @@ def main() -> None:
         for name, loader in (("vitzoo", ours), ("timm", theirs)):
             rates[name].append(epoch_rate(loader))
     w = max(args.workers, 1)
-    print(f"train pipeline, {len(timm_ds)} images ({'jpeg' if args.jpeg else 'png'} {args.size}px) -> "
-          f"{args.input_size}px, batch {args.batch_size}, {args.workers} workers, best of {args.rounds} epochs")
+    print(
+        f"train pipeline, {len(timm_ds)} images ({'jpeg' if args.jpeg else 'png'} {args.size}px) -> "
+        f"{args.input_size}px, batch {args.batch_size}, {args.workers} workers, best of {args.rounds} epochs"
+    )
     for name, r in rates.items():
-        print(f"  {name:7s} {max(r):8.1f} img/s   {max(r) / w:7.1f} img/s/worker   "
-              f"(epochs: {', '.join(f'{v:.0f}' for v in r)})")
+        print(
+            f"  {name:7s} {max(r):8.1f} img/s   {max(r) / w:7.1f} img/s/worker   "
+            f"(epochs: {', '.join(f'{v:.0f}' for v in r)})"
+        )
     print(f"  ratio vitzoo / timm: {max(rates['vitzoo']) / max(rates['timm']):.3f}")
     del ours, theirs  # stop the persistent workers before the temporary folder goes
     gc.collect()

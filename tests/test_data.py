@@ -1,9 +1,13 @@
-"""Data pipeline: readers (folder, CIFAR binary), subsets, bad files, transforms, mixup, loaders, make-dataset."""
+"""Data pipeline: folder / CIFAR readers, subsets, bad files, transforms, mixup, loaders, make-dataset."""
+
 from __future__ import annotations
 
+import functools
 import hashlib
+import operator
 import types
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -29,16 +33,45 @@ from vitzoo.errors import UserError
 
 def make_cfg(**kw) -> types.SimpleNamespace:
     """The canonical config keys the data pipeline reads (DeiT recipe defaults), tiny sizes."""
-    base = dict(
-        dataset="folder", data_path="", val_data_path="", train_dir="train", val_dir="val",
-        train_num_samples=-1, val_num_samples=-1, num_workers=0, pin_mem=True, persistent_workers=True,
-        batch_size=4, eval_batch_size=None, bad_image_policy="skip", repeated_aug=False,
-        imagenet_default_mean_and_std=None, crop_pct=None, interpolation="bicubic",
-        aa="rand-m9-mstd0.5-inc1", aa_interpolation=None, color_jitter=0.4, hflip=0.5, min_crop=0.08,
-        reprob=0.25, remode="pixel", recount=1, resplit=False, mixup=0.8, cutmix=1.0, cutmix_minmax=None,
-        mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode="batch", mixup_off_epoch=0, smoothing=0.1,
-        input_size=32, seed=0, output_dir="",
-    )
+    base = {
+        "dataset": "folder",
+        "data_path": "",
+        "val_data_path": "",
+        "train_dir": "train",
+        "val_dir": "val",
+        "train_num_samples": -1,
+        "val_num_samples": -1,
+        "num_workers": 0,
+        "pin_mem": True,
+        "persistent_workers": True,
+        "batch_size": 4,
+        "eval_batch_size": None,
+        "bad_image_policy": "skip",
+        "repeated_aug": False,
+        "imagenet_default_mean_and_std": None,
+        "crop_pct": None,
+        "interpolation": "bicubic",
+        "aa": "rand-m9-mstd0.5-inc1",
+        "aa_interpolation": None,
+        "color_jitter": 0.4,
+        "hflip": 0.5,
+        "min_crop": 0.08,
+        "reprob": 0.25,
+        "remode": "pixel",
+        "recount": 1,
+        "resplit": False,
+        "mixup": 0.8,
+        "cutmix": 1.0,
+        "cutmix_minmax": None,
+        "mixup_prob": 1.0,
+        "mixup_switch_prob": 0.5,
+        "mixup_mode": "batch",
+        "mixup_off_epoch": 0,
+        "smoothing": 0.1,
+        "input_size": 32,
+        "seed": 0,
+        "output_dir": "",
+    }
     base.update(kw)
     return types.SimpleNamespace(**base)
 
@@ -100,8 +133,10 @@ def test_subsets_are_seeded_and_fixed(folder):
     a, b = build_dataset(cfg, "train"), build_dataset(cfg, "train")
     assert len(a) == 4 and a.targets == b.targets and list(a._index) == list(b._index)
     assert list(a._index) == sorted(a._index)
-    other = {tuple(build_dataset(make_cfg(data_path=str(folder), train_num_samples=4, seed=s), "train")._index)
-             for s in range(8)}
+    other = {
+        tuple(build_dataset(make_cfg(data_path=str(folder), train_num_samples=4, seed=s), "train")._index)
+        for s in range(8)
+    }
     assert len(other) > 1  # the seed picks the subset
     assert len(build_dataset(make_cfg(data_path=str(folder), train_num_samples=100), "train")) == 8
 
@@ -157,14 +192,22 @@ def test_cifar10_binary_reader(tmp_path):
     cfg = make_cfg(dataset="CIFAR10", data_path=str(d), val_data_path=str(verify), input_size=48)
     train = build_dataset(cfg, "train")
     assert len(train) == 15 and train.classes == names
-    assert train.targets == sum((truth[b][0] for b in range(1, 6)), [])
+    assert train.targets == functools.reduce(operator.iadd, (truth[b][0] for b in range(1, 6)), [])
     val = build_dataset(cfg, "val")
     assert val.targets == [9, 0] and val.classes == names  # names found beside the train batches
     x, y = val[0]
     assert x.shape == (3, 48, 48) and x.dtype == torch.float32 and y == 9  # 32x32 upsampled to 48
     # raw pixels round-trip through the eval transform without resizing at input 32, crop 1.0
-    raw = build_dataset(make_cfg(dataset="cifar10", data_path=str(verify), val_data_path="", crop_pct=1.0,
-                                 imagenet_default_mean_and_std=False), "val")
+    raw = build_dataset(
+        make_cfg(
+            dataset="cifar10",
+            data_path=str(verify),
+            val_data_path="",
+            crop_pct=1.0,
+            imagenet_default_mean_and_std=False,
+        ),
+        "val",
+    )
     x0, _ = raw[1]
     expect = torch.from_numpy(vimgs[1]).permute(2, 0, 1).float() / 255
     assert torch.allclose(x0, (expect - 0.5) / 0.5, atol=1e-5)
@@ -239,15 +282,21 @@ def test_bad_image_policy_error(folder, workers):
 
 # ---------------------------------------------------------------------------------------- transforms
 class FakeModel:
-    data_config = {"input_size": (3, 40, 40), "crop_pct": 0.9, "mean": (0.1, 0.2, 0.3), "std": (1.0, 1.0, 1.0),
-                   "interpolation": "bilinear"}
+    data_config: ClassVar[dict] = {
+        "input_size": (3, 40, 40),
+        "crop_pct": 0.9,
+        "mean": (0.1, 0.2, 0.3),
+        "std": (1.0, 1.0, 1.0),
+        "interpolation": "bilinear",
+    }
 
 
 def test_resolve_data_config_overrides():
     dc = resolve_data_config(make_cfg(input_size=None, interpolation=None), FakeModel())
     assert dc == {**FakeModel.data_config, "input_size": (3, 40, 40)}
-    dc = resolve_data_config(make_cfg(input_size=64, crop_pct=0.75, imagenet_default_mean_and_std=False),
-                             FakeModel())
+    dc = resolve_data_config(
+        make_cfg(input_size=64, crop_pct=0.75, imagenet_default_mean_and_std=False), FakeModel()
+    )
     assert dc["input_size"] == (3, 64, 64) and dc["crop_pct"] == 0.75 and dc["interpolation"] == "bicubic"
     assert dc["mean"] == dc["std"] == (0.5, 0.5, 0.5)
     dc = resolve_data_config(make_cfg(imagenet_default_mean_and_std=True), FakeModel())
@@ -266,7 +315,10 @@ def test_train_transform_shapes(aa):
     # posterize at 0 bits (RandAugment magnitude 10) must not crash with Pillow >= 13: a black image
     found = 0
     for t_ in t.transforms:
-        for op in [*(getattr(t_, "ops", None) or []), *sum(getattr(t_, "policy", None) or [], [])]:
+        for op in [
+            *(getattr(t_, "ops", None) or []),
+            *functools.reduce(operator.iadd, getattr(t_, "policy", None) or [], []),
+        ]:
             if "Posterize" in op.name:
                 assert op.aug_fn(img, 0).getextrema() == ((0, 0),) * 3
                 assert op.aug_fn(img, 8) is img
@@ -277,14 +329,21 @@ def test_train_transform_shapes(aa):
 
 
 def test_eval_transform_resize_crop_normalise():
-    dc = {"input_size": (3, 32, 32), "crop_pct": 0.5, "mean": (0.5,) * 3, "std": (0.5,) * 3,
-          "interpolation": "nearest"}
+    dc = {
+        "input_size": (3, 32, 32),
+        "crop_pct": 0.5,
+        "mean": (0.5,) * 3,
+        "std": (0.5,) * 3,
+        "interpolation": "nearest",
+    }
     arr = np.zeros((64, 96, 3), np.uint8)
     arr[16:48, 32:64] = 255  # a white centre block exactly the crop region after no resize (64 / 0.5 = 64)
     x = build_eval_transform(dc)(Image.fromarray(arr).convert("RGBA"))  # any mode in, RGB tensor out
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
     assert torch.all(x == 1.0)  # centre crop of the short-side-64 image is the white block, (1-0.5)/0.5
-    small = build_eval_transform({**dc, "input_size": (3, 48, 48), "crop_pct": 1.0})(Image.new("RGB", (32, 32)))
+    small = build_eval_transform({**dc, "input_size": (3, 48, 48), "crop_pct": 1.0})(
+        Image.new("RGB", (32, 32))
+    )
     assert small.shape == (3, 48, 48)  # CIFAR-size images are upsampled
 
 
@@ -319,8 +378,12 @@ def test_loaders_samplers_and_split(folder):
     # a non-padded split: the ranks together see each index exactly once
     idx = sorted(i for r in range(3) for i in OrderedSplitSampler(range(10), 3, r))
     assert idx == list(range(10))
-    assert build_loader(make_cfg(data_path=str(folder), repeated_aug=True, batch_size=2), ds, "train").sampler \
-        .__class__.__name__ == "RepeatAugSampler"
+    assert (
+        build_loader(
+            make_cfg(data_path=str(folder), repeated_aug=True, batch_size=2), ds, "train"
+        ).sampler.__class__.__name__
+        == "RepeatAugSampler"
+    )
     with pytest.raises(UserError, match="fewer than one batch"):
         build_loader(make_cfg(batch_size=64), ds, "train")
 

@@ -9,6 +9,7 @@ Typical use (the trainer)::
     mixup_fn = build_mixup(cfg, len(train_ds.classes))
     for epoch ...: set_epoch(train_loader, epoch); ...; report_bad_files(train_ds, cfg.output_dir, epoch)
 """
+
 from __future__ import annotations
 
 from vitzoo.data.datasets import (
@@ -24,11 +25,30 @@ from vitzoo.data.datasets import (
 )
 from vitzoo.data.loader import OrderedSplitSampler, build_loader, set_epoch
 from vitzoo.data.synthetic import SHAPES, make_shapes_dataset
-from vitzoo.data.transforms import build_eval_transform, build_mixup, build_train_transform, resolve_data_config
+from vitzoo.data.transforms import (
+    build_eval_transform,
+    build_mixup,
+    build_train_transform,
+    resolve_data_config,
+)
 
 __all__ = [
-    "IMG_EXTENSIONS", "CifarBinaryDataset", "ImageFolderDataset", "OrderedSplitSampler", "SHAPES",
-    "build_dataset", "build_eval_transform", "build_loader", "build_mixup", "build_train_transform",
-    "dataset_kind", "list_images", "load_image", "make_shapes_dataset", "read_cifar_bin",
-    "report_bad_files", "resolve_data_config", "set_epoch",
+    "IMG_EXTENSIONS",
+    "SHAPES",
+    "CifarBinaryDataset",
+    "ImageFolderDataset",
+    "OrderedSplitSampler",
+    "build_dataset",
+    "build_eval_transform",
+    "build_loader",
+    "build_mixup",
+    "build_train_transform",
+    "dataset_kind",
+    "list_images",
+    "load_image",
+    "make_shapes_dataset",
+    "read_cifar_bin",
+    "report_bad_files",
+    "resolve_data_config",
+    "set_epoch",
 ]

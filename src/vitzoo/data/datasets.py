@@ -11,12 +11,14 @@ DataLoader workers hold their own copy of the dataset, so a worker cannot update
 :mod:`vitzoo.data.loader` (which runs in the worker) drains that queue into the batch, and the loader
 merges it into the main-process dataset. CIFAR records are parsed with numpy (never pickle).
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -44,8 +46,12 @@ def list_images(path: str | os.PathLike, recursive: bool = False) -> list[Path]:
     if not path.is_dir():
         raise UserError(f"no such file or folder: {path}")
     if recursive:
-        found = [Path(root) / f for root, dirs, files in os.walk(path, followlinks=True)
-                 for f in files if _is_image(f)]
+        found = [
+            Path(root) / f
+            for root, dirs, files in os.walk(path, followlinks=True)
+            for f in files
+            if _is_image(f)
+        ]
     else:
         found = [p for p in path.iterdir() if p.is_file() and _is_image(p.name)]
     return sorted(found)
@@ -65,8 +71,14 @@ def _open_rgb(path: Path):
         return img if img.mode == "RGB" else img.convert("RGB")  # (convert would copy an RGB image)
     except FileNotFoundError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
-            Image.DecompressionBombError) as e:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        EOFError,
+        Image.DecompressionBombError,
+    ) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         if os.path.getsize(path) == 0:
             reason = "empty file (0 bytes)"
@@ -87,8 +99,13 @@ def load_image(path: str | os.PathLike):
 class _BaseDataset(Dataset):
     """Shared behaviour: transform, seeded subset, bad-file bookkeeping."""
 
-    def __init__(self, classes: list[str], labels: Sequence[int], transform: Callable | None,
-                 bad_image_policy: str = "skip"):
+    def __init__(
+        self,
+        classes: list[str],
+        labels: Sequence[int],
+        transform: Callable | None,
+        bad_image_policy: str = "skip",
+    ):
         if bad_image_policy not in BAD_IMAGE_POLICIES:
             raise UserError(f"bad_image_policy must be one of {BAD_IMAGE_POLICIES}, got {bad_image_policy!r}")
         self.classes = list(classes)
@@ -147,15 +164,18 @@ class _BaseDataset(Dataset):
             except _BadImage as e:
                 name = self._name(record)
                 if self.bad_image_policy == "error":
-                    raise UserError(f"unreadable image {name}: {e} "
-                                    "(set bad_image_policy: skip to skip such files)") from None
+                    raise UserError(
+                        f"unreadable image {name}: {e} (set bad_image_policy: skip to skip such files)"
+                    ) from None
                 self._record_bad(name, str(e))
                 continue
             if self.transform is not None:
                 img = self.transform(img)
             return img, int(self.labels[record])
-        raise UserError(f"{min(n, _MAX_CONSECUTIVE_BAD)} unreadable images in a row starting at "
-                        f"{self._name(int(self._index[i % n]))}; is the dataset corrupt?")
+        raise UserError(
+            f"{min(n, _MAX_CONSECUTIVE_BAD)} unreadable images in a row starting at "
+            f"{self._name(int(self._index[i % n]))}; is the dataset corrupt?"
+        )
 
 
 class ImageFolderDataset(_BaseDataset):
@@ -165,8 +185,14 @@ class ImageFolderDataset(_BaseDataset):
     folder that lacks some classes still maps names to the right indices.
     """
 
-    def __init__(self, root: str | os.PathLike, transform: Callable | None = None, *,
-                 classes: Sequence[str] | None = None, bad_image_policy: str = "skip"):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        transform: Callable | None = None,
+        *,
+        classes: Sequence[str] | None = None,
+        bad_image_policy: str = "skip",
+    ):
         root = Path(root)
         if not root.is_dir():
             raise UserError(f"dataset folder not found: {root} (expected {root}/<class>/<images>)")
@@ -179,15 +205,18 @@ class ImageFolderDataset(_BaseDataset):
             classes = list(classes)
             unknown = sorted(set(found) - set(classes))
             if unknown:
-                raise UserError(f"{root} has class folders not among the {len(classes)} known classes: "
-                                f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+                raise UserError(
+                    f"{root} has class folders not among the {len(classes)} known classes: "
+                    f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}"
+                )
         to_idx = {c: i for i, c in enumerate(classes)}
         paths, labels = [], []
         for c in found:
             files = list_images(root / c, recursive=True)
             if not files:
-                raise UserError(f"class folder {root / c} holds no images (extensions: "
-                                f"{' '.join(IMG_EXTENSIONS)})")
+                raise UserError(
+                    f"class folder {root / c} holds no images (extensions: {' '.join(IMG_EXTENSIONS)})"
+                )
             paths += [str(p) for p in files]
             labels += [to_idx[c]] * len(files)
         self.root = root
@@ -207,10 +236,24 @@ class ImageFolderDataset(_BaseDataset):
 # CIFAR binary format (https://www.cs.toronto.edu/~kriz/cifar.html): each record is the label byte(s)
 # followed by 3072 bytes: 1024 R, 1024 G, 1024 B, each a 32x32 plane in row-major order.
 _CIFAR = {
-    "cifar10": dict(label_bytes=1, train=[f"data_batch_{i}.bin" for i in range(1, 6)], val=["test_batch.bin"],
-                    names="batches.meta.txt", num_classes=10, folder="cifar-10-batches-bin", per_file=10000),
-    "cifar100": dict(label_bytes=2, train=["train.bin"], val=["test.bin"], names="fine_label_names.txt",
-                     num_classes=100, folder="cifar-100-binary", per_file=None),
+    "cifar10": {
+        "label_bytes": 1,
+        "train": [f"data_batch_{i}.bin" for i in range(1, 6)],
+        "val": ["test_batch.bin"],
+        "names": "batches.meta.txt",
+        "num_classes": 10,
+        "folder": "cifar-10-batches-bin",
+        "per_file": 10000,
+    },
+    "cifar100": {
+        "label_bytes": 2,
+        "train": ["train.bin"],
+        "val": ["test.bin"],
+        "names": "fine_label_names.txt",
+        "num_classes": 100,
+        "folder": "cifar-100-binary",
+        "per_file": None,
+    },
 }
 _PIXELS = 3 * 32 * 32
 
@@ -224,9 +267,11 @@ def read_cifar_bin(path: str | os.PathLike, label_bytes: int = 1) -> tuple[np.nd
     rec = label_bytes + _PIXELS
     size = path.stat().st_size
     if size == 0 or size % rec:
-        raise UserError(f"{path}: {size} bytes is not a whole number of CIFAR records; expected a multiple "
-                        f"of {rec} bytes ({label_bytes} label byte(s) + {_PIXELS} pixel bytes per record, "
-                        f"{rec * 10000} for a file of 10000 images)")
+        raise UserError(
+            f"{path}: {size} bytes is not a whole number of CIFAR records; expected a multiple "
+            f"of {rec} bytes ({label_bytes} label byte(s) + {_PIXELS} pixel bytes per record, "
+            f"{rec * 10000} for a file of 10000 images)"
+        )
     raw = np.fromfile(path, dtype=np.uint8).reshape(-1, rec)
     labels = raw[:, label_bytes - 1].astype(np.int64)
     images = raw[:, label_bytes:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # planes -> HWC
@@ -236,16 +281,23 @@ def read_cifar_bin(path: str | os.PathLike, label_bytes: int = 1) -> tuple[np.nd
 class CifarBinaryDataset(_BaseDataset):
     """CIFAR-10 / CIFAR-100 from the binary distribution (``cifar-10-batches-bin`` layout)."""
 
-    def __init__(self, files: Sequence[str | os.PathLike], kind: str = "cifar10",
-                 transform: Callable | None = None, names_file: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        files: Sequence[str | os.PathLike],
+        kind: str = "cifar10",
+        transform: Callable | None = None,
+        names_file: str | os.PathLike | None = None,
+    ):
         spec = _CIFAR[kind]
         parts = [read_cifar_bin(f, spec["label_bytes"]) for f in files]
         self.images = np.concatenate([p[0] for p in parts])
         labels = np.concatenate([p[1] for p in parts])
         if labels.max(initial=0) >= spec["num_classes"]:
             bad = next(str(f) for f, p in zip(files, parts) if p[1].max(initial=0) >= spec["num_classes"])
-            raise UserError(f"{bad}: label {int(labels.max())} out of range for {kind} "
-                            f"({spec['num_classes']} classes); is this the right dataset kind?")
+            raise UserError(
+                f"{bad}: label {int(labels.max())} out of range for {kind} "
+                f"({spec['num_classes']} classes); is this the right dataset kind?"
+            )
         classes = [str(i) for i in range(spec["num_classes"])]
         if names_file is not None and Path(names_file).is_file():
             names = [ln.strip() for ln in Path(names_file).read_text(encoding="utf-8").splitlines()]
@@ -253,8 +305,9 @@ class CifarBinaryDataset(_BaseDataset):
             if len(names) == spec["num_classes"]:
                 classes = names
             else:
-                log.warning("%s: %d names for %d classes; using numbers", names_file, len(names),
-                            spec["num_classes"])
+                log.warning(
+                    "%s: %d names for %d classes; using numbers", names_file, len(names), spec["num_classes"]
+                )
         self.files = [str(f) for f in files]
         super().__init__(classes, labels, transform, "skip")
 
@@ -321,8 +374,14 @@ def dataset_kind(cfg: Any) -> str:
     return kind
 
 
-def build_dataset(cfg: Any, split: str, *, transform: Callable | None = None,
-                  data_config: dict | None = None, classes: Sequence[str] | None = None) -> _BaseDataset:
+def build_dataset(
+    cfg: Any,
+    split: str,
+    *,
+    transform: Callable | None = None,
+    data_config: dict | None = None,
+    classes: Sequence[str] | None = None,
+) -> _BaseDataset:
     """Build the ``split`` ('train' | 'val') dataset that ``cfg`` describes.
 
     The transform is, in order of preference: ``transform``; the split's transform built from
@@ -337,9 +396,11 @@ def build_dataset(cfg: Any, split: str, *, transform: Callable | None = None,
     policy = str(getattr(cfg, "bad_image_policy", "skip") or "skip").lower()
     root = _split_root(cfg, split)
     if kind == "folder":
-        ds: _BaseDataset = ImageFolderDataset(_folder_for(cfg, split, root), classes=classes or
-                                              (_train_classes(cfg) if split == "val" else None),
-                                              bad_image_policy=policy)
+        ds: _BaseDataset = ImageFolderDataset(
+            _folder_for(cfg, split, root),
+            classes=classes or (_train_classes(cfg) if split == "val" else None),
+            bad_image_policy=policy,
+        )
     else:
         explicit = bool(split == "val" and getattr(cfg, "val_data_path", ""))
         files = _cifar_files(kind, root, split, explicit)
@@ -354,7 +415,9 @@ def build_dataset(cfg: Any, split: str, *, transform: Callable | None = None,
         from vitzoo.data.transforms import build_eval_transform, build_train_transform, resolve_data_config
 
         data_config = data_config or resolve_data_config(cfg, None)
-        transform = build_train_transform(cfg, data_config) if split == "train" else build_eval_transform(data_config)
+        transform = (
+            build_train_transform(cfg, data_config) if split == "train" else build_eval_transform(data_config)
+        )
     ds.transform = transform
     return ds
 
@@ -385,6 +448,7 @@ def report_bad_files(dataset: Any, output_dir: str | os.PathLike, epoch: int) ->
     lines = [f"# {len(bad)} unreadable image file(s) skipped (as of epoch {epoch})"]
     lines += [f"{p}\t{r}" for p, r in sorted(bad.items())]
     atomic_write_text(Path(output_dir) / name, "\n".join(lines) + "\n")
-    log.warning("epoch %s: %d unreadable image(s) skipped, listed in %s", epoch, len(bad),
-                Path(output_dir) / name)
+    log.warning(
+        "epoch %s: %d unreadable image(s) skipped, listed in %s", epoch, len(bad), Path(output_dir) / name
+    )
     return sorted(bad)

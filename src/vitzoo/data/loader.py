@@ -9,10 +9,12 @@ no padding, so sums all-reduced over ranks equal the one-process numbers exactly
 Workers keep their own dataset copies; :func:`_collate` (run inside the worker) appends the bad files
 that copy found to the batch, and :class:`Loader` strips them off and records them in the main process.
 """
+
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,8 +93,9 @@ def _dist_info(distributed: bool) -> tuple[int, int]:
     return 1, 0
 
 
-def build_loader(cfg: Any, dataset: Any, split: str, *, data_config: dict | None = None,
-                 distributed: bool = False) -> Loader:
+def build_loader(
+    cfg: Any, dataset: Any, split: str, *, data_config: dict | None = None, distributed: bool = False
+) -> Loader:
     """The train or val DataLoader for ``dataset``.
 
     ``data_config`` (from :func:`resolve_data_config`), when given, (re)builds the dataset's transform
@@ -104,12 +107,17 @@ def build_loader(cfg: Any, dataset: Any, split: str, *, data_config: dict | None
         from vitzoo.data.transforms import build_eval_transform, build_train_transform
 
         ds = base_dataset(dataset)
-        ds.transform = build_train_transform(cfg, data_config) if split == "train" else build_eval_transform(data_config)
+        ds.transform = (
+            build_train_transform(cfg, data_config) if split == "train" else build_eval_transform(data_config)
+        )
     world, rank = _dist_info(distributed)
     seed = int(getattr(cfg, "seed", 0) or 0)
     train = split == "train"
-    batch_size = int(getattr(cfg, "batch_size", 32) if train else
-                     (getattr(cfg, "eval_batch_size", None) or getattr(cfg, "batch_size", 32)))
+    batch_size = int(
+        getattr(cfg, "batch_size", 32)
+        if train
+        else (getattr(cfg, "eval_batch_size", None) or getattr(cfg, "batch_size", 32))
+    )
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
     if train and getattr(cfg, "repeated_aug", False):
@@ -120,22 +128,31 @@ def build_loader(cfg: Any, dataset: Any, split: str, *, data_config: dict | None
         sampler: Sampler = RepeatAugSampler(dataset, num_replicas=world, rank=rank, shuffle=True)
     elif train:
         # (seed, epoch)-determined shuffle for one process too, so resuming reproduces the order
-        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
-                                                      seed=seed, drop_last=False)
+        sampler = torch.utils.data.DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False
+        )
     else:
         sampler = OrderedSplitSampler(dataset, world, rank)
     workers = int(getattr(cfg, "num_workers", 0) or 0)
     pin = bool(getattr(cfg, "pin_mem", True)) and torch.cuda.is_available()
     loader = Loader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=_collate,
-        pin_memory=pin, drop_last=train, worker_init_fn=_seed_worker,
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=pin,
+        drop_last=train,
+        worker_init_fn=_seed_worker,
         persistent_workers=workers > 0 and bool(getattr(cfg, "persistent_workers", True)),
         generator=torch.Generator().manual_seed(seed * 1000 + rank),
         prefetch_factor=2 if workers > 0 else None,
     )
     if train and len(loader) == 0:
-        raise UserError(f"the train set has {len(sampler)} samples per process, fewer than one batch of "
-                        f"{batch_size} (the last partial batch is dropped); lower batch_size")
+        raise UserError(
+            f"the train set has {len(sampler)} samples per process, fewer than one batch of "
+            f"{batch_size} (the last partial batch is dropped); lower batch_size"
+        )
     return loader
 
 

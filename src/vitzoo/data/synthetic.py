@@ -1,14 +1,15 @@
 """``make-dataset shapes``: a small generated ImageNet-style folder, so everything runs with no download.
 
-Each image is one roughly centred shape (the class) in a random colour, size, small offset and small
-rotation on a noisy background of another random colour. Only the shape carries the label, and the shapes differ in outline
-(corners, holes, concavities), so a small ViT learns the task in a couple of CPU minutes while the
-colour / position / noise randomness still makes it a real (if easy) vision task.
+Each image is one roughly centred shape (the class) in a random bright colour, with random size,
+small offset and small rotation, on a noisy background of another random (dark) colour. Only the
+shape carries the label and the shapes differ in outline (corners, holes, concavities), so a small ViT
+learns the task in a couple of CPU minutes, while colour / size / position / noise still vary.
 
 Determinism: image ``i`` of a split is drawn from ``numpy.random.default_rng([seed, split, i])`` alone, so
 the bytes of every PNG depend only on (seed, split, index, size, num_classes).
 Shapes are drawn as a 4x supersampled mask with PIL and box-filtered down (anti-aliased edges).
 """
+
 from __future__ import annotations
 
 import json
@@ -59,7 +60,20 @@ def _outline(shape: str, r: float, rng: np.random.Generator) -> tuple[list[np.nd
         return [_regular(5, r, rot, inner=0.42)], []
     if shape == "cross":
         a, b = r, r * 0.33
-        pts = [[-b, -a], [b, -a], [b, -b], [a, -b], [a, b], [b, b], [b, a], [-b, a], [-b, b], [-a, b], [-a, -b], [-b, -b]]
+        pts = [
+            [-b, -a],
+            [b, -a],
+            [b, -b],
+            [a, -b],
+            [a, b],
+            [b, b],
+            [b, a],
+            [-b, a],
+            [-b, b],
+            [-a, b],
+            [-a, -b],
+            [-b, -b],
+        ]
         return [_rotate(np.array(pts), rot)], []
     if shape == "ring":
         return [_regular(64, r, 0)], [_regular(64, r * 0.55, 0)]
@@ -96,7 +110,7 @@ def draw_shape(shape: str, size: int, rng: np.random.Generator):
     mask = Image.new("L", (big, big), 0)
     d = ImageDraw.Draw(mask)
     for poly, value in [(p, 255) for p in fill] + [(p, 0) for p in cut]:
-        xy = (poly + [cx, cy]) * _SS
+        xy = (poly + np.array([cx, cy])) * _SS
         d.polygon([tuple(map(float, v)) for v in xy], fill=value)
     alpha = np.asarray(mask.resize((size, size), Image.BOX), dtype=np.float32)[..., None] / 255.0
     noise = rng.normal(0, 12, (size, size, 3))
@@ -106,23 +120,46 @@ def draw_shape(shape: str, size: int, rng: np.random.Generator):
 
 
 def _manifest(num_train: int, num_val: int, size: int, seed: int, classes: list[str]) -> dict:
-    return {"kind": "shapes", "version": 4, "num_train": num_train, "num_val": num_val, "size": size,
-            "seed": seed, "classes": classes, "train_dir": "train", "val_dir": "val"}
+    return {
+        "kind": "shapes",
+        "version": 4,
+        "num_train": num_train,
+        "num_val": num_val,
+        "size": size,
+        "seed": seed,
+        "classes": classes,
+        "train_dir": "train",
+        "val_dir": "val",
+    }
 
 
-def make_shapes_dataset(out: str | os.PathLike, num_train: int, num_val: int, size: int = 32, seed: int = 0,
-                        num_classes: int = 5, *, overwrite: bool = False, progress: bool | None = None) -> Path:
+def make_shapes_dataset(
+    out: str | os.PathLike,
+    num_train: int,
+    num_val: int,
+    size: int = 32,
+    seed: int = 0,
+    num_classes: int = 5,
+    *,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> Path:
     """Write ``out/train/<shape>/*.png`` and ``out/val/<shape>/*.png``; return ``out``.
 
     Classes are balanced (image ``i`` has class ``i % num_classes``). Re-running with the same settings
     on a finished folder does nothing; different settings need ``overwrite=True`` (which always
-    rewrites, replacing ``out/train`` and ``out/val`` only). ``progress``: a tqdm bar (default: when > 2000 images).
+    rewrites, replacing ``out/train`` and ``out/val`` only). ``progress``: a tqdm bar (default: when
+    more than 2000 images).
     """
     if not 1 <= num_classes <= len(SHAPES):
-        raise UserError(f"num_classes must be in 1..{len(SHAPES)} (shapes: {', '.join(SHAPES)}), got {num_classes}")
+        raise UserError(
+            f"num_classes must be in 1..{len(SHAPES)} (shapes: {', '.join(SHAPES)}), got {num_classes}"
+        )
     if num_train < num_classes or num_val < num_classes:
-        raise UserError(f"num_train and num_val must be at least num_classes ({num_classes}) so that every "
-                        f"class folder holds an image; got {num_train} / {num_val}")
+        raise UserError(
+            f"num_train and num_val must be at least num_classes ({num_classes}) so that every "
+            f"class folder holds an image; got {num_train} / {num_val}"
+        )
     if not 8 <= size <= 2048:
         raise UserError(f"size must be in 8..2048 pixels, got {size}")
     out = Path(out)
@@ -138,9 +175,11 @@ def make_shapes_dataset(out: str | os.PathLike, num_train: int, num_val: int, si
         if have == want and not ours_partial and not overwrite:
             return out
         if not (overwrite or ours_partial):
-            raise UserError(f"{out} already holds {' and '.join(p.name + '/' for p in existing)} "
-                            f"({'made with other settings' if have else 'not made by make-dataset'}); "
-                            "pass --overwrite to replace them, or choose another folder")
+            raise UserError(
+                f"{out} already holds {' and '.join(p.name + '/' for p in existing)} "
+                f"({'made with other settings' if have else 'not made by make-dataset'}); "
+                "pass --overwrite to replace them, or choose another folder"
+            )
         for p in existing:
             shutil.rmtree(p)
     out.mkdir(parents=True, exist_ok=True)

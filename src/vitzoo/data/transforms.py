@@ -10,6 +10,7 @@ is upsampled by these resizes to whatever input size the model takes.
 Means and stds: the model's ``data_config`` by default; ``imagenet_default_mean_and_std: true`` forces
 ImageNet's, ``false`` forces 0.5/0.5 (BEiT's fine-tuning recipe, seed 002).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -19,8 +20,13 @@ from vitzoo.errors import UserError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF_MEAN_STD = (0.5, 0.5, 0.5)
-DEFAULT_DATA_CONFIG = {"input_size": (3, 224, 224), "crop_pct": 0.875, "mean": IMAGENET_MEAN,
-                       "std": IMAGENET_STD, "interpolation": "bicubic"}
+DEFAULT_DATA_CONFIG = {
+    "input_size": (3, 224, 224),
+    "crop_pct": 0.875,
+    "mean": IMAGENET_MEAN,
+    "std": IMAGENET_STD,
+    "interpolation": "bicubic",
+}
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming", "random")
 
 
@@ -65,9 +71,13 @@ def resolve_data_config(cfg: Any, model: Any = None) -> dict:
     crop = float(dc["crop_pct"])
     if not 0 < crop <= 1:
         raise UserError(f"crop_pct must be in (0, 1], got {crop}")
-    return {"input_size": _size3(dc["input_size"]), "crop_pct": crop,
-            "mean": tuple(float(m) for m in dc["mean"]), "std": tuple(float(s) for s in dc["std"]),
-            "interpolation": _interp(dc["interpolation"], "interpolation")}
+    return {
+        "input_size": _size3(dc["input_size"]),
+        "crop_pct": crop,
+        "mean": tuple(float(m) for m in dc["mean"]),
+        "std": tuple(float(s) for s in dc["std"]),
+        "interpolation": _interp(dc["interpolation"], "interpolation"),
+    }
 
 
 def _aa(cfg: Any) -> str | None:
@@ -130,16 +140,23 @@ def build_train_transform(cfg: Any, data_config: dict) -> Callable:
     remode = str(getattr(cfg, "remode", "pixel") or "pixel").lower()
     if remode not in ("pixel", "rand", "const"):
         raise UserError(f"remode must be pixel / rand / const, got {remode!r}")
-    kwargs = dict(
-        input_size=data_config["input_size"], is_training=True, scale=(min_crop, 1.0),
-        hflip=float(getattr(cfg, "hflip", 0.5)), color_jitter=float(getattr(cfg, "color_jitter", 0.4) or 0.0) or None,
-        auto_augment=aa, mean=data_config["mean"], std=data_config["std"],
-        re_prob=float(getattr(cfg, "reprob", 0.25) or 0.0), re_mode=remode,
-        re_count=int(getattr(cfg, "recount", 1) or 1),
+    kwargs = {
+        "input_size": data_config["input_size"],
+        "is_training": True,
+        "scale": (min_crop, 1.0),
+        "hflip": float(getattr(cfg, "hflip", 0.5)),
+        "color_jitter": float(getattr(cfg, "color_jitter", 0.4) or 0.0) or None,
+        "auto_augment": aa,
+        "mean": data_config["mean"],
+        "std": data_config["std"],
+        "re_prob": float(getattr(cfg, "reprob", 0.25) or 0.0),
+        "re_mode": remode,
+        "re_count": int(getattr(cfg, "recount", 1) or 1),
         # `resplit` splits random erasing across augmentation splits (timm train.py: num_aug_splits if
         # resplit else 0); vitzoo trains without aug splits (no AugMix-JSD), so it is 0 either way.
-        re_num_splits=0, separate=True,
-    )
+        "re_num_splits": 0,
+        "separate": True,
+    }
     try:
         primary, secondary, final = create_transform(interpolation=interp, **kwargs)
         aa_interp = _interp(getattr(cfg, "aa_interpolation", None) or interp, "aa_interpolation")
@@ -147,19 +164,24 @@ def build_train_transform(cfg: Any, data_config: dict) -> Callable:
             _, secondary, _ = create_transform(interpolation=aa_interp, **kwargs)
     except (AssertionError, KeyError, ValueError, IndexError) as e:
         raise UserError(f"cannot build the training transform (aa={aa!r}): {e or type(e).__name__}") from None
-    return patch_posterize(transforms.Compose([ToRGB(), *primary.transforms, *secondary.transforms,
-                                               *final.transforms]))
+    return patch_posterize(
+        transforms.Compose([ToRGB(), *primary.transforms, *secondary.transforms, *final.transforms])
+    )
 
 
 def build_eval_transform(data_config: dict) -> Callable:
-    """Resize short side to ``size / crop_pct``, centre crop ``size``, to tensor, normalise (any PIL image)."""
+    """Resize short side to ``size / crop_pct``, centre crop ``size``, normalise; takes any PIL image."""
     from timm.data import create_transform
     from torchvision import transforms
 
-    t = create_transform(input_size=data_config["input_size"], is_training=False,
-                         crop_pct=float(data_config["crop_pct"]),
-                         interpolation=_interp(data_config["interpolation"], "interpolation"),
-                         mean=data_config["mean"], std=data_config["std"])
+    t = create_transform(
+        input_size=data_config["input_size"],
+        is_training=False,
+        crop_pct=float(data_config["crop_pct"]),
+        interpolation=_interp(data_config["interpolation"], "interpolation"),
+        mean=data_config["mean"],
+        std=data_config["std"],
+    )
     return transforms.Compose([ToRGB(), *t.transforms])
 
 
@@ -184,6 +206,13 @@ def build_mixup(cfg: Any, num_classes: int) -> Callable | None:
             raise UserError(f"cutmix_minmax must be [lo, hi] with 0 < lo < hi <= 1, got {minmax}")
     from timm.data import Mixup
 
-    return Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, cutmix_minmax=minmax, prob=prob,
-                 switch_prob=float(getattr(cfg, "mixup_switch_prob", 0.5) or 0.0), mode=mode,
-                 label_smoothing=float(getattr(cfg, "smoothing", 0.1) or 0.0), num_classes=int(num_classes))
+    return Mixup(
+        mixup_alpha=mixup,
+        cutmix_alpha=cutmix,
+        cutmix_minmax=minmax,
+        prob=prob,
+        switch_prob=float(getattr(cfg, "mixup_switch_prob", 0.5) or 0.0),
+        mode=mode,
+        label_smoothing=float(getattr(cfg, "smoothing", 0.1) or 0.0),
+        num_classes=int(num_classes),
+    )
