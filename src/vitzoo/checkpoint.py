@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import os
 import tempfile
 from pathlib import Path
@@ -112,11 +113,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"{path}: cannot be loaded as a plain-data checkpoint ({msg}); files that need arbitrary "
-            "code to unpickle are refused"
-        ) from e
+        text = str(e)
+        if "Unsupported global" in text:  # a pickled class / function: exactly what must never run
+            name = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+            what = f" ({name.group(1)})" if name else ""
+            raise UserError(
+                f"{path}: refused: it needs arbitrary code{what} to unpickle; only plain tensors and "
+                "containers are loaded"
+            ) from e
+        raise UserError(f"{path}: not a readable PyTorch checkpoint (truncated, corrupt or another format)") from e
     if not isinstance(obj, dict):
         raise UserError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return obj
