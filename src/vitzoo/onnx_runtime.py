@@ -126,15 +126,15 @@ def evaluate_folder(session, root: str | os.PathLike, data_config: dict, class_n
     Uses the data module's folder dataset (same file order, same bad-file policy: skip) and eval transform
     as ``vitzoo eval``, so both commands see identical tensors.
     """
-    from vitzoo.data import ImageFolderDataset, build_eval_transform
-    from vitzoo.data.loader import Loader, _collate  # the Loader relays bad files found in worker processes
+    # the Loader / relay_collate pair relays bad files found in worker processes back to the dataset
+    from vitzoo.data import ImageFolderDataset, Loader, build_eval_transform, relay_collate
 
     found = {d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith(".")} \
         if os.path.isdir(root) else set()
     classes = class_names if class_names and found and found <= set(class_names) else None
     ds = ImageFolderDataset(root, build_eval_transform(data_config), classes=classes)
     # --prefetch N (the seed's option) = batches decoded ahead in all, spread over the workers
-    loader = Loader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate,
+    loader = Loader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=relay_collate,
                     prefetch_factor=max(1, prefetch // max(1, num_workers)) if num_workers else None)
     correct1 = correct5 = total = 0
     for x, y in loader:

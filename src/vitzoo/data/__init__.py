@@ -23,7 +23,7 @@ from vitzoo.data.datasets import (
     read_cifar_bin,
     report_bad_files,
 )
-from vitzoo.data.loader import OrderedSplitSampler, build_loader, set_epoch
+from vitzoo.data.loader import Loader, OrderedSplitSampler, build_loader, relay_collate, set_epoch
 from vitzoo.data.synthetic import SHAPES, make_shapes_dataset
 from vitzoo.data.transforms import (
     build_eval_transform,
@@ -37,7 +37,9 @@ __all__ = [
     "SHAPES",
     "CifarBinaryDataset",
     "ImageFolderDataset",
+    "Loader",
     "OrderedSplitSampler",
+    "relay_collate",
     "build_dataset",
     "build_eval_transform",
     "build_loader",

@@ -6,7 +6,7 @@ sampler (timm ``RepeatAugSampler``) when ``repeated_aug``; ``drop_last`` keeps b
 even batch). Val: in order, and under torch.distributed each rank takes every world_size-th sample with
 no padding, so sums all-reduced over ranks equal the one-process numbers exactly.
 
-Workers keep their own dataset copies; :func:`_collate` (run inside the worker) appends the bad files
+Workers keep their own dataset copies; :func:`relay_collate` (run inside the worker) appends the bad files
 that copy found to the batch, and :class:`Loader` strips them off and records them in the main process.
 """
 
@@ -41,7 +41,7 @@ class OrderedSplitSampler(Sampler[int]):
         return len(range(self.rank, self.n, self.num_replicas))
 
 
-def _collate(batch: list) -> tuple:
+def relay_collate(batch: list) -> tuple:
     """Default collate + the bad files this worker's dataset copy found since the last batch."""
     x, y = default_collate(batch)
     info = get_worker_info()
@@ -140,7 +140,7 @@ def build_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=_collate,
+        collate_fn=relay_collate,
         pin_memory=pin,
         drop_last=train,
         worker_init_fn=_seed_worker,
