@@ -2,4 +2,4 @@
 from vitzoo.models import create_model, list_models
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "__version__"]
+__all__ = ["__version__", "create_model", "list_models"]

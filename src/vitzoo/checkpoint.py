@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable

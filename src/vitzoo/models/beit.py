@@ -15,7 +15,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitzoo.models.base import HALF_MEAN, HALF_STD, ZooModel
-from vitzoo.models.layers import Attention, Block, PatchEmbed, drop_path_rates, init_weights_trunc_normal, run_blocks
+from vitzoo.models.layers import (
+    Attention,
+    Block,
+    PatchEmbed,
+    drop_path_rates,
+    init_weights_trunc_normal,
+    run_blocks,
+)
 
 
 @dataclass(frozen=True)
@@ -67,7 +74,7 @@ def relative_position_index(grid: tuple[int, int]) -> torch.Tensor:
 def resize_rel_pos_table(table: torch.Tensor, new_grid: tuple[int, int]) -> torch.Tensor:
     """Bicubic resampling of a (num_rel + 3, heads) table to another patch grid (extra 3 rows kept)."""
     old_rel, heads = table.shape[0] - 3, table.shape[1]
-    side = int(math.isqrt(old_rel))
+    side = math.isqrt(old_rel)
     new_h, new_w = 2 * new_grid[0] - 1, 2 * new_grid[1] - 1
     if (side, side) == (new_h, new_w):
         return table

@@ -45,7 +45,7 @@ def unwrap_state_dict(obj: dict, use_ema: bool = False) -> dict[str, torch.Tenso
             break
     if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise UserError(f"no state dict found (top-level keys: {', '.join(list(obj)[:8])})")
-    return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
+    return {(k.removeprefix("module.")): v for k, v in sd.items()}
 
 
 def load_official_state_dict(path: str | Path, use_ema: bool = False) -> dict[str, torch.Tensor]:
