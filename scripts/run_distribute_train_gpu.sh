@@ -9,20 +9,16 @@
 set -euo pipefail
 usage() { sed -n '3,4p' "$0" | sed 's/^# //' >&2; exit 1; }
 
-[ $# -ge 1 ] || usage
-CONFIG=$1; shift
-case "$CONFIG" in -h|--help) usage ;; esac
-[ -f "$CONFIG" ] || { echo "config file not found: $CONFIG" >&2; usage; }
-NUM=""; IDS=""; CHECKPOINT=""; EXTRA=()
-while [ $# -gt 0 ]; do
+. "$(dirname "$0")/lib/args.bash"
+NUM=""; IDS=""
+option() {
   case "$1" in
-    --num_devices|--num-devices) [ $# -ge 2 ] || usage; NUM=$2; shift 2 ;;
-    --device_ids|--device-ids) [ $# -ge 2 ] || usage; IDS=$2; shift 2 ;;
-    --checkpoint) [ $# -ge 2 ] || usage; CHECKPOINT=$2; shift 2 ;;
-    --extra) shift; EXTRA=("$@"); break ;;
-    *) echo "unknown argument: $1" >&2; usage ;;
+    --num_devices|--num-devices) NUM=$2 ;;
+    --device_ids|--device-ids) IDS=$2 ;;
+    *) return 1 ;;
   esac
-done
+}
+parse_seed_args "$@"
 
 if [ -n "$IDS" ]; then
   [[ "$IDS" =~ ^[0-9]+(,[0-9]+)*$ ]] || { echo "--device_ids must look like 0,1,2,3, got '$IDS'" >&2; usage; }

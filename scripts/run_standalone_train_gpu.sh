@@ -7,19 +7,10 @@
 set -euo pipefail
 usage() { sed -n '3,4p' "$0" | sed 's/^# //' >&2; exit 1; }
 
-[ $# -ge 1 ] || usage
-CONFIG=$1; shift
-case "$CONFIG" in -h|--help) usage ;; esac
-[ -f "$CONFIG" ] || { echo "config file not found: $CONFIG" >&2; usage; }
-DEVICE=0; CHECKPOINT=""; EXTRA=()
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --device) [ $# -ge 2 ] || usage; DEVICE=$2; shift 2 ;;
-    --checkpoint) [ $# -ge 2 ] || usage; CHECKPOINT=$2; shift 2 ;;
-    --extra) shift; EXTRA=("$@"); break ;;
-    *) echo "unknown argument: $1" >&2; usage ;;
-  esac
-done
+. "$(dirname "$0")/lib/args.bash"
+DEVICE=0
+option() { case "$1" in --device) DEVICE=$2 ;; *) return 1 ;; esac; }
+parse_seed_args "$@"
 [[ "$DEVICE" =~ ^[0-9]+$ ]] || { echo "--device takes one GPU id, got '$DEVICE'" >&2; usage; }
 
 export CUDA_VISIBLE_DEVICES=$DEVICE
