@@ -13,14 +13,14 @@ import sys
 COMMANDS = {
     "models": ("vitzoo.cli.models", "list registered models (with parameter counts)"),
     "train": ("vitzoo.cli.train", "train a model from a YAML config (+ --key value overrides)"),
-    "eval": ("vitzoo.cli.evaluate", "evaluate a checkpoint on the validation set"),
+    "eval": ("vitzoo.cli.eval", "evaluate a checkpoint on the validation set"),
     "infer": ("vitzoo.cli.infer", "predict classes of an image or a folder of images, write JSON"),
     "export": ("vitzoo.cli.export", "export a checkpoint to ONNX / TorchScript / torch.export"),
-    "eval-onnx": ("vitzoo.cli.onnx_eval", "evaluate an exported ONNX model with ONNX Runtime"),
-    "infer-onnx": ("vitzoo.cli.onnx_infer", "predict with an exported ONNX model, write JSON"),
+    "eval-onnx": ("vitzoo.cli.eval_onnx", "evaluate an exported ONNX model with ONNX Runtime"),
+    "infer-onnx": ("vitzoo.cli.infer_onnx", "predict with an exported ONNX model, write JSON"),
     "convert": ("vitzoo.cli.convert", "convert an official release checkpoint to vitzoo's format"),
     "make-dataset": ("vitzoo.cli.make_dataset", "write a small generated image dataset (no download)"),
-    "attention": ("vitzoo.cli.visual", "draw attention maps (attention rollout) for images"),
+    "attention": ("vitzoo.cli.attention", "draw attention maps (attention rollout) for images"),
     "plot": ("vitzoo.cli.plot", "draw training curves from a run's metrics file"),
 }
 
