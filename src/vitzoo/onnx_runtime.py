@@ -13,10 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from vitzoo.constants import IMAGENET_MEAN, IMAGENET_STD
 from vitzoo.errors import UserError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def providers_for(device: str) -> list[str]:

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from vitzoo.constants import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD
+
 from vitzoo.errors import UserError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-HALF_MEAN_STD = (0.5, 0.5, 0.5)
 DEFAULT_DATA_CONFIG = {
     "input_size": (3, 224, 224),
     "crop_pct": 0.875,
@@ -67,7 +66,7 @@ def resolve_data_config(cfg: Any, model: Any = None) -> dict:
         if norm is True:
             dc["mean"], dc["std"] = IMAGENET_MEAN, IMAGENET_STD
         elif norm is False:
-            dc["mean"], dc["std"] = HALF_MEAN_STD, HALF_MEAN_STD
+            dc["mean"], dc["std"] = HALF_MEAN, HALF_STD
     crop = float(dc["crop_pct"])
     if not 0 < crop <= 1:
         raise UserError(f"crop_pct must be in (0, 1], got {crop}")

@@ -8,11 +8,6 @@ from torch import nn
 
 from vitzoo.models.layers import Attention
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-HALF_MEAN = (0.5, 0.5, 0.5)  # Google ViT / BEiT normalise to [-1, 1]
-HALF_STD = (0.5, 0.5, 0.5)
-
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitzoo.models.base import HALF_MEAN, HALF_STD, ZooModel
+from vitzoo.constants import HALF_MEAN, HALF_STD
+from vitzoo.models.base import ZooModel
 from vitzoo.models.layers import (
     Attention,
     Block,

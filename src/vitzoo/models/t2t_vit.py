@@ -27,7 +27,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vitzoo.models.base import IMAGENET_MEAN, IMAGENET_STD, ZooModel
+from vitzoo.constants import IMAGENET_MEAN, IMAGENET_STD
+from vitzoo.models.base import ZooModel
 from vitzoo.models.layers import Attention, Block, Mlp, drop_path_rates, init_weights_trunc_normal, run_blocks
 
 TOKENS_TYPES = ("performer", "transformer")

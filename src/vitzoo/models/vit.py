@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vitzoo.models.base import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD, ZooModel
+from vitzoo.constants import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD
+from vitzoo.models.base import ZooModel
 from vitzoo.models.layers import Block, PatchEmbed, drop_path_rates, init_weights_trunc_normal, run_blocks
 
 
