@@ -12,7 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from vitzoo.config import RunConfig, build_parser, dump_config, load_config, parse_args, read_yaml, schema
+from vitzoo.config import (
+    RunConfig,
+    build_parser,
+    config_from_dict,
+    dump_config,
+    load_config,
+    parse_args,
+    read_yaml,
+    schema,
+)
+from vitzoo.engine.build import model_kwargs
 from vitzoo.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -397,7 +407,7 @@ def test_cli_spellings_and_types():
     assert (cfg.lr, cfg.smoothing, cfg.device, cfg.compile) == (1e-3, 0.0, "cpu", False)
     assert load_config(None, ["--opt_betas", "[0.7, 0.9]"]).opt_betas == [0.7, 0.9]
     for text, expected in [("true", True), ("1", True), ("yes", True), ("False", False), ("0", False)]:
-        assert load_config(None, ["--resplit", text]).resplit is expected
+        assert load_config(None, ["--repeated_aug", text]).repeated_aug is expected
 
 
 def test_pyyaml_exponent_quirk(tmp_path):
@@ -436,7 +446,7 @@ def test_wrong_type_names_key_and_type(tmp_path, text, key, expected):
     (["--mixup_mode", "pairs"], r"'mixup_mode'.*pair"),
     (["--dataset", "svhn"], r"'dataset'.*folder, cifar10, cifar100"),
     (["--distillation_type", "hard", "--teacher_model", ""], r"needs a teacher"),
-    (["--reprob", "1.5"], r"'reprob' must be in \[0, 1\]"),
+    (["--reprob", "1.5"], r"'reprob' \(command line\) must be in \[0, 1\]"),
     (["--start_epoch", "5", "--epochs", "3"], r"start_epoch"),
     (["--device_target", "TPU"], r"GPU, CPU, Ascend"),
     (["--batch_size"], r"expected one argument"),
@@ -475,14 +485,11 @@ def test_derived_helpers():
     assert cfg.global_batch(8) == 64 * 8 * 2
     assert cfg.scaled_lr(8) == pytest.approx(5e-4 * 64 * 8 * 2 / 512)  # DeiT: lr x global batch / 512
     assert load_config(None, ["--unscale_lr", "true"]).scaled_lr(8) == RunConfig().lr
-    assert load_config(None, ["--amp_level", "O0"]).resolved_amp_dtype(True) == "float32"
-    assert load_config(None, ["--amp_level", "O2"]).resolved_amp_dtype(True) == "bfloat16"
-    assert load_config(None, ["--amp_level", "O2"]).resolved_amp_dtype(False) == "float16"
-    assert load_config(None, ["--amp_dtype", "fp16"]).resolved_amp_dtype(True) == "float16"
     assert load_config(None, ["--clip_grad", "2", "--use_clip_grad_norm", "1"]).clip_value == 2.0
     assert load_config(None, []).clip_value is None
     kw = load_config(None, ["--image_size", "32", "--drop_path", "0.2", "--model_overrides", "{depth: 2}",
-                            "--rel_pos_bias", "false"]).model_kwargs()
+                            "--rel_pos_bias", "false"])
+    kw = model_kwargs(kw)
     assert kw["img_size"] == 32 and kw["drop_path_rate"] == 0.2 and kw["depth"] == 2
     assert kw["use_rel_pos_bias"] is False
 
@@ -494,15 +501,15 @@ def test_dump_round_trip(seed_yaml, tmp_path):
     assert all(f"\n{f.name}:" in text for f in schema())  # every key printed
     again = load_config(_write(tmp_path, text, "dump.yaml"), [])
     assert again.to_dict() == cfg.to_dict()
-    assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))).to_dict() == cfg.to_dict()
+    assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))).to_dict() == cfg.to_dict()
 
 
 def test_from_dict_tolerates_unknown_keys():
     d = RunConfig().to_dict() | {"future_key": 1}
-    cfg = RunConfig.from_dict(d)
+    cfg = config_from_dict(d)
     assert cfg.to_dict() == RunConfig().to_dict() and "future_key" in cfg.notes[0]
     with pytest.raises(UserError):
-        RunConfig.from_dict(d, strict=True)
+        config_from_dict(d, strict=True)
 
 
 def test_help_lists_every_key_by_section():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import operator
-import types
 from pathlib import Path
 from typing import ClassVar
 
@@ -14,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vitzoo.config import RunConfig, config_from_dict
 from vitzoo.data import (
     OrderedSplitSampler,
     build_dataset,
@@ -31,49 +31,10 @@ from vitzoo.data import (
 from vitzoo.errors import UserError
 
 
-def make_cfg(**kw) -> types.SimpleNamespace:
-    """The canonical config keys the data pipeline reads (DeiT recipe defaults), tiny sizes."""
-    base = {
-        "dataset": "folder",
-        "data_path": "",
-        "val_data_path": "",
-        "train_dir": "train",
-        "val_dir": "val",
-        "train_num_samples": -1,
-        "val_num_samples": -1,
-        "num_workers": 0,
-        "pin_mem": True,
-        "persistent_workers": True,
-        "batch_size": 4,
-        "eval_batch_size": None,
-        "bad_image_policy": "skip",
-        "repeated_aug": False,
-        "imagenet_default_mean_and_std": None,
-        "crop_pct": None,
-        "interpolation": "bicubic",
-        "aa": "rand-m9-mstd0.5-inc1",
-        "aa_interpolation": None,
-        "color_jitter": 0.4,
-        "hflip": 0.5,
-        "min_crop": 0.08,
-        "reprob": 0.25,
-        "remode": "pixel",
-        "recount": 1,
-        "resplit": False,
-        "mixup": 0.8,
-        "cutmix": 1.0,
-        "cutmix_minmax": None,
-        "mixup_prob": 1.0,
-        "mixup_switch_prob": 0.5,
-        "mixup_mode": "batch",
-        "mixup_off_epoch": 0,
-        "smoothing": 0.1,
-        "input_size": 32,
-        "seed": 0,
-        "output_dir": "",
-    }
-    base.update(kw)
-    return types.SimpleNamespace(**base)
+def make_cfg(**kw) -> RunConfig:
+    """A validated RunConfig with the DeiT recipe's data keys at tiny sizes (what the pipeline reads)."""
+    base = {"data_path": "", "num_workers": 0, "batch_size": 4, "input_size": 32, "output_dir": ""}
+    return config_from_dict({**base, **kw}, strict=True)
 
 
 def write_folder(root: Path, spec: dict[str, int], size: int = 12, ext: str = ".png") -> None:
@@ -292,7 +253,7 @@ class FakeModel:
 
 
 def test_resolve_data_config_overrides():
-    dc = resolve_data_config(make_cfg(input_size=None, interpolation=None), FakeModel())
+    dc = resolve_data_config(make_cfg(input_size=None, interpolation="bilinear"), FakeModel())
     assert dc == {**FakeModel.data_config, "input_size": (3, 40, 40)}
     dc = resolve_data_config(
         make_cfg(input_size=64, crop_pct=0.75, imagenet_default_mean_and_std=False), FakeModel()

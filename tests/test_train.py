@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitzoo.checkpoint import load_checkpoint
+from vitzoo.checkpoint import load_checkpoint, store
 from vitzoo.config import load_config
-from vitzoo.engine import runstate
-from vitzoo.engine.trainer import Trainer, train
+from vitzoo.engine.trainer import Position, Trainer, train
 from vitzoo.errors import UserError
 
 TINY = "{patch_size: 4, depth: 2, embed_dim: 48, num_heads: 3}"
@@ -86,7 +85,7 @@ def test_training_learns_and_writes_logs(shapes, tmp_path):
     assert summary["best_top1"] > 0.25 + 0.2  # well above chance (4 classes)
     assert summary["best_top1"] == pytest.approx(max(r["val_top1"] for r in rows), abs=1e-6)
     # keep-N / best-N
-    assert len(runstate.list_checkpoints(out / "checkpoints")) == 2
+    assert len(store.list_checkpoints(out / "checkpoints")) == 2
     assert len(list((out / "best").iterdir())) == 1
     best = load_checkpoint(summary["best_checkpoint"])
     assert best["meta"]["class_names"] == sorted(best["meta"]["class_names"]) and len(best["meta"]["class_names"]) == 4
@@ -110,11 +109,11 @@ def test_resume_is_bit_for_bit_mid_epoch_and_at_epoch_end(shapes, tmp_path):
              "--ckpt_keep_num", "0", "--clip_grad", "1.0"]
     full = tmp_path / "full"
     train(cfg_for(shapes, full, *extra))
-    ckpts = runstate.list_checkpoints(full / "checkpoints")
+    ckpts = store.list_checkpoints(full / "checkpoints")
     names = [p.name for p in ckpts]
     # 10 updates per epoch: step saves at 7 and 14, epoch ends at 10 and 20
-    assert names == [runstate.ckpt_name(0, 7), runstate.ckpt_name(1, 10), runstate.ckpt_name(1, 14),
-                     runstate.ckpt_name(2, 20)]
+    assert names == [store.ckpt_name(0, 7), store.ckpt_name(1, 10), store.ckpt_name(1, 14),
+                     store.ckpt_name(2, 20)]
     final = load_checkpoint(ckpts[-1])
     for start in (ckpts[2], ckpts[1]):  # mid-epoch 2, then the end of epoch 1
         out = tmp_path / f"resumed_{start.stem}"
@@ -130,7 +129,7 @@ def test_resume_is_bit_for_bit_mid_epoch_and_at_epoch_end(shapes, tmp_path):
 
 def test_nonfinite_stop_names_last_good_checkpoint(shapes, tmp_path):
     trainer = Trainer(cfg_for(shapes, tmp_path / "nan", "--nonfinite_policy", "stop"))
-    real = trainer.criterion
+    real = trainer.step.criterion
     calls = {"n": 0}
 
     def poisoned(x, out, y):
@@ -138,26 +137,26 @@ def test_nonfinite_stop_names_last_good_checkpoint(shapes, tmp_path):
         loss = real(x, out, y)
         return loss * float("nan") if calls["n"] == 13 else loss  # in epoch 2 (10 updates per epoch)
 
-    trainer.criterion = poisoned
+    trainer.step.criterion = poisoned
     try:
         with pytest.raises(UserError, match=r"update 13.*last good checkpoint: .*ckpt_e0001_s000000010\.pth"):
             trainer.fit()
     finally:
         trainer.close()
-    ck = load_checkpoint(tmp_path / "nan" / "checkpoints" / runstate.ckpt_name(1, 10))
+    ck = load_checkpoint(tmp_path / "nan" / "checkpoints" / store.ckpt_name(1, 10))
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
 def test_nonfinite_skip_counts(shapes, tmp_path):
     trainer = Trainer(cfg_for(shapes, tmp_path / "skip", "--epochs", "1"))
-    real = trainer.criterion
+    real = trainer.step.criterion
     calls = {"n": 0}
 
     def poisoned(x, out, y):
         calls["n"] += 1
         return real(x, out, y) * (float("inf") if calls["n"] in (2, 5) else 1.0)
 
-    trainer.criterion = poisoned
+    trainer.step.criterion = poisoned
     try:
         summary = trainer.fit()
     finally:
@@ -172,7 +171,7 @@ def test_nonfinite_skip_counts(shapes, tmp_path):
 def test_interrupted_checkpoint_write_keeps_previous_file(shapes, tmp_path, monkeypatch):
     trainer = Trainer(cfg_for(shapes, tmp_path / "atomic", "--epochs", "1"))
     try:
-        first = trainer.save(0, 0)
+        first = trainer.save(Position())
         before = first.read_bytes()
         real_save = torch.save
 
@@ -183,7 +182,7 @@ def test_interrupted_checkpoint_write_keeps_previous_file(shapes, tmp_path, monk
 
         monkeypatch.setattr(torch, "save", dying_save)
         with pytest.raises(KeyboardInterrupt):
-            trainer.save(0, 0)
+            trainer.save(Position())
         monkeypatch.setattr(torch, "save", real_save)
         assert first.read_bytes() == before and load_checkpoint(first)["meta"]["global_step"] == 0
         assert not list(first.parent.glob("*.tmp"))
@@ -215,7 +214,7 @@ def test_torchrun_two_processes_gloo(shapes, tmp_path):
            "--aa", "none", "--mixup", "0", "--cutmix", "0", "--ckpt_save_every_seconds", "0"]
     res = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert [p.name for p in runstate.list_checkpoints(out / "checkpoints")] == [runstate.ckpt_name(1, 10)]
+    assert [p.name for p in store.list_checkpoints(out / "checkpoints")] == [store.ckpt_name(1, 10)]
     assert len(list((out / "best").iterdir())) == 1
     assert (out / "train.log").read_text().count("eval results:") == 1
     # distributed evaluation == one-process evaluation of the same weights
@@ -223,7 +222,7 @@ def test_torchrun_two_processes_gloo(shapes, tmp_path):
     from vitzoo.engine.loop import evaluate
     from vitzoo.models import load_model
 
-    model, meta = load_model(runstate.list_checkpoints(out / "checkpoints")[0])
+    model, meta = load_model(store.list_checkpoints(out / "checkpoints")[0])
     cfg = cfg_for(shapes, tmp_path / "x")
     val = build_dataset(cfg, "val", data_config=meta["data_config"])
     single = evaluate(model, build_loader(cfg, val, "val"), "cpu")

@@ -12,7 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+from vitzoo.checkpoint import RunFolders
+from vitzoo.config import load_config
+from vitzoo.data import build_dataset, build_loader, make_shapes_dataset
+from vitzoo.engine.loop import evaluate, format_eval
+from vitzoo.engine.trainer import train
 from vitzoo.errors import UserError
+from vitzoo.models import load_model
 
 
 def _demo_config() -> Path:
@@ -37,11 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = build_parser().parse_known_args(argv)
-    from vitzoo.config import load_config
-    from vitzoo.data import build_dataset, build_loader, make_shapes_dataset
-    from vitzoo.engine.loop import evaluate, format_eval
-    from vitzoo.engine.trainer import train
-    from vitzoo.models import load_model
 
     out = Path(args.out)
     config = Path(args.config) if args.config else _demo_config()
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  last checkpoint : {summary['last_checkpoint']}")
     print(f"  log file        : {summary['log_file']}")
     print(f"  metrics         : {run / 'metrics.jsonl'} (and metrics.csv)")
-    print(f"  tensorboard     : tensorboard --logdir {cfg.run_dirs()['summary_dir']}")
+    print(f"  tensorboard     : tensorboard --logdir {RunFolders.of(cfg).tensorboard}")
     print("next:")
     print(f"  vitzoo eval --config {config} --data_path {data} --pretrained {best}")
     print(f"  vitzoo infer {data / 'val'} --checkpoint {best}")

@@ -16,12 +16,19 @@ import sys
 
 import torch
 
+from vitzoo.checkpoint import atomic_write_text
+from vitzoo.config import RunConfig, dump_config, parse_args
+from vitzoo.config import build_parser as config_parser
+from vitzoo.config.schema import default_of
+from vitzoo.data import build_dataset, build_loader, resolve_data_config
+from vitzoo.engine import dist
+from vitzoo.engine.loop import evaluate, format_eval
 from vitzoo.errors import UserError
+from vitzoo.models import load_model
+from vitzoo.precision import resolve_precision
 
 
 def build_parser():
-    from vitzoo.config import build_parser as config_parser
-
     p = config_parser(prog="vitzoo eval", description=__doc__.split("\n\n")[0] + " " +
                       "Give the weights with --pretrained CKPT; any config key can be given as --key value.")
     g = p.add_argument_group("evaluation")
@@ -32,10 +39,8 @@ def build_parser():
     return p
 
 
-def _load(cfg, use_ema: bool, device: torch.device):
+def _load(cfg: RunConfig, use_ema: bool, device: torch.device):
     """(model, meta): the architecture a vitzoo checkpoint records, else the config's ``model``."""
-    from vitzoo.models import load_model
-
     path = cfg.pretrained
     if str(path).endswith(".npz"):
         return load_model(path, arch=cfg.model, use_ema=use_ema, device=str(device))
@@ -46,10 +51,7 @@ def _load(cfg, use_ema: bool, device: torch.device):
             raise
         # an official release file: the config's model names the architecture
         model, meta = load_model(path, arch=cfg.model, use_ema=use_ema, device=str(device))
-    from vitzoo.config import schema
-
-    default_model = next((f.default for f in schema() if f.name == "model"), None)
-    if meta.get("arch") and cfg.model and cfg.model != default_model and meta["arch"] != cfg.model:
+    if meta.get("arch") and cfg.model and cfg.model != default_of("model") and meta["arch"] != cfg.model:
         print(f"note: {path} holds a {meta['arch']} (config model {cfg.model} ignored)", file=sys.stderr)
     return model, meta
 
@@ -65,15 +67,8 @@ def per_class_report(confusion: torch.Tensor, class_names: list[str]) -> list[di
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vitzoo.config import parse_args
-    from vitzoo.data import build_dataset, build_loader, resolve_data_config
-    from vitzoo.engine import dist
-    from vitzoo.engine.loop import evaluate, format_eval
-
     cfg, ns = parse_args(argv, parser=build_parser())
-    if getattr(ns, "dry_run", False):
-        from vitzoo.config import dump_config
-
+    if ns.dry_run:
         print(dump_config(cfg), end="")
         return 0
     if not cfg.pretrained:
@@ -87,17 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         dataset = build_dataset(cfg, "val", data_config=data_config, classes=classes)
         loader = build_loader(cfg, dataset, "val", data_config=data_config, distributed=world > 1)
 
-        # mixed precision only on GPU: CPU autocast is slower and changes the numbers
-        amp_dtype, input_dtype = None, None
-        if device.type == "cuda" and cfg.amp_level != "O0":
-            dtype = getattr(torch, cfg.resolved_amp_dtype(torch.cuda.is_bf16_supported()))
-            if cfg.amp_level == "O3":
-                model, input_dtype = model.to(dtype), dtype
-            else:
-                amp_dtype = dtype
-        results = evaluate(model, loader, device, amp_dtype=amp_dtype, num_classes=model.num_classes,
-                           confusion=bool(ns.json_out), channels_last=bool(cfg.channels_last),
-                           input_dtype=input_dtype)
+        precision = resolve_precision(cfg.amp_level, cfg.amp_dtype, device)
+        model = precision.cast_model(model)
+        results = evaluate(model, loader, device, precision=precision, num_classes=model.num_classes,
+                           confusion=bool(ns.json_out), channels_last=cfg.channels_last and device.type == "cuda")
         if dist.is_main():
             print(format_eval(results), flush=True)
             bad = getattr(dataset, "bad_files", {})
@@ -110,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _write_json(path: str, results: dict, dataset, meta: dict, cfg, model) -> None:
-    from vitzoo.checkpoint import atomic_write_text
-
+def _write_json(path: str, results: dict, dataset, meta: dict, cfg: RunConfig, model) -> None:
     names = [str(c) for c in (getattr(dataset, "classes", None) or meta.get("class_names") or [])]
     conf = results["confusion"]
     out = {"Loss": results["Loss"], "Top1-Acc": results["Top1-Acc"], "Top5-Acc": results["Top5-Acc"],

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import sys
 
+from vitzoo.config import dump_config, parse_args
+
 
 def main(argv: list[str] | None = None) -> int:
-    from vitzoo.config import dump_config, parse_args
-
     cfg, ns = parse_args(argv, prog="vitzoo train")
-    if getattr(ns, "dry_run", False):
-        for note in getattr(cfg, "notes", []) or []:
+    if ns.dry_run:
+        for note in cfg.notes:
             print(f"note: {note}", file=sys.stderr)
         print(dump_config(cfg), end="")
         return 0
-    from vitzoo.engine.trainer import train
+    from vitzoo.engine.trainer import train  # torch, the data pipeline: only once the config is good
 
     summary = train(cfg)
     return 0 if summary.get("epochs") is not None else 1

@@ -17,13 +17,19 @@ from vitzoo.data.datasets import (
     CifarBinaryDataset,
     ImageFolderDataset,
     build_dataset,
-    dataset_kind,
     list_images,
     load_image,
     read_cifar_bin,
     report_bad_files,
 )
-from vitzoo.data.loader import Loader, OrderedSplitSampler, build_loader, relay_collate, set_epoch
+from vitzoo.data.loader import (
+    Loader,
+    OrderedSplitSampler,
+    build_loader,
+    loader_from_batch,
+    relay_collate,
+    set_epoch,
+)
 from vitzoo.data.synthetic import SHAPES, make_shapes_dataset
 from vitzoo.data.transforms import (
     build_eval_transform,
@@ -44,9 +50,9 @@ __all__ = [
     "build_loader",
     "build_mixup",
     "build_train_transform",
-    "dataset_kind",
     "list_images",
     "load_image",
+    "loader_from_batch",
     "make_shapes_dataset",
     "read_cifar_bin",
     "relay_collate",

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vitzoo.config import RunConfig
+from vitzoo.data.transforms import build_eval_transform, build_train_transform, resolve_data_config
 from vitzoo.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -338,44 +340,32 @@ def _cifar_files(kind: str, folder: Path, split: str, explicit: bool) -> list[Pa
     raise UserError(f"no {kind} {split} batch in {folder}: expected {' / '.join(spec[split])}")
 
 
-def _split_root(cfg: Any, split: str) -> Path:
-    data_path = getattr(cfg, "data_path", "") or ""
-    val_path = getattr(cfg, "val_data_path", "") or ""
-    if split == "val" and val_path:
-        return Path(val_path)
-    if not data_path:
+def _split_root(cfg: RunConfig, split: str) -> Path:
+    if split == "val" and cfg.val_data_path:
+        return Path(cfg.val_data_path)
+    if not cfg.data_path:
         raise UserError("data_path is not set (the folder that holds the dataset)")
-    return Path(data_path)
+    return Path(cfg.data_path)
 
 
-def _folder_for(cfg: Any, split: str, root: Path) -> Path:
+def _folder_for(cfg: RunConfig, split: str, root: Path) -> Path:
     """``root/train_dir`` or ``root/val_dir``; a ``val_data_path`` may also be the val folder itself."""
-    sub = getattr(cfg, "train_dir" if split == "train" else "val_dir", None) or split
-    if (root / sub).is_dir() or split == "train" or not getattr(cfg, "val_data_path", ""):
+    sub = (cfg.train_dir if split == "train" else cfg.val_dir) or split
+    if (root / sub).is_dir() or split == "train" or not cfg.val_data_path:
         return root / sub
     return root
 
 
-def _train_classes(cfg: Any) -> list[str] | None:
+def _train_classes(cfg: RunConfig) -> list[str] | None:
     """The train folder's classes (so a val folder missing a class keeps the same label indices)."""
-    data_path = getattr(cfg, "data_path", "") or ""
-    train_root = Path(data_path) / (getattr(cfg, "train_dir", None) or "train")
-    if not data_path or not train_root.is_dir():
+    train_root = Path(cfg.data_path) / (cfg.train_dir or "train")
+    if not cfg.data_path or not train_root.is_dir():
         return None
     return sorted(d.name for d in os.scandir(train_root) if d.is_dir() and not d.name.startswith(".")) or None
 
 
-def dataset_kind(cfg: Any) -> str:
-    """Normalise ``cfg.dataset``: 'imagenet'/'folder' -> 'folder'; 'cifar10'; 'cifar100' (any case)."""
-    kind = str(getattr(cfg, "dataset", "folder") or "folder").lower().replace("-", "").replace("_", "")
-    kind = {"imagenet": "folder", "imagefolder": "folder"}.get(kind, kind)
-    if kind not in ("folder", "cifar10", "cifar100"):
-        raise UserError(f"dataset must be folder / imagenet / cifar10 / cifar100, got {cfg.dataset!r}")
-    return kind
-
-
 def build_dataset(
-    cfg: Any,
+    cfg: RunConfig,
     split: str,
     *,
     transform: Callable | None = None,
@@ -392,8 +382,7 @@ def build_dataset(
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    kind = dataset_kind(cfg)
-    policy = str(getattr(cfg, "bad_image_policy", "skip") or "skip").lower()
+    kind, policy = cfg.dataset, cfg.bad_image_policy
     root = _split_root(cfg, split)
     if kind == "folder":
         ds: _BaseDataset = ImageFolderDataset(
@@ -402,18 +391,15 @@ def build_dataset(
             bad_image_policy=policy,
         )
     else:
-        explicit = bool(split == "val" and getattr(cfg, "val_data_path", ""))
+        explicit = bool(split == "val" and cfg.val_data_path)
         files = _cifar_files(kind, root, split, explicit)
         name_file = _CIFAR[kind]["names"]
-        dirs = (files[0].parent, root, Path(getattr(cfg, "data_path", "") or "."))
+        dirs = (files[0].parent, root, Path(cfg.data_path or "."))
         names = next((d / name_file for d in dirs if (d / name_file).is_file()), None)
         ds = CifarBinaryDataset(files, kind, names_file=names)
-    num = getattr(cfg, f"{split}_num_samples", -1)
-    seed = int(getattr(cfg, "seed", 0) or 0) + (0 if split == "train" else 1)
-    ds.select_subset(-1 if num is None else int(num), seed)
+    num = cfg.train_num_samples if split == "train" else cfg.val_num_samples
+    ds.select_subset(num, cfg.seed + (0 if split == "train" else 1))
     if transform is None:
-        from vitzoo.data.transforms import build_eval_transform, build_train_transform, resolve_data_config
-
         data_config = data_config or resolve_data_config(cfg, None)
         transform = (
             build_train_transform(cfg, data_config) if split == "train" else build_eval_transform(data_config)

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler, default_collate, get_worker_info
 
+from vitzoo.config import RunConfig
 from vitzoo.data.datasets import base_dataset
+from vitzoo.data.transforms import build_eval_transform, build_train_transform
 from vitzoo.errors import UserError
 
 
@@ -94,7 +96,7 @@ def _dist_info(distributed: bool) -> tuple[int, int]:
 
 
 def build_loader(
-    cfg: Any, dataset: Any, split: str, *, data_config: dict | None = None, distributed: bool = False
+    cfg: RunConfig, dataset: Any, split: str, *, data_config: dict | None = None, distributed: bool = False
 ) -> Loader:
     """The train or val DataLoader for ``dataset``.
 
@@ -104,23 +106,15 @@ def build_loader(
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     if data_config is not None:
-        from vitzoo.data.transforms import build_eval_transform, build_train_transform
-
         ds = base_dataset(dataset)
         ds.transform = (
             build_train_transform(cfg, data_config) if split == "train" else build_eval_transform(data_config)
         )
     world, rank = _dist_info(distributed)
-    seed = int(getattr(cfg, "seed", 0) or 0)
+    seed = cfg.seed
     train = split == "train"
-    batch_size = int(
-        getattr(cfg, "batch_size", 32)
-        if train
-        else (getattr(cfg, "eval_batch_size", None) or getattr(cfg, "batch_size", 32))
-    )
-    if batch_size < 1:
-        raise UserError(f"batch_size must be >= 1, got {batch_size}")
-    if train and getattr(cfg, "repeated_aug", False):
+    batch_size = cfg.batch_size if train else cfg.eval_batch
+    if train and cfg.repeated_aug:
         from timm.data.distributed_sampler import RepeatAugSampler
 
         # DeiT's RASampler: 3 augmented copies of each image per epoch, spread over ranks; the epoch is
@@ -133,8 +127,8 @@ def build_loader(
         )
     else:
         sampler = OrderedSplitSampler(dataset, world, rank)
-    workers = int(getattr(cfg, "num_workers", 0) or 0)
-    pin = bool(getattr(cfg, "pin_mem", True)) and torch.cuda.is_available()
+    workers = cfg.num_workers
+    pin = cfg.pin_mem and torch.cuda.is_available()
     loader = Loader(
         dataset,
         batch_size=batch_size,
@@ -144,7 +138,7 @@ def build_loader(
         pin_memory=pin,
         drop_last=train,
         worker_init_fn=_seed_worker,
-        persistent_workers=workers > 0 and bool(getattr(cfg, "persistent_workers", True)),
+        persistent_workers=workers > 0 and cfg.persistent_workers,
         generator=torch.Generator().manual_seed(seed * 1000 + rank),
         prefetch_factor=2 if workers > 0 else None,
     )
@@ -160,3 +154,30 @@ def set_epoch(loader: Any, epoch: int) -> None:
     """Tell the loader's sampler which epoch it is (reshuffles deterministically)."""
     if hasattr(getattr(loader, "sampler", None), "set_epoch"):
         loader.sampler.set_epoch(epoch)
+
+
+class _SkipBatches:
+    """A batch sampler that drops the first ``n`` batches of another (mid-epoch resume: no data is read)."""
+
+    def __init__(self, batch_sampler: Any, n: int) -> None:
+        self.batch_sampler, self.n = batch_sampler, n
+
+    def __iter__(self):
+        for i, batch in enumerate(self.batch_sampler):
+            if i >= self.n:
+                yield batch
+
+    def __len__(self) -> int:
+        return max(0, len(self.batch_sampler) - self.n)
+
+
+def loader_from_batch(loader: Any, n: int) -> Any:
+    """The same loader (class, workers, collate, generator) starting at batch ``n`` of this epoch."""
+    if n <= 0:
+        return loader
+    kw = {"batch_sampler": _SkipBatches(loader.batch_sampler, n), "num_workers": loader.num_workers,
+          "collate_fn": loader.collate_fn, "pin_memory": loader.pin_memory,
+          "worker_init_fn": loader.worker_init_fn, "generator": loader.generator}
+    if loader.num_workers > 0:
+        kw["prefetch_factor"] = loader.prefetch_factor
+    return type(loader)(loader.dataset, **kw)

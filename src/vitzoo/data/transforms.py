@@ -15,8 +15,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from vitzoo.constants import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD
+from PIL import Image, ImageOps
+from timm.data import Mixup, create_transform
+from timm.data import auto_augment as taa
+from torchvision import transforms
 
+from vitzoo.config import RunConfig
+from vitzoo.constants import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD
 from vitzoo.errors import UserError
 
 DEFAULT_DATA_CONFIG = {
@@ -47,7 +52,7 @@ def _size3(size: Any) -> tuple[int, int, int]:
     return (3, int(size), int(size))
 
 
-def resolve_data_config(cfg: Any, model: Any = None) -> dict:
+def resolve_data_config(cfg: RunConfig | None, model: Any = None) -> dict:
     """The model's ``data_config`` (or a dict passed as ``model``) with the config's overrides applied.
 
     Overrides: ``input_size``, ``crop_pct``, ``interpolation``, ``imagenet_default_mean_and_std``.
@@ -56,34 +61,21 @@ def resolve_data_config(cfg: Any, model: Any = None) -> dict:
     base = model if isinstance(model, dict) else getattr(model, "data_config", None)
     dc = {**DEFAULT_DATA_CONFIG, **(base or {})}
     if cfg is not None:
-        if getattr(cfg, "input_size", None):
+        if cfg.input_size is not None:
             dc["input_size"] = _size3(cfg.input_size)
-        if getattr(cfg, "crop_pct", None):
-            dc["crop_pct"] = float(cfg.crop_pct)
-        if getattr(cfg, "interpolation", None):
-            dc["interpolation"] = cfg.interpolation
-        norm = getattr(cfg, "imagenet_default_mean_and_std", None)
-        if norm is True:
-            dc["mean"], dc["std"] = IMAGENET_MEAN, IMAGENET_STD
-        elif norm is False:
-            dc["mean"], dc["std"] = HALF_MEAN, HALF_STD
-    crop = float(dc["crop_pct"])
-    if not 0 < crop <= 1:
-        raise UserError(f"crop_pct must be in (0, 1], got {crop}")
+        if cfg.crop_pct is not None:
+            dc["crop_pct"] = cfg.crop_pct
+        dc["interpolation"] = cfg.interpolation
+        if cfg.imagenet_default_mean_and_std is not None:
+            use_imagenet = cfg.imagenet_default_mean_and_std
+            dc["mean"], dc["std"] = (IMAGENET_MEAN, IMAGENET_STD) if use_imagenet else (HALF_MEAN, HALF_STD)
     return {
         "input_size": _size3(dc["input_size"]),
-        "crop_pct": crop,
+        "crop_pct": float(dc["crop_pct"]),
         "mean": tuple(float(m) for m in dc["mean"]),
         "std": tuple(float(s) for s in dc["std"]),
         "interpolation": _interp(dc["interpolation"], "interpolation"),
     }
-
-
-def _aa(cfg: Any) -> str | None:
-    aa = getattr(cfg, "aa", "rand-m9-mstd0.5-inc1")
-    if aa is None or str(aa).strip().lower() in ("", "none", "null", "false", "off"):
-        return None
-    return str(aa).strip()
 
 
 class ToRGB:
@@ -103,8 +95,6 @@ def _posterize(img, bits_to_keep, **_):
     Pillow 13 rejects ``ImageOps.posterize(img, 0)`` ("bits must be between or equal to 1 and 8") where
     older Pillow returned a black image; keep the old result so long runs do not crash in a worker.
     """
-    from PIL import Image, ImageOps
-
     bits = int(bits_to_keep)
     if bits >= 8:
         return img
@@ -115,8 +105,6 @@ def _posterize(img, bits_to_keep, **_):
 
 def patch_posterize(transform: Any) -> Any:
     """Swap timm's posterize for :func:`_posterize` in every AutoAugment / RandAugment / AugMix op."""
-    from timm.data import auto_augment as taa
-
     for t in getattr(transform, "transforms", [transform]):
         ops = list(getattr(t, "ops", None) or [])
         ops += [op for sub in (getattr(t, "policy", None) or []) for op in sub]
@@ -126,39 +114,30 @@ def patch_posterize(transform: Any) -> Any:
     return transform
 
 
-def build_train_transform(cfg: Any, data_config: dict) -> Callable:
+def build_train_transform(cfg: RunConfig, data_config: dict) -> Callable:
     """The training augmentation chain (timm ``create_transform(is_training=True)``) for ``data_config``."""
-    from timm.data import create_transform
-    from torchvision import transforms
-
     interp = _interp(data_config["interpolation"], "interpolation")
-    aa = _aa(cfg)
-    min_crop = float(getattr(cfg, "min_crop", 0.08))
-    if not 0 < min_crop <= 1:
-        raise UserError(f"min_crop must be in (0, 1], got {min_crop}")
-    remode = str(getattr(cfg, "remode", "pixel") or "pixel").lower()
-    if remode not in ("pixel", "rand", "const"):
-        raise UserError(f"remode must be pixel / rand / const, got {remode!r}")
+    aa = None if cfg.aa == "none" else cfg.aa
     kwargs = {
         "input_size": data_config["input_size"],
         "is_training": True,
-        "scale": (min_crop, 1.0),
-        "hflip": float(getattr(cfg, "hflip", 0.5)),
-        "color_jitter": float(getattr(cfg, "color_jitter", 0.4) or 0.0) or None,
+        "scale": (cfg.min_crop, 1.0),
+        "hflip": cfg.hflip,
+        "color_jitter": cfg.color_jitter or None,
         "auto_augment": aa,
         "mean": data_config["mean"],
         "std": data_config["std"],
-        "re_prob": float(getattr(cfg, "reprob", 0.25) or 0.0),
-        "re_mode": remode,
-        "re_count": int(getattr(cfg, "recount", 1) or 1),
-        # `resplit` splits random erasing across augmentation splits (timm train.py: num_aug_splits if
-        # resplit else 0); vitzoo trains without aug splits (no AugMix-JSD), so it is 0 either way.
+        "re_prob": cfg.reprob,
+        "re_mode": cfg.remode,
+        "re_count": cfg.recount,
+        # timm splits random erasing across augmentation splits (train.py: num_aug_splits); vitzoo trains
+        # without aug splits (no AugMix-JSD), so there are none to split over.
         "re_num_splits": 0,
         "separate": True,
     }
     try:
         primary, secondary, final = create_transform(interpolation=interp, **kwargs)
-        aa_interp = _interp(getattr(cfg, "aa_interpolation", None) or interp, "aa_interpolation")
+        aa_interp = cfg.aa_interpolation or interp
         if aa and aa_interp != interp:  # seed 001 rotates/shears in RandAugment with a different filter
             _, secondary, _ = create_transform(interpolation=aa_interp, **kwargs)
     except (AssertionError, KeyError, ValueError, IndexError) as e:
@@ -170,9 +149,6 @@ def build_train_transform(cfg: Any, data_config: dict) -> Callable:
 
 def build_eval_transform(data_config: dict) -> Callable:
     """Resize short side to ``size / crop_pct``, centre crop ``size``, normalise; takes any PIL image."""
-    from timm.data import create_transform
-    from torchvision import transforms
-
     t = create_transform(
         input_size=data_config["input_size"],
         is_training=False,
@@ -184,34 +160,21 @@ def build_eval_transform(data_config: dict) -> Callable:
     return transforms.Compose([ToRGB(), *t.transforms])
 
 
-def build_mixup(cfg: Any, num_classes: int) -> Callable | None:
+def build_mixup(cfg: RunConfig, num_classes: int) -> Callable | None:
     """timm ``Mixup`` for the config (label smoothing folded into its soft targets), or None when off.
 
     Batch mode needs an even batch size (the train loader drops the last, partial batch).
     ``mixup_off_epoch`` is the trainer's: it sets ``mixup_fn.mixup_enabled = False`` from that epoch.
     """
-    mixup = float(getattr(cfg, "mixup", 0.8) or 0.0)
-    cutmix = float(getattr(cfg, "cutmix", 1.0) or 0.0)
-    minmax = getattr(cfg, "cutmix_minmax", None)
-    prob = float(getattr(cfg, "mixup_prob", 1.0) if getattr(cfg, "mixup_prob", 1.0) is not None else 1.0)
-    if prob <= 0 or (mixup <= 0 and cutmix <= 0 and minmax is None):
+    if not cfg.mixup_active:
         return None
-    mode = str(getattr(cfg, "mixup_mode", "batch") or "batch").lower()
-    if mode not in ("batch", "pair", "elem"):
-        raise UserError(f"mixup_mode must be batch / pair / elem, got {mode!r}")
-    if minmax is not None:
-        minmax = [float(v) for v in minmax]
-        if len(minmax) != 2 or not 0 < minmax[0] < minmax[1] <= 1:
-            raise UserError(f"cutmix_minmax must be [lo, hi] with 0 < lo < hi <= 1, got {minmax}")
-    from timm.data import Mixup
-
     return Mixup(
-        mixup_alpha=mixup,
-        cutmix_alpha=cutmix,
-        cutmix_minmax=minmax,
-        prob=prob,
-        switch_prob=float(getattr(cfg, "mixup_switch_prob", 0.5) or 0.0),
-        mode=mode,
-        label_smoothing=float(getattr(cfg, "smoothing", 0.1) or 0.0),
+        mixup_alpha=cfg.mixup,
+        cutmix_alpha=cfg.cutmix,
+        cutmix_minmax=cfg.cutmix_minmax,
+        prob=cfg.mixup_prob,
+        switch_prob=cfg.mixup_switch_prob,
+        mode=cfg.mixup_mode,
+        label_smoothing=cfg.smoothing,
         num_classes=int(num_classes),
     )

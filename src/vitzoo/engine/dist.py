@@ -10,6 +10,7 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from vitzoo.errors import UserError
 
@@ -22,17 +23,15 @@ def get_rank() -> int:
     return dist.get_rank() if is_dist() else 0
 
 
-def get_world_size() -> int:
-    return dist.get_world_size() if is_dist() else 1
-
-
 def is_main() -> bool:
     return get_rank() == 0
 
 
-def barrier() -> None:
-    if is_dist():
-        dist.barrier()
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under torch.compile / DistributedDataParallel wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
 
 
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
@@ -73,15 +72,6 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if is_dist():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
-
-
-def broadcast_flag(flag: bool, device: torch.device) -> bool:
-    """Rank 0's decision for everyone (e.g. 'save a checkpoint now' when decided by wall-clock time)."""
-    if not is_dist():
-        return flag
-    t = torch.tensor([1 if flag else 0], device=device)
-    dist.broadcast(t, src=0)
-    return bool(t.item())  # host sync
 
 
 def cleanup() -> None:

@@ -11,12 +11,7 @@ import copy
 import torch
 from torch import nn
 
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under torch.compile / DistributedDataParallel wrappers."""
-    model = getattr(model, "_orig_mod", model)
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
+from vitzoo.engine.dist import unwrap
 
 
 class ModelEma(nn.Module):

@@ -1,14 +1,14 @@
 """The training step loop and the evaluation loop (DeiT engine.py's shape, written afresh).
 
 One optimiser update = ``update_freq`` micro-batches (gradient accumulation, BEiT's recipe). Each
-micro-batch: move to device -> mixup -> forward under autocast -> fp32 loss -> non-finite check ->
-(scaled) backward. At the update boundary: agree across processes whether any loss was non-finite
-(skip the update or stop), unscale + clip by global norm, step, EMA, scheduler.
+micro-batch: to device -> mixup -> forward under the precision's autocast -> fp32 loss -> (scaled)
+backward. At the update boundary: agree across processes whether any loss was non-finite (skip the
+update or stop), unscale + clip by global norm, step, EMA, scheduler.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -19,6 +19,7 @@ from torch import nn
 
 from vitzoo.engine import dist
 from vitzoo.errors import UserError
+from vitzoo.precision import FP32, Precision
 
 
 class NonFiniteLossError(UserError):
@@ -30,6 +31,25 @@ class NonFiniteLossError(UserError):
 
 
 @dataclass
+class TrainStep:
+    """Everything an optimiser update touches, built once per run (the trainer) or per test."""
+
+    model: nn.Module
+    criterion: Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor]  # DistillationLoss(inputs, out, y)
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    precision: Precision = FP32
+    scheduler: Any = None
+    scaler: Any = None  # GradScaler / FixedLossScaler when fp16 is in play
+    mixup: Callable | None = None
+    clip_grad: float | None = None
+    update_freq: int = 1
+    ema: Any = None
+    nonfinite_policy: str = "skip"
+    channels_last: bool = False
+
+
+@dataclass
 class UpdateInfo:
     """What ``on_update`` sees after every optimiser update."""
 
@@ -37,142 +57,122 @@ class UpdateInfo:
     batch: int  # micro-batches of this epoch consumed so far (the sampler position)
     global_step: int  # optimiser updates so far, this one included
     loss: float  # mean loss of this update's micro-batches (nan if skipped)
+    losses: int  # how many micro-batch losses that mean holds (0 if skipped)
     lr: float
     skipped: bool
     samples: int  # samples this process has seen this epoch
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _clip(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
-
-
-def train_one_epoch(
-    model: nn.Module,
-    criterion: Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor],
-    loader: Iterable,
-    optimizer: torch.optim.Optimizer,
-    device: torch.device,
-    *,
-    epoch: int = 0,
-    scheduler: Any = None,
-    scaler: Any = None,
-    amp_dtype: torch.dtype | None = None,
-    input_dtype: torch.dtype | None = None,
-    mixup_fn: Callable | None = None,
-    clip_grad: float | None = None,
-    update_freq: int = 1,
-    model_ema: Any = None,
-    nonfinite_policy: str = "skip",
-    start_batch: int = 0,
-    num_batches: int | None = None,
-    global_step: int = 0,
-    channels_last: bool = False,
-    on_update: Callable[[UpdateInfo], None] | None = None,
-) -> dict[str, float]:
+def train_one_epoch(step: TrainStep, loader: Iterable, *, epoch: int = 0, start_batch: int = 0,
+                    num_batches: int | None = None, global_step: int = 0,
+                    on_update: Callable[[UpdateInfo], None] | None = None) -> dict[str, float]:
     """Train over ``loader`` (already positioned at micro-batch ``start_batch``) up to ``num_batches``.
 
-    ``criterion(inputs, outputs, targets)`` is a :class:`~vitzoo.engine.losses.DistillationLoss`.
     Returns ``{"loss", "updates", "skipped", "samples", "global_step"}`` for this process.
     """
-    model.train()
-    update_freq = max(1, int(update_freq))
-    params = [p for g in optimizer.param_groups for p in g["params"]]
     loss_sum, loss_n, skipped, updates, samples = 0.0, 0, 0, 0, 0
-    window_loss, window_n, window_bad = 0.0, 0, False
-    optimizer.zero_grad(set_to_none=True)
-    i = start_batch - 1
-    for i, (x, y) in enumerate(loader, start=start_batch):
-        if num_batches is not None and i >= num_batches:
-            break
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        if mixup_fn is not None:
-            x, y = mixup_fn(x, y)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if input_dtype is not None:
-            x = x.to(input_dtype)
-        boundary = (i + 1) % update_freq == 0
-        # DDP: all-reduce gradients only on the last micro-batch of an update
-        sync = model.no_sync() if (not boundary and hasattr(model, "no_sync")) else nullcontext()
-        with sync:
-            with autocast(device, amp_dtype):
-                outputs = model(x)
-                loss = criterion(x, outputs, y)  # fp32: the losses upcast the logits
-            loss_value = loss.item()  # host sync: the non-finite guard needs it (DeiT engine.py does too)
-            if not math.isfinite(loss_value):
-                window_bad = True
-            else:
-                window_loss += loss_value
-                window_n += 1
-            scaled = loss / update_freq
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        samples += x.shape[0]
-        if not boundary:
-            continue
-
-        # ---------------------------------------------------------------- the optimiser update
-        bad = window_bad
-        if dist.is_dist():  # every process must skip (or stop) together, or DDP deadlocks
-            flag = torch.tensor([1.0 if bad else 0.0], device=device)
-            bad = bool(dist.all_reduce_sum(flag).item() > 0)  # host sync (DDP only)
-        what = "loss"
-        if not bad and clip_grad:
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            norm = _clip(params, float(clip_grad))
-            # fp16: GradScaler already skips inf grads itself; otherwise a NaN norm would poison weights
-            if scaler is None and not math.isfinite(norm.item()):  # host sync
-                bad, what = True, "gradient norm"
-        if bad:
-            optimizer.zero_grad(set_to_none=True)
-            skipped += 1
-            if nonfinite_policy == "stop":
-                raise NonFiniteLossError(
-                    f"non-finite {what} at epoch {epoch}, update {global_step + 1}", global_step + 1, epoch)
-        else:
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if model_ema is not None:
-                model_ema.update(model)
-        lr = scheduler.get_lr() if scheduler is not None else optimizer.param_groups[0]["lr"]
-        if scheduler is not None:
-            scheduler.step()
-        global_step += 1
-        updates += 1
-        mean = window_loss / window_n if (window_n and not bad) else float("nan")
-        if not bad:
-            loss_sum += window_loss
-            loss_n += window_n
-        window_loss, window_n, window_bad = 0.0, 0, False
+    for info in iter_updates(step, loader, epoch=epoch, start_batch=start_batch, num_batches=num_batches,
+                             global_step=global_step):
+        loss_sum += info.loss * info.losses if info.losses else 0.0
+        loss_n, skipped, updates = loss_n + info.losses, skipped + info.skipped, updates + 1
+        samples, global_step = info.samples, info.global_step
         if on_update is not None:
-            on_update(UpdateInfo(epoch, i + 1, global_step, mean, lr, bad, samples))
+            on_update(info)
     return {"loss": loss_sum / loss_n if loss_n else float("nan"), "updates": updates, "skipped": skipped,
             "samples": samples, "global_step": global_step}
 
 
+def iter_updates(step: TrainStep, loader: Iterable, *, epoch: int = 0, start_batch: int = 0,
+                 num_batches: int | None = None, global_step: int = 0) -> Iterator[UpdateInfo]:
+    """The epoch as a stream of optimiser updates: forward, loss, backward (x update_freq), then clip,
+    step, EMA, schedule; yields after each update so the caller can log and checkpoint between them."""
+    step.model.train()
+    step.optimizer.zero_grad(set_to_none=True)
+    window: list[float] = []  # losses of this update's micro-batches (nan included)
+    samples = 0
+    for i, (x, y) in enumerate(loader, start=start_batch):
+        if num_batches is not None and i >= num_batches:
+            break
+        x, y = _prepare(step, x, y)
+        boundary = (i + 1) % step.update_freq == 0
+        window.append(_forward_backward(step, x, y, sync_grads=boundary))
+        samples += x.shape[0]
+        if not boundary:
+            continue
+        skipped = _update(step, any(not math.isfinite(v) for v in window), epoch, global_step)
+        lr = step.scheduler.get_lr() if step.scheduler is not None else step.optimizer.param_groups[0]["lr"]
+        if step.scheduler is not None:
+            step.scheduler.step()
+        global_step += 1
+        good = [] if skipped else window
+        mean = sum(good) / len(good) if good else float("nan")
+        window = []
+        yield UpdateInfo(epoch, i + 1, global_step, mean, len(good), lr, skipped, samples)
+
+
+def _prepare(step: TrainStep, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.to(step.device, non_blocking=True)
+    y = y.to(step.device, non_blocking=True)
+    if step.mixup is not None:
+        x, y = step.mixup(x, y)
+    if step.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return step.precision.cast_input(x), y
+
+
+def _forward_backward(step: TrainStep, x: torch.Tensor, y: torch.Tensor, sync_grads: bool) -> float:
+    """Forward, loss, (scaled) backward of one micro-batch; returns the loss value (maybe non-finite)."""
+    model = step.model
+    # DDP: all-reduce gradients only on the last micro-batch of an update
+    sync = nullcontext() if sync_grads or not hasattr(model, "no_sync") else model.no_sync()
+    with sync:
+        with step.precision.context(step.device):
+            outputs = model(x)
+            loss = step.criterion(x, outputs, y)  # fp32: the losses upcast the logits
+        value = loss.item()  # host sync: the non-finite guard needs it (DeiT engine.py does too)
+        scaled = loss / step.update_freq
+        (step.scaler.scale(scaled) if step.scaler is not None else scaled).backward()
+    return value
+
+
+def _update(step: TrainStep, bad: bool, epoch: int, global_step: int) -> bool:
+    """Clip, step and EMA -- or skip the update (or stop) when a loss or the grad norm is non-finite.
+
+    Returns whether the update was skipped.
+    """
+    if dist.is_dist():  # every process must skip (or stop) together, or DDP deadlocks
+        flag = torch.tensor([1.0 if bad else 0.0], device=step.device)
+        bad = bool(dist.all_reduce_sum(flag).item() > 0)  # host sync (DDP only)
+    what = "loss"
+    if not bad and step.clip_grad:
+        if step.scaler is not None:
+            step.scaler.unscale_(step.optimizer)
+        params = [p for g in step.optimizer.param_groups for p in g["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, float(step.clip_grad), foreach=True)
+        # fp16: GradScaler already skips inf grads itself; otherwise a NaN norm would poison weights
+        if step.scaler is None and not math.isfinite(norm.item()):  # host sync
+            bad, what = True, "gradient norm"
+    if bad:
+        step.optimizer.zero_grad(set_to_none=True)
+        if step.nonfinite_policy == "stop":
+            raise NonFiniteLossError(f"non-finite {what} at epoch {epoch}, update {global_step + 1}",
+                                     global_step + 1, epoch)
+        return True
+    if step.scaler is not None:
+        step.scaler.step(step.optimizer)
+        step.scaler.update()
+    else:
+        step.optimizer.step()
+    step.optimizer.zero_grad(set_to_none=True)
+    if step.ema is not None:
+        step.ema.update(step.model)
+    return False
+
+
 @torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: Iterable,
-    device: torch.device | str,
-    *,
-    amp_dtype: torch.dtype | None = None,
-    num_classes: int | None = None,
-    confusion: bool = False,
-    channels_last: bool = False,
-    input_dtype: torch.dtype | None = None,
-) -> dict[str, Any]:
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str, *, precision: Precision = FP32,
+             num_classes: int | None = None, confusion: bool = False,
+             channels_last: bool = False) -> dict[str, Any]:
     """Mean CE loss (per sample), top-1 and top-5 accuracy as fractions, as the seeds print them.
 
     Sums are all-reduced over processes, so a distributed evaluation (without padded duplicates)
@@ -189,10 +189,8 @@ def evaluate(
             y = y.to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            if input_dtype is not None:
-                x = x.to(input_dtype)
-            with autocast(device, amp_dtype):
-                out = model(x)
+            with precision.context(device):
+                out = model(precision.cast_input(x))
             if isinstance(out, (tuple, list)):
                 out = (out[0] + out[1]) / 2
             out = out.float()
@@ -209,6 +207,11 @@ def evaluate(
                 conf += torch.bincount(y * c + topk[:, 0], minlength=c * c)
     finally:
         model.train(was_training)
+    return _reduce_metrics(stats, conf, num_classes, confusion, device)
+
+
+def _reduce_metrics(stats: torch.Tensor, conf: torch.Tensor | None, num_classes: int | None, confusion: bool,
+                    device: torch.device) -> dict[str, Any]:
     dist.all_reduce_sum(stats)
     loss_sum, top1, top5, n = stats.tolist()  # host sync
     if n == 0:
@@ -228,54 +231,3 @@ def format_eval(metrics: dict[str, Any]) -> str:
     shown = {"Loss": round(float(metrics["Loss"]), 4), "Top1-Acc": round(float(metrics["Top1-Acc"]), 6),
              "Top5-Acc": round(float(metrics["Top5-Acc"]), 6)}
     return f"eval results: {shown}"
-
-
-class FixedLossScaler:
-    """fp16 loss scaling by a constant (``is_dynamic_loss_scale: false``, ``loss_scale: 1024``).
-
-    torch's GradScaler only scales dynamically; this keeps its interface (scale / unscale_ / step /
-    update / state_dict) with a fixed factor, and still skips an update whose gradients overflowed.
-    It also works for pure-fp16 weights (amp_level O3), which GradScaler refuses to unscale.
-    """
-
-    def __init__(self, scale: float = 1024.0) -> None:
-        self.scale_value = float(scale)
-        self._unscaled = False
-        self.skipped = 0
-
-    def scale(self, loss: torch.Tensor) -> torch.Tensor:
-        return loss * self.scale_value
-
-    @staticmethod
-    def _grads(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-        return [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-
-    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
-        if not self._unscaled:
-            grads = self._grads(optimizer)
-            if grads:
-                torch._foreach_mul_(grads, 1.0 / self.scale_value)
-            self._unscaled = True
-
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        self.unscale_(optimizer)
-        grads = self._grads(optimizer)
-        finite = not grads or bool(torch.stack(torch._foreach_norm(grads)).isfinite().all())  # host sync
-        if finite:
-            optimizer.step()
-        else:
-            self.skipped += 1
-        self._unscaled = False
-
-    def update(self) -> None:
-        pass
-
-    def get_scale(self) -> float:
-        return self.scale_value
-
-    def state_dict(self) -> dict[str, float]:
-        return {"scale": self.scale_value, "skipped": self.skipped}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.scale_value = float(state.get("scale", self.scale_value))
-        self.skipped = int(state.get("skipped", 0))

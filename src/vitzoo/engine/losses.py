@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitzoo.config import RunConfig
 from vitzoo.errors import UserError
 
 
@@ -102,15 +103,13 @@ class DistillationLoss(nn.Module):
         return base_loss * (1 - self.alpha) + kd * self.alpha
 
 
-def build_criterion(cfg: Any, mixup_active: bool, teacher: nn.Module | None = None) -> DistillationLoss:
+def build_criterion(cfg: RunConfig, mixup_active: bool, teacher: nn.Module | None = None) -> DistillationLoss:
     """DeiT main.py's choice: soft-target CE under mixup (smoothing lives in the targets), else
     label-smoothing CE, or BCE when ``bce_loss``; always wrapped in :class:`DistillationLoss`."""
-    smoothing = float(getattr(cfg, "smoothing", 0.0) or 0.0)
-    if getattr(cfg, "bce_loss", False):
-        base: nn.Module = BinaryCrossEntropy(0.0 if mixup_active else smoothing)
+    if cfg.bce_loss:
+        base: nn.Module = BinaryCrossEntropy(0.0 if mixup_active else cfg.smoothing)
     elif mixup_active:
         base = SoftTargetCrossEntropy()
     else:
-        base = LabelSmoothingCrossEntropy(smoothing)
-    dtype = str(getattr(cfg, "distillation_type", "none") or "none").lower()
-    return DistillationLoss(base, teacher, dtype, cfg.distillation_alpha, cfg.distillation_tau)
+        base = LabelSmoothingCrossEntropy(cfg.smoothing)
+    return DistillationLoss(base, teacher, cfg.distillation_type, cfg.distillation_alpha, cfg.distillation_tau)

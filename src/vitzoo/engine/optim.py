@@ -14,14 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitzoo.config import RunConfig
+from vitzoo.engine.dist import unwrap
 from vitzoo.errors import UserError
-
-OPTIMIZERS = ("adamw", "adam", "sgd", "momentum")
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    return getattr(model, "module", model)  # DDP
 
 
 def _skip_decay(name: str, param: torch.Tensor, skip: set[str]) -> bool:
@@ -42,7 +37,7 @@ def param_groups(
     Every group carries ``weight_decay``, ``lr_scale`` and a readable ``name``
     (``"layer_3_decay"``, ``"no_decay"``, ...). Frozen parameters are left out.
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     skip = set(extra_no_decay)
     if hasattr(model, "no_weight_decay"):
         skip |= set(model.no_weight_decay())
@@ -80,27 +75,20 @@ def _kernel_kwargs(cls: type, params: list[torch.Tensor]) -> dict[str, bool]:
     return {"foreach": True}
 
 
-def build_optimizer(cfg: Any, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(cfg: RunConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
     """The optimiser ``cfg.opt`` over :func:`param_groups` of ``model`` at base ``lr``.
 
     ``sgd`` is Nesterov momentum SGD and ``momentum`` plain momentum SGD, as timm names them.
     """
-    opt = str(cfg.opt).lower()
-    groups = param_groups(model, cfg.weight_decay, getattr(cfg, "layer_decay", None))
+    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
     for g in groups:
         g.pop("param_names")  # kept out of the optimizer state (and checkpoints)
     params = [p for g in groups for p in g["params"]]
     if not params:
         raise UserError("the model has no trainable parameters")
-    if opt in ("adamw", "adam"):
-        cls = torch.optim.AdamW if opt == "adamw" else torch.optim.Adam
-        betas = tuple(getattr(cfg, "opt_betas", None) or (0.9, 0.999))
-        eps = getattr(cfg, "opt_eps", None) or 1e-8
-        return cls(groups, lr=lr, betas=betas, eps=eps, **_kernel_kwargs(cls, params))
-    if opt in ("sgd", "momentum"):
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=(opt == "sgd") and cfg.momentum > 0,
-                               **_kernel_kwargs(torch.optim.SGD, params))
-    from vitzoo.errors import nearest
-
-    raise UserError(f"opt: unknown optimizer {cfg.opt!r}; choose one of {', '.join(OPTIMIZERS)}{nearest(opt, OPTIMIZERS)}")
-
+    if cfg.opt in ("adamw", "adam"):
+        cls = torch.optim.AdamW if cfg.opt == "adamw" else torch.optim.Adam
+        return cls(groups, lr=lr, betas=tuple(cfg.opt_betas), eps=cfg.opt_eps, **_kernel_kwargs(cls, params))
+    nesterov = cfg.opt == "sgd" and cfg.momentum > 0  # "sgd" | "momentum": the schema admits nothing else
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=nesterov,
+                           **_kernel_kwargs(torch.optim.SGD, params))

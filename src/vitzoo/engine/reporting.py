@@ -17,7 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from vitzoo.checkpoint import atomic_write_text
+from vitzoo.engine import dist
 
 METRIC_KEYS = ("epoch", "step", "train_loss", "lr", "val_loss", "val_top1", "val_top5", "img_per_sec", "time",
                "skipped_steps")
@@ -53,6 +56,7 @@ class Tensorboard:
 
     def __init__(self, folder: Path, enabled: bool, log: logging.Logger) -> None:
         self.writer = None
+        self._window: list[float] = []  # finite update losses since the last loss scalar
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -61,16 +65,64 @@ class Tensorboard:
             except ImportError as e:  # pragma: no cover - tensorboard is a dependency
                 log.warning("TensorBoard disabled: %s", e)
 
-    def scalars(self, step: int, **values: float) -> None:
+    def scalars(self, step: int, **values: float | None) -> None:
         if self.writer is not None:
             for k, v in values.items():
                 if v is not None and math.isfinite(v):
                     self.writer.add_scalar(k, v, step)
 
+    def loss_window(self, step: int, loss: float, lr: float, every: int) -> None:
+        """train/loss as the mean over the last ``every`` updates (summary_loss_collect_freq), and train/lr."""
+        if not math.isnan(loss):
+            self._window.append(loss)
+        if step % every == 0 and self._window:
+            self.scalars(step, **{"train/loss": sum(self._window) / len(self._window), "train/lr": lr})
+            self._window = []
+
+    def epoch(self, step: int, stats: EpochStats, metrics: dict[str, Any]) -> None:
+        self.scalars(step, **{"train/img_per_sec": stats.img_per_sec, "train/epoch_loss": stats.loss,
+                              "val/loss": metrics.get("Loss"), "val/top1": metrics.get("Top1-Acc"),
+                              "val/top5": metrics.get("Top5-Acc")})
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+class EpochStats:
+    """One epoch's training numbers: mean loss, updates skipped, throughput (summed over processes)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.loss_sum, self.losses, self.samples, self.skipped = 0.0, 0, 0, 0
+        self.seconds, self.img_per_sec = 0.0, 0.0
+
+    def add(self, info: Any) -> None:
+        """One :class:`~vitzoo.engine.loop.UpdateInfo`."""
+        self.loss_sum += info.loss * info.losses if info.losses else 0.0
+        self.losses += info.losses
+        self.samples, self.skipped = info.samples, self.skipped + info.skipped
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.losses if self.losses else float("nan")
+
+    def finish(self, device: torch.device, world: int) -> None:
+        """Stop the clock; throughput and skipped updates over all processes (an all-reduce)."""
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self.start
+        totals = dist.all_reduce_sum(torch.tensor([float(self.samples), float(self.skipped)], device=device))
+        samples, skipped = totals.tolist()  # host sync
+        self.img_per_sec = samples / self.seconds if self.seconds > 0 else 0.0
+        self.skipped = int(skipped / world)  # every process skipped the same updates
+
+    def row(self, epoch: int, step: int, lr: float, metrics: dict[str, Any]) -> dict[str, Any]:
+        """This epoch's line of metrics.jsonl (keys: METRIC_KEYS)."""
+        return {"epoch": epoch, "step": step, "train_loss": self.loss, "lr": lr, "val_loss": metrics.get("Loss"),
+                "val_top1": metrics.get("Top1-Acc"), "val_top5": metrics.get("Top5-Acc"),
+                "img_per_sec": self.img_per_sec, "time": self.seconds, "skipped_steps": self.skipped}
 
 
 class MetricsFile:

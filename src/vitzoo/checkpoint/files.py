@@ -1,15 +1,9 @@
-"""Checkpoints as plain data: tensors plus a JSON-safe ``meta`` dict, written atomically.
+"""Checkpoint files on disk: atomic writes, and reads that can never execute code.
 
-A vitzoo checkpoint is one ``torch.save`` file holding only tensors, numbers, strings, lists and dicts,
-so it loads with ``torch.load(weights_only=True)`` (a checkpoint can never run code)::
-
-    {"model": state_dict, "ema": state_dict | None, "optimizer": ..., "scheduler": ..., "scaler": ...,
-     "rng": {...}, "meta": {"format": "vitzoo", "arch": ..., "num_classes": ..., "model_kwargs": {...},
-                            "class_names": [...], "data_config": {...}, "config": {...}, "epoch": ..., ...}}
-
-Weights can also be shared as ``.safetensors`` (the meta dict travels as JSON in the header).
 Writes go to a temporary file in the target folder, are fsync'ed, then renamed over the target: a run
-killed at any instant leaves either the old file or the new one, never a truncated file.
+killed at any instant leaves either the old file or the new one, never a truncated file. Reads use
+``torch.load(weights_only=True)`` (tensors, numbers, strings, lists, dicts only) or safetensors; what is
+*in* a vitzoo file is :mod:`vitzoo.checkpoint.state`'s business.
 """
 from __future__ import annotations
 
@@ -22,11 +16,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from vitzoo.errors import UserError
-
-FORMAT = "vitzoo"
-FORMAT_VERSION = 1
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -63,44 +56,32 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, write)
 
 
-def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Save ``payload`` (tensors + JSON-safe meta) atomically; ``.safetensors`` keeps weights only."""
-    meta = dict(payload.get("meta") or {})
-    meta.setdefault("format", FORMAT)
-    meta.setdefault("format_version", FORMAT_VERSION)
-    # round-trip through JSON: tuples become lists and str subclasses (torch.__version__) plain str,
-    # so the file holds only what weights_only loading accepts; anything else fails here, loudly
-    meta = json.loads(json.dumps(meta))
-    payload = {**payload, "meta": meta}
-    if str(path).endswith(".safetensors"):
-        return save_safetensors(path, payload["model"], meta)
+def write_torch(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """``torch.save`` ``payload`` atomically."""
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def save_safetensors(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], meta: dict) -> Path:
-    from safetensors.torch import save_file
-
+def write_safetensors(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], meta: dict) -> Path:
+    """Weights as safetensors, ``meta`` as JSON in the header (shareable, readable by any framework)."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     header = {"vitzoo_meta": json.dumps(meta)}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint without ever executing code from it.
+def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint file without ever executing code from it.
 
     Returns the stored object: a vitzoo payload (with ``meta``), or whatever dict an official release
-    file holds (``model`` / ``state_dict_ema`` / ``module`` wrappers are left to :mod:`vitzoo.models.weights`).
+    file holds (its wrappers are the converter package's business).
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
         try:
             with safe_open(str(path), framework="pt", device=str(map_location)) as f:
                 header = f.metadata() or {}
-                state = {k: f.get_tensor(k) for k in f.keys()}
+                state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
         except Exception as e:  # corrupt header, truncated file, ...
             raise UserError(f"{path}: not a readable safetensors file ({e})") from e
         meta = json.loads(header["vitzoo_meta"]) if "vitzoo_meta" in header else {}
@@ -125,7 +106,3 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(obj, dict):
         raise UserError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return obj
-
-
-def is_vitzoo_checkpoint(obj: dict) -> bool:
-    return isinstance(obj, dict) and isinstance(obj.get("meta"), dict) and obj["meta"].get("format") == FORMAT

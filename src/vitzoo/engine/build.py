@@ -1,0 +1,121 @@
+"""A run's parts, built from its RunConfig: the model, the data, and the training step.
+
+Order matters for reproducibility and DDP (the trainer keeps it): seed -> model (+ pretrained weights)
+-> seed + rank -> data -> optimiser / schedule / loss / scaler -> DDP (broadcasts rank 0's weights) ->
+EMA (a copy of those weights).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitzoo.config import RunConfig
+from vitzoo.data import build_dataset, build_loader, build_mixup, resolve_data_config
+from vitzoo.engine.ema import ModelEma
+from vitzoo.engine.loop import TrainStep
+from vitzoo.engine.losses import build_criterion
+from vitzoo.engine.optim import build_optimizer
+from vitzoo.engine.scaling import build_scaler
+from vitzoo.engine.schedule import build_scheduler
+from vitzoo.engine.teacher import build_teacher
+from vitzoo.errors import UserError
+from vitzoo.models import create_model
+from vitzoo.precision import Precision
+
+
+def model_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    """Keyword overrides for ``create_model(cfg.model, **kw)`` (family defaults kept where unset)."""
+    kw: dict[str, Any] = {"num_classes": cfg.num_classes, "drop_rate": cfg.drop,
+                          "drop_path_rate": cfg.drop_path, "attn_drop_rate": cfg.attn_drop}
+    optional = {"img_size": cfg.input_size, "layer_scale_init_value": cfg.layer_scale_init_value,
+                "use_rel_pos_bias": cfg.rel_pos_bias, "use_abs_pos_emb": cfg.abs_pos_emb,
+                "gelu_approximate": cfg.gelu_approximate or None,
+                "grad_checkpointing": cfg.grad_checkpointing or None}
+    kw.update({k: v for k, v in optional.items() if v is not None})
+    kw.update(cfg.model_overrides)
+    return kw
+
+
+def build_model(cfg: RunConfig, device: torch.device, precision: Precision) -> nn.Module:
+    """The student on ``device`` in ``precision``; a distilled one returns both heads while training."""
+    model = create_model(cfg.model, pretrained=cfg.pretrained or None, **model_kwargs(cfg))
+    if cfg.distillation_type != "none":
+        if not model.distilled:
+            raise UserError(f"distillation_type={cfg.distillation_type} needs a distilled student "
+                            f"(e.g. deit_tiny_distilled_patch16_224), not {cfg.model}")
+        model.set_distilled_training(True)  # forward returns (cls_logits, dist_logits)
+    model.to(device)
+    if channels_last(cfg, device):
+        model.to(memory_format=torch.channels_last)
+    return precision.cast_model(model)
+
+
+def channels_last(cfg: RunConfig, device: torch.device) -> bool:
+    return cfg.channels_last and device.type == "cuda"  # a CUDA memory-format win; none on CPU
+
+
+@dataclass
+class TrainData:
+    """The run's datasets and loaders, and the numbers derived from them."""
+
+    data_config: dict[str, Any]
+    train_ds: Any
+    val_ds: Any
+    train_loader: Any
+    val_loader: Any
+    mixup: Any
+    class_names: list[str]
+    updates_per_epoch: int
+
+
+def build_data(cfg: RunConfig, model: nn.Module, world: int, log: logging.Logger) -> TrainData:
+    data_config = resolve_data_config(cfg, model)
+    train_ds = build_dataset(cfg, "train", data_config=data_config)
+    val_ds = build_dataset(cfg, "val", data_config=data_config, classes=train_ds.classes)
+    class_names = list(train_ds.classes)
+    if len(class_names) > cfg.num_classes:
+        raise UserError(f"num_classes is {cfg.num_classes} but the train set has {len(class_names)} "
+                        f"classes; set --num_classes {len(class_names)}")
+    if len(class_names) != cfg.num_classes:
+        log.warning("num_classes %d != %d classes found in the data", cfg.num_classes, len(class_names))
+    train_loader = build_loader(cfg, train_ds, "train", distributed=world > 1)
+    updates_per_epoch = len(train_loader) // cfg.update_freq
+    if updates_per_epoch < 1:
+        raise UserError(f"update_freq {cfg.update_freq} is more than the {len(train_loader)} batches "
+                        "of an epoch; lower update_freq or batch_size")
+    log.info("data: %d train / %d val images, %d classes, %d updates per epoch of %d images",
+             len(train_ds), len(val_ds), len(class_names), updates_per_epoch, cfg.global_batch(world))
+    return TrainData(data_config, train_ds, val_ds, train_loader,
+                     build_loader(cfg, val_ds, "val", distributed=world > 1), build_mixup(cfg, cfg.num_classes),
+                     class_names, updates_per_epoch)
+
+
+def build_step(cfg: RunConfig, model: nn.Module, data: TrainData, device: torch.device, precision: Precision,
+               world: int, log: logging.Logger) -> tuple[TrainStep, nn.Module]:
+    """The training step (optimiser, schedule, loss, scaler, EMA, DDP) and the network to evaluate."""
+    lr = cfg.scaled_lr(world)
+    optimizer = build_optimizer(cfg, model, lr)
+    teacher = None
+    if cfg.distillation_type != "none":
+        teacher = build_teacher(cfg.teacher_model, cfg.teacher_path, cfg.num_classes, device)
+    log.info("optimizer %s lr %.4g (base %.4g x global batch %d / 512%s), schedule %s", cfg.opt, lr, cfg.lr,
+             cfg.global_batch(world), ", unscaled" if cfg.unscale_lr else "", cfg.sched)
+    net: nn.Module = torch.compile(model) if cfg.compile else model
+    eval_net = net
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    ema = None
+    if cfg.model_ema:  # a copy of the (broadcast) weights
+        ema = ModelEma(model, cfg.model_ema_decay, "cpu" if cfg.model_ema_force_cpu else None)
+    step = TrainStep(
+        model=net, criterion=build_criterion(cfg, data.mixup is not None, teacher), optimizer=optimizer,
+        device=device, precision=precision,
+        scheduler=build_scheduler(cfg, optimizer, lr, data.updates_per_epoch),
+        scaler=build_scaler(precision, device, cfg.is_dynamic_loss_scale, cfg.loss_scale), mixup=data.mixup,
+        clip_grad=cfg.clip_value, update_freq=cfg.update_freq, ema=ema, nonfinite_policy=cfg.nonfinite_policy,
+        channels_last=channels_last(cfg, device))
+    return step, eval_net
