@@ -15,41 +15,16 @@ import argparse
 import gc
 import tempfile
 import time
-import types
 from pathlib import Path
 
+from vitzoo.config import RunConfig, config_from_dict
 
-def recipe_cfg(args, data_path: str) -> types.SimpleNamespace:
-    return types.SimpleNamespace(
-        dataset="folder",
-        data_path=data_path,
-        val_data_path="",
-        train_dir="train",
-        val_dir="val",
-        train_num_samples=-1,
-        val_num_samples=-1,
-        num_workers=args.workers,
-        pin_mem=False,
-        persistent_workers=True,
-        batch_size=args.batch_size,
-        eval_batch_size=None,
-        bad_image_policy="skip",
-        repeated_aug=False,
-        imagenet_default_mean_and_std=True,
-        crop_pct=0.875,
-        interpolation="bicubic",
-        aa="rand-m9-mstd0.5-inc1",
-        aa_interpolation=None,
-        color_jitter=0.4,
-        hflip=0.5,
-        min_crop=0.08,
-        reprob=0.25,
-        remode="pixel",
-        recount=1,
-        resplit=False,
-        input_size=args.input_size,
-        seed=0,
-    )
+
+def recipe_cfg(args, data_path: str) -> RunConfig:
+    """The DeiT recipe's data keys (RandAugment, random erasing, bicubic, ImageNet mean/std)."""
+    return config_from_dict({"dataset": "folder", "data_path": data_path, "num_workers": args.workers,
+                             "pin_mem": False, "batch_size": args.batch_size, "imagenet_default_mean_and_std": True,
+                             "crop_pct": 0.875, "input_size": args.input_size, "seed": 0}, strict=True)
 
 
 def to_jpeg(root: Path) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import gc
 import time
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -45,32 +44,32 @@ def _batches(x, y, n):
 
 def bench_ours(args, device, amp_dtype, x, y) -> tuple[float, float]:
     from vitzoo import create_model
+    from vitzoo.config import load_config
     from vitzoo.engine.ema import ModelEma
-    from vitzoo.engine.loop import train_one_epoch
+    from vitzoo.engine.loop import TrainStep, train_one_epoch
     from vitzoo.engine.losses import build_criterion
     from vitzoo.engine.optim import build_optimizer
     from vitzoo.engine.schedule import LRScheduler
+    from vitzoo.precision import Precision
 
     model = create_model(args.model, num_classes=args.num_classes, img_size=args.img_size,
                          drop_path_rate=args.drop_path).to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
-    cfg = SimpleNamespace(opt="adamw", weight_decay=0.05, layer_decay=None, opt_betas=[0.9, 0.999], opt_eps=1e-8,
-                          momentum=0.9, smoothing=0.1, bce_loss=False, distillation_type="none",
-                          distillation_alpha=0.5, distillation_tau=1.0)
+    cfg = load_config(None, ["--opt", "adamw", "--weight_decay", "0.05", "--smoothing", "0.1"])
     opt = build_optimizer(cfg, model, 5e-4)
     sched = LRScheduler(opt, sched="cosine", lr=5e-4, epochs=1, updates_per_epoch=args.steps + args.warmup,
                         warmup_epochs=0.1, warmup_lr=1e-6, min_lr=1e-5)
     crit = build_criterion(cfg, mixup_active=False)
     ema = ModelEma(model, 0.9999) if args.ema else None
     net = torch.compile(model) if args.compile else model
-    kw = {"scheduler": sched, "amp_dtype": amp_dtype, "clip_grad": args.clip_grad, "model_ema": ema,
-          "channels_last": args.channels_last}
-    train_one_epoch(net, crit, _batches(x, y, args.warmup), opt, device, **kw)
+    step = TrainStep(net, crit, opt, device, precision=Precision(autocast=amp_dtype), scheduler=sched,
+                     clip_grad=args.clip_grad, ema=ema, channels_last=args.channels_last)
+    train_one_epoch(step, _batches(x, y, args.warmup))
     _sync(device)
     _reset_mem(device)
     t0 = time.perf_counter()
-    train_one_epoch(net, crit, _batches(x, y, args.steps), opt, device, **kw)
+    train_one_epoch(step, _batches(x, y, args.steps))
     _sync(device)
     return args.steps * x.shape[0] / (time.perf_counter() - t0), _peak_gib(device)
 
