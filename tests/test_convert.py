@@ -1,8 +1,10 @@
-"""`vitzoo convert`: official release layouts -> vitzoo checkpoints, checked by logits equality.
+"""`vitzoo convert` and the detector registry (vitzoo.models.convert): official release layouts ->
+vitzoo checkpoints, checked by logits equality.
 
 Nothing can be downloaded, so each test writes a file in the official layout itself from a reference
 model (timm for ViT/DeiT/BEiT, whose keys the releases use; our own T2T-ViT for T2T) and checks that the
-converted checkpoint reproduces the reference logits.
+converted checkpoint reproduces the reference logits. Loading semantics (T2T scale, EMA, wrappers) are
+in test_convert_load.py.
 """
 from __future__ import annotations
 
@@ -11,11 +13,14 @@ import pytest
 import timm
 import torch
 
-from vitzoo.checkpoint import load_checkpoint
+from vitzoo.checkpoint import load_checkpoint, save_checkpoint
 from vitzoo.cli import main as cli
+from vitzoo.errors import UserError
 from vitzoo.models import create_model, load_model
+from vitzoo.models.convert import LAYOUTS, beit, detect, native, npz, read_weights, t2t
+from vitzoo.models.convert import timm as timm_layout
 
-TINY = dict(img_size=32, patch_size=4, embed_dim=48, depth=2, num_heads=3)
+TINY = {"img_size": 32, "patch_size": 4, "embed_dim": 48, "depth": 2, "num_heads": 3}
 SETS = ["--set", "patch_size=4", "--set", "embed_dim=48", "--set", "depth=2", "--set", "num_heads=3",
         "--img-size", "32"]
 X = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -48,8 +53,8 @@ def test_pth_head_reinit_and_missing_arch(tmp_path, capsys):
     ref = timm.create_model("deit_tiny_patch16_224", num_classes=7, **TINY).eval()
     src = tmp_path / "deit.pth"
     torch.save({"model": ref.state_dict()}, src)
-    model = _convert_and_load(src, tmp_path / "out.pt", "--arch", "deit_tiny_patch16_224", "--num-classes", "3",
-                              *SETS)
+    model = _convert_and_load(src, tmp_path / "out.pt", "--arch", "deit_tiny_patch16_224",
+                              "--num-classes", "3", *SETS)
     assert model.num_classes == 3
     assert "classifier re-initialised" in capsys.readouterr().out
     # the backbone is the file's
@@ -85,7 +90,7 @@ def test_beit_pth_relative_position_index_and_shared_table(tmp_path, shared):
 
 def test_t2t_pth_tar_ema_and_module_prefix(tmp_path):
     torch.manual_seed(0)
-    kw = dict(img_size=32, embed_dim=48, depth=2, num_heads=3)
+    kw = {"img_size": 32, "embed_dim": 48, "depth": 2, "num_heads": 3}
     ref = create_model("t2t_vit_7", num_classes=6, **kw).eval()
     ema = {f"module.{k}": v for k, v in ref.state_dict().items()}
     other = {k: v + 0.01 if v.is_floating_point() else v for k, v in ema.items()}
@@ -93,10 +98,11 @@ def test_t2t_pth_tar_ema_and_module_prefix(tmp_path):
     torch.save({"state_dict": other, "state_dict_ema": ema, "epoch": 309}, src)
     sets = ["--set", "embed_dim=48", "--set", "depth=2", "--set", "num_heads=3", "--img-size", "32"]
     model = _convert_and_load(src, tmp_path / "t2t.pt", "--arch", "t2t_vit_7", "--use-ema", *sets)
-    # official T2T weights were trained with attention scale embed_dim**-0.5: loading one switches to it
-    ref.use_official_qk_scale()
+    # official T2T weights were trained with attention scale embed_dim**-0.5: the model is built with it
     assert model.model_kwargs["qk_scale"] == pytest.approx(48 ** -0.5)
-    torch.testing.assert_close(_logits(model), _logits(ref), atol=1e-5, rtol=0)
+    released = create_model("t2t_vit_7", num_classes=6, qk_scale=48 ** -0.5, **kw)
+    released.load_state_dict(ref.state_dict())
+    torch.testing.assert_close(_logits(model), _logits(released), atol=1e-5, rtol=0)
 
 
 # ------------------------------------------------------------------------------------ Google .npz
@@ -169,3 +175,68 @@ def test_npz_errors(tmp_path, capsys):
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip")
     assert cli(["convert", str(junk), str(tmp_path / "o.pt"), "--arch", "vit_base_patch16_224"]) == 2
+
+
+# ------------------------------------------------------------------------------- detector registry
+def _layout_fixtures(tmp_path, vit_ref) -> dict[str, tuple]:
+    """One small file per layout, written the way its source writes it: name -> (path, layout module)."""
+    deit = timm.create_model("deit_tiny_patch16_224", num_classes=7, **TINY).state_dict()
+    beit_sd = dict(timm.create_model("beit_base_patch16_224", num_classes=5, **TINY).state_dict())
+    beit_sd["blocks.0.attn.relative_position_index"] = torch.zeros(65, 65, dtype=torch.long)  # unilm keeps it
+    t2t_sd = create_model("t2t_vit_7", img_size=32, embed_dim=48, depth=2, num_heads=3).state_dict()
+    files = {
+        "vitzoo.pt": ({"model": deit, "meta": {"arch": "deit_tiny_patch16_224"}}, native),
+        "deit.pth": ({"model": deit, "epoch": 299}, timm_layout),
+        "bare.pth": (deit, timm_layout),
+        "timm_train.pth.tar": ({"state_dict": {f"module.{k}": v for k, v in deit.items()}}, timm_layout),
+        "t2t.pth.tar": ({"state_dict_ema": {f"module.{k}": v for k, v in t2t_sd.items()}, "epoch": 309}, t2t),
+        "t2t_model.pth": ({"model": t2t_sd}, t2t),
+        "beit.pth": ({"model": beit_sd}, beit),
+        "beit_module.pth": ({"module": beit_sd}, beit),
+    }
+    out = {}
+    for name, (obj, layout) in files.items():
+        path = tmp_path / name
+        if layout is native:
+            save_checkpoint(path, obj)
+        else:
+            torch.save(obj, path)
+        out[name] = (path, layout)
+    _to_google_npz(vit_ref.state_dict(), heads=3, path=tmp_path / "ViT.npz")
+    out["ViT.npz"] = (tmp_path / "ViT.npz", npz)
+    return out
+
+
+def test_detect_finds_each_layout(tmp_path, vit_ref):
+    for layout in LAYOUTS:  # the interface every layout module has
+        assert isinstance(layout.NAME, str) and callable(layout.detect) and callable(layout.read)
+    assert LAYOUTS[-1] is timm_layout  # the catch-all (any dict holding tensors) is tried last
+    for name, (path, layout) in _layout_fixtures(tmp_path, vit_ref).items():
+        obj = None if layout is npz else load_checkpoint(path)
+        assert detect(obj, path) is layout, name
+        weights = read_weights(path)
+        assert weights.layout.startswith(layout.NAME) and weights.source == str(path), name
+        assert not any(k.startswith("module.") or k.endswith("relative_position_index")
+                       for k in weights.state_dict), name
+    # an already loaded dict is detected the same way
+    assert detect({"model": {"tokens_to_token.project.weight": torch.zeros(1)}}) is t2t
+
+
+def test_unknown_layout_names_the_known_ones(tmp_path, capsys):
+    path = tmp_path / "notes.pth"
+    torch.save({"epoch": 3, "notes": "no tensors here"}, path)
+    with pytest.raises(UserError, match="not a known checkpoint layout") as err:
+        read_weights(path)
+    message = str(err.value)
+    assert str(path) in message and "epoch, notes" in message and "\n" not in message
+    assert all(layout.NAME in message for layout in LAYOUTS)
+    assert cli(["convert", str(path), str(tmp_path / "o.pt"), "--arch", "deit_tiny_patch16_224"]) == 2
+    assert "known: vitzoo checkpoint; Google ViT .npz" in capsys.readouterr().err
+
+
+def test_missing_arch_hint_shows_the_file_sizes(tmp_path, vit_ref, capsys):
+    src = tmp_path / "ViT.npz"
+    _to_google_npz(vit_ref.state_dict(), heads=3, path=src)
+    assert cli(["convert", str(src), str(tmp_path / "o.pt")]) == 2
+    assert "pass --arch NAME (the file has embed_dim 48, patch_size 4, depth 2)" in capsys.readouterr().err
+

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitzoo.checkpoint import store
 from vitzoo.config import load_config
 from vitzoo.engine import seeding
 from vitzoo.engine.ema import ModelEma
@@ -335,7 +334,7 @@ def test_evaluate_metrics_and_confusion():
     assert line == "eval results: {'Loss': 1.4204, 'Top1-Acc': 0.731066, 'Top5-Acc': 0.90621}"
 
 
-# ---------------------------------------------------------------------------------- run state
+# ---------------------------------------------------------------------------------- seeding
 def test_rng_state_roundtrip_weights_only():
     seeding.seed_everything(5)
     state = seeding.rng_state()
@@ -345,19 +344,3 @@ def test_rng_state_roundtrip_weights_only():
     buf.seek(0)
     seeding.set_rng_state(torch.load(buf, weights_only=True))
     assert (random.random(), float(np.random.rand()), torch.rand(1).item()) == expect
-
-
-def test_checkpoint_rotation(tmp_path):
-    for step in (3, 12, 7, 20):
-        (tmp_path / store.ckpt_name(step // 10, step)).write_bytes(b"x")
-    (tmp_path / "notes.txt").write_text("not a checkpoint")
-    assert [p.name for p in store.list_checkpoints(tmp_path)][-1] == store.ckpt_name(2, 20)
-    store.prune(store.list_checkpoints(tmp_path), 2)
-    assert [p.name for p in store.list_checkpoints(tmp_path)] == [store.ckpt_name(1, 12), store.ckpt_name(2, 20)]
-    assert store.find_resume("auto", tmp_path).name == store.ckpt_name(2, 20)
-    assert store.find_resume("auto", tmp_path / "none") is None and store.find_resume("", tmp_path) is None
-    for top1, e in ((0.5, 1), (0.7, 2), (0.6, 3)):
-        (tmp_path / store.best_name(top1, e, e * 10)).write_bytes(b"x")
-    store.prune_best(tmp_path, 2)
-    assert [t for t, _ in store.list_best(tmp_path)] == [0.7, 0.6]
-    assert store.is_better(0.65, tmp_path, 2) and not store.is_better(0.55, tmp_path, 2)

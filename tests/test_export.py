@@ -6,6 +6,7 @@ size that differs from the one used for tracing (the batch axis must be dynamic)
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -13,17 +14,19 @@ import pytest
 import torch
 
 from vitzoo.checkpoint import save_checkpoint
+from vitzoo.cli import export as export_cli
 from vitzoo.cli import main as cli
-from vitzoo.export import read_torchscript_metadata
+from vitzoo.deploy.metadata import export_metadata, parse_metadata, read_torchscript_metadata
+from vitzoo.deploy.onnx_runtime import create_session, fixed_batch, run_session, session_metadata
 from vitzoo.models import create_model
-from vitzoo.onnx_runtime import create_session, fixed_batch, run_session, session_metadata
 
 FAMILIES = {
-    "deit": ("deit_tiny_patch16_224", dict(patch_size=4, embed_dim=48, depth=2, num_heads=3)),
-    "deit_distilled": ("deit_tiny_distilled_patch16_224", dict(patch_size=4, embed_dim=48, depth=2, num_heads=3)),
-    "t2t": ("t2t_vit_7", dict(embed_dim=48, depth=2, num_heads=3)),
-    "t2t_transformer": ("t2t_vit_t_14", dict(embed_dim=48, depth=2, num_heads=3)),
-    "beit": ("beit_base_patch16_224", dict(patch_size=4, embed_dim=48, depth=2, num_heads=3)),
+    "deit": ("deit_tiny_patch16_224", {"patch_size": 4, "embed_dim": 48, "depth": 2, "num_heads": 3}),
+    "deit_distilled": ("deit_tiny_distilled_patch16_224",
+                       {"patch_size": 4, "embed_dim": 48, "depth": 2, "num_heads": 3}),
+    "t2t": ("t2t_vit_7", {"embed_dim": 48, "depth": 2, "num_heads": 3}),
+    "t2t_transformer": ("t2t_vit_t_14", {"embed_dim": 48, "depth": 2, "num_heads": 3}),
+    "beit": ("beit_base_patch16_224", {"patch_size": 4, "embed_dim": 48, "depth": 2, "num_heads": 3}),
 }
 CLASSES = ["a", "b", "c", "d", "e"]
 
@@ -127,3 +130,31 @@ def test_verification_failure_and_bad_input(tmp_path, capsys):
     assert cli(["export", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert cli(["export", "--checkpoint", str(ckpt), "--batch", "zero"]) == 2
     assert "--batch" in capsys.readouterr().err
+
+
+def test_metadata_round_trip_and_malformed_values():
+    model = create_model("deit_tiny_patch16_224", num_classes=5, img_size=32, patch_size=4, embed_dim=48,
+                         depth=2, num_heads=3)
+    props = export_metadata(model, {"class_names": CLASSES}, fix_gelu=True, batch="4", fp16=True)
+    assert all(isinstance(v, str) for v in props.values())  # ONNX metadata_props holds strings only
+    assert set(props) == {"arch", "num_classes", "model_kwargs", "data_config", "class_names", "gelu",
+                          "producer", "batch", "dtype"}
+    meta = parse_metadata(props)
+    assert meta["arch"] == "deit_tiny_patch16_224" and meta["num_classes"] == 5
+    assert meta["class_names"] == CLASSES and meta["model_kwargs"] == json.loads(json.dumps(model.model_kwargs))
+    assert meta["data_config"]["input_size"] == [3, 32, 32]
+    assert (meta["gelu"], meta["batch"], meta["dtype"]) == ("tanh", "4", "float16")
+    broken = parse_metadata({"num_classes": "many", "class_names": "[", "data_config": "{", "extra": "x"})
+    assert broken == {"num_classes": 0, "class_names": [], "data_config": {}, "extra": "x"}
+
+
+def test_help_names_only_real_options_and_format_is_an_alias(tmp_path):
+    parser = export_cli.build_parser()
+    options = {o for action in parser._actions for o in action.option_strings}
+    text = parser.format_help() + export_cli.__doc__  # the options the help and the module docstring name
+    mentioned = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", text))
+    assert mentioned <= options, mentioned - options
+    _, ckpt = _checkpoint(tmp_path, "deit")
+    out = tmp_path / "m.pt"
+    assert cli(["export", "--checkpoint", str(ckpt), "--format", "torchscript", "--output", str(out)]) == 0
+    assert read_torchscript_metadata(out)["arch"] == "deit_tiny_patch16_224"

@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     head = _parse_head(args.head)
     if args.mode not in ("rollout", "last") and not args.mode.startswith("block:"):
         raise UserError(f"--mode must be rollout, last or block:N, got {args.mode!r}")
-    from vitzoo.cli.infer import collect_images
     from vitzoo.data import load_image
+    from vitzoo.predict import collect_images
 
     root, out_dir = Path(args.data), Path(args.output)
     images, skipped = collect_images(args.data, args.recursive)

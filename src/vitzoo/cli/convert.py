@@ -1,15 +1,19 @@
 """`vitzoo convert`: turn an official release file into a vitzoo checkpoint (weights + arch + config).
 
-Accepted layouts: DeiT / timm ``.pth`` (``{"model": ...}``), T2T-ViT ``.pth.tar`` (``state_dict_ema`` /
-``state_dict``, ``module.`` prefix), BEiT ``.pth`` (``model`` / ``module``; relative position index buffers
-dropped, a shared rel-pos table expanded per block), Google ViT ``.npz`` (``ViT-B_16.npz`` layout) and vitzoo
-checkpoints themselves (e.g. to re-save as ``.safetensors``). DST ending in ``.safetensors`` writes
-safetensors (meta in the header); anything else a ``torch.save`` file loadable with ``weights_only=True``.
-The converted model is checked: it must load strictly and give finite logits.
+SRC may be in any layout :mod:`vitzoo.models.convert` detects -- DeiT / timm ``.pth``, official T2T-ViT
+``.pth.tar``, unilm BEiT ``.pth``, Google ViT ``.npz`` -- or a vitzoo checkpoint itself (e.g. to re-save as
+``.safetensors``). DST ending in ``.safetensors`` writes safetensors (meta in the header); anything else a
+``torch.save`` file loadable with ``weights_only=True``. The converted model is checked: it must load
+strictly, and the written file must reproduce its logits.
 """
 from __future__ import annotations
 
 import argparse
+
+import yaml
+
+from vitzoo.errors import UserError
+from vitzoo.models.convert import convert_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,10 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_overrides(items: list[str]) -> dict:
-    import yaml
-
-    from vitzoo.errors import UserError
-
     out = {}
     for item in items:
         key, eq, value = item.partition("=")
@@ -45,8 +45,6 @@ def parse_overrides(items: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from vitzoo.export import convert_checkpoint
-
     info = convert_checkpoint(args.src, args.dst, arch=args.arch, num_classes=args.num_classes,
                               img_size=args.img_size, use_ema=args.use_ema,
                               overrides=parse_overrides(args.overrides))

@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 
+from vitzoo.deploy.onnx_runtime import class_names_of, create_session, data_config_for, evaluate_folder
+from vitzoo.errors import UserError
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vitzoo eval-onnx", description=__doc__.split("\n\n")[0],
@@ -29,12 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from vitzoo.errors import UserError
-
     if args.batch_size < 1 or args.prefetch < 1 or args.num_workers < 0:
         raise UserError("--batch-size and --prefetch must be >= 1, --num-workers >= 0")
-    from vitzoo.onnx_runtime import class_names_of, create_session, data_config_for, evaluate_folder
-
     session = create_session(args.onnx_path, args.device)
     data_config = data_config_for(session, args.image_size)
     results = evaluate_folder(session, args.dataset, data_config, class_names_of(session),

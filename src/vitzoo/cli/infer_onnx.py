@@ -9,7 +9,9 @@ import argparse
 
 import torch
 
-from vitzoo.cli.infer import add_common_args, check_common_args, run_prediction
+from vitzoo.data import build_eval_transform
+from vitzoo.deploy.onnx_runtime import class_names_of, create_session, data_config_for, run_session
+from vitzoo.predict import add_common_args, check_common_args, run_prediction
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,9 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_common_args(args)
-    from vitzoo.data import build_eval_transform
-    from vitzoo.onnx_runtime import class_names_of, create_session, data_config_for, run_session
-
     session = create_session(args.onnx_path, args.device)
     transform = build_eval_transform(data_config_for(session, args.image_size))
 

@@ -125,8 +125,9 @@ def _validate(cfg: RunConfig) -> None:
     need(len(cfg.opt_betas) == 2 and all(0 <= b < 1 for b in cfg.opt_betas),
          f"config key 'opt_betas' must be two numbers in [0, 1), got {cfg.opt_betas}")
     minmax = cfg.cutmix_minmax
-    need(minmax is None or (len(minmax) == 2 and 0 < minmax[0] <= minmax[1] <= 1),
-         f"config key 'cutmix_minmax' must be [min, max] with 0 < min <= max <= 1, got {minmax}")
+    # timm draws the box side from randint(min x size, max x size), which needs min < max
+    need(minmax is None or (len(minmax) == 2 and 0 < minmax[0] < minmax[1] <= 1),
+         f"config key 'cutmix_minmax' must be [min, max] with 0 < min < max <= 1, got {minmax}")
     need(cfg.sched != "step" or cfg.decay_epochs > 0,
          f"config key 'decay_epochs' must be > 0 for the step schedule, got {cfg.decay_epochs}")
     need(cfg.is_dynamic_loss_scale or cfg.loss_scale > 0,

@@ -46,16 +46,26 @@ class _Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         args = list(sys.argv[1:] if args is None else args)
-        fixed = []
+        fixed: list[str] = []
         for a in args:
             if a.startswith("--") and len(a) > 2:
                 key, eq, val = a[2:].partition("=")
                 a = "--" + key_of(key) + eq + val
+            elif fixed and fixed[-1].startswith("--") and "=" not in fixed[-1] and _is_negative_number(a):
+                # argparse takes "-1e-06" for an option (only "-1" / "-0.5" look numeric to it)
+                a = f"{fixed.pop()}={a}"
             fixed.append(a)
         return super().parse_known_args(fixed, namespace)
 
     def error(self, message):
         raise ConfigError(f"{message} (see {self.prog} --help)")
+
+
+def _is_negative_number(text: str) -> bool:
+    try:
+        return text.startswith("-") and float(text) < 0
+    except ValueError:
+        return False
 
 
 def build_parser(prog: str = "vitzoo train", description: str | None = None) -> argparse.ArgumentParser:

@@ -122,7 +122,7 @@ class RunConfig:
     recount: int = option("aug", 1, "random erasing count", "re_count", rule=">= 1")
     mixup: float = option("aug", 0.8, "mixup alpha (0 = off)", rule=">= 0")
     cutmix: float = option("aug", 1.0, "cutmix alpha (0 = off)", rule=">= 0")
-    cutmix_minmax: list[float] | None = option("aug", None, "cutmix box ratio [min, max] with 0 < min <= max "
+    cutmix_minmax: list[float] | None = option("aug", None, "cutmix box ratio [min, max] with 0 < min < max "
                                                "<= 1 (overrides alpha)")
     mixup_prob: float = option("aug", 1.0, "probability of applying mixup or cutmix per batch", rule="[0, 1]")
     mixup_switch_prob: float = option("aug", 0.5, "probability of cutmix instead of mixup when both on",

@@ -13,22 +13,15 @@ import torch
 from torch import nn
 
 from vitzoo.errors import UserError, nearest
+from vitzoo.models.convert import unwrap_state_dict
 
-_WRAPPERS = ("model", "state_dict", "model_state", "module", "net", "state_dict_ema", "model_ema")
 
-
-def _plain_state_dict(obj: dict) -> dict[str, torch.Tensor]:
-    """Find the state dict inside common checkpoint wrappers and strip DDP's 'module.' prefix."""
-    for key in _WRAPPERS:
-        if key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-            break
-    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not sd:
-        raise UserError("teacher_path: no tensors found in the file (expected a state dict)")
-    if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    return sd
+def _plain_state_dict(obj: dict, path: str) -> dict[str, torch.Tensor]:
+    """The state dict inside common checkpoint wrappers, DDP's 'module.' prefix stripped."""
+    try:
+        return unwrap_state_dict(obj)
+    except UserError as e:  # "no tensors found (expected a state dict; top-level keys: ...)"
+        raise UserError(f"teacher_path: {path}: {e}") from e
 
 
 def _zoo_names() -> list[str]:
@@ -77,7 +70,7 @@ def build_teacher(name: str, path: str, num_classes: int, device: torch.device |
         teacher, _ = build_model_by_name(name, num_classes)
         from vitzoo.checkpoint import load_checkpoint
 
-        sd = _plain_state_dict(load_checkpoint(path))
+        sd = _plain_state_dict(load_checkpoint(path), path)
         try:
             teacher.load_state_dict(sd, strict=True)
         except RuntimeError as e:

@@ -1,7 +1,9 @@
 """Model registry: every variant is data (a config dataclass + its eval preprocessing) in its family file.
 
-``create_model`` applies overrides with ``dataclasses.replace``, so an unknown field is an error that
-names the closest valid fields, and any architecture hyper-parameter can be changed by name.
+``build_model`` applies overrides with ``dataclasses.replace``, so an unknown field is an error that
+names the closest valid fields, and any architecture hyper-parameter can be changed by name. It builds
+with fresh weights only: loading a file (``vitzoo.models.create_model(name, pretrained=FILE)``) lives in
+:mod:`vitzoo.models.convert`, which imports this module and never the other way round.
 """
 from __future__ import annotations
 
@@ -57,11 +59,6 @@ def get_entry(name: str) -> Entry:
     return reg[name]
 
 
-def model_fields(name: str) -> dict[str, Any]:
-    """The architecture hyper-parameters of ``name`` that ``create_model`` accepts, with their values."""
-    return dataclasses.asdict(get_entry(name).cfg)
-
-
 def build_config(name: str, **kwargs) -> Any:
     entry = get_entry(name)
     valid = {f.name: f for f in dataclasses.fields(entry.cfg)}
@@ -86,27 +83,19 @@ def _coerce(name: str, key: str, value: Any, default: Any) -> Any:
         return value
     elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    elif kind is str and isinstance(value, str):
-        return value
-    elif kind not in (bool, int, float, str):
-        return value
+    elif (kind is str and isinstance(value, str)) or kind not in (bool, int, float, str):
+        return value  # a string, or a field of another type (tuples, ...) taken as given
     raise ConfigError(f"{name}: model option '{key}' expects {kind.__name__}, got {value!r}")
 
 
-def create_model(
-    name: str,
-    num_classes: int = 1000,
-    img_size: int | None = None,
-    pretrained: str | None = None,
-    **overrides: Any,
-) -> nn.Module:
-    """Build a registered model, optionally loading weights from a local file.
+def build_model(name: str, num_classes: int = 1000, img_size: int | None = None,
+                **overrides: Any) -> nn.Module:
+    """Build a registered model with fresh weights.
 
     Args:
         name: a name from :func:`list_models`.
-        num_classes: classifier width (the head is re-initialised when a pretrained file differs).
-        img_size: input resolution (position embeddings / bias tables of a pretrained file are resized).
-        pretrained: path of a vitzoo checkpoint or an official release file (no downloads).
+        num_classes: classifier width.
+        img_size: input resolution.
         **overrides: any field of the family's config (``embed_dim=96, depth=6, patch_size=4``, ...).
     """
     kwargs = dict(overrides, num_classes=num_classes)
@@ -121,8 +110,4 @@ def create_model(
     model.arch = name
     model.model_kwargs = {**kwargs, "img_size": cfg.img_size}
     model.data_config = {**entry.data_config, "input_size": (3, cfg.img_size, cfg.img_size)}
-    if pretrained:
-        from vitzoo.models.weights import load_pretrained
-
-        load_pretrained(model, pretrained)
     return model

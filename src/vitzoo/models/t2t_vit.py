@@ -8,14 +8,16 @@ Transformer), folds them back into an image and soft-splits again (unfold 3/2/1)
 table, to a deep-narrow ViT backbone.
 
 State-dict keys equal those of the official implementation (github.com/yitu-opensource/T2T-ViT,
-``models/t2t_vit.py``), so its ``.pth.tar`` releases load strictly once unwrapped (``weights.py``). Two
-tensors that the official code keeps as ``requires_grad=False`` parameters -- the sinusoid table
-``pos_embed`` and the Performer random features ``tokens_to_token.attention{1,2}.w`` -- are persistent
-buffers here: saved and loaded under the same names, never handed to the optimiser.
+``models/t2t_vit.py``), so its ``.pth.tar`` releases load strictly once unwrapped
+(``models/convert/t2t.py``). Two tensors that the official code keeps as ``requires_grad=False``
+parameters -- the sinusoid table ``pos_embed`` and the Performer random features
+``tokens_to_token.attention{1,2}.w`` -- are persistent buffers here: saved and loaded under the same
+names, never handed to the optimiser.
 
 Attention scale: the official builders pass ``qk_scale = embed_dim ** -0.5`` when ``pretrained=True``
 (the released ImageNet weights were trained that way), otherwise the usual ``head_dim ** -0.5`` applies.
-Loading an official file therefore calls :meth:`T2TViT.use_official_qk_scale`.
+A model that loads an official file is therefore built with ``qk_scale=released_qk_scale(cfg)``: the
+converter decides that before building (``create_model(name, pretrained=FILE)``, ``load_model``).
 """
 from __future__ import annotations
 
@@ -228,7 +230,7 @@ class T2TModule(nn.Module):
 class T2TViT(ZooModel):
     """T2T module + class token + fixed sinusoid positions + ViT backbone (pre-norm, no qkv bias)."""
 
-    fixed_pos_embed = True  # weights.py rebuilds (does not interpolate) pos_embed at another img_size
+    fixed_pos_embed = True  # the converter rebuilds (does not interpolate) pos_embed at another img_size
     embedding_prefixes = ("cls_token", "pos_embed", "tokens_to_token")
 
     def __init__(self, cfg: T2TConfig):
@@ -259,13 +261,13 @@ class T2TViT(ZooModel):
         self.tokens_to_token.grad_checkpointing = enable
 
     def use_official_qk_scale(self) -> None:
-        """Switch the backbone to the scale the released ImageNet weights were trained with
-        (``embed_dim ** -0.5``; ``pretrained_qk_scale`` where the official builder used another),
-        unless the user chose ``qk_scale``. Recorded in ``cfg`` / ``model_kwargs`` so a checkpoint of
-        this model rebuilds the same function."""
+        """Switch this model, when the caller asks, to the scale of the released weights
+        (:func:`released_qk_scale`) unless ``qk_scale`` was chosen. Loading weights never calls this: a
+        model for an official file is built with that scale. Recorded in ``cfg`` / ``model_kwargs`` so a
+        checkpoint of this model rebuilds the same function."""
         if self.cfg.qk_scale is not None:
             return
-        scale = self.cfg.pretrained_qk_scale or self.embed_dim**-0.5
+        scale = released_qk_scale(self.cfg)
         for blk in self.blocks:
             blk.attn.scale = scale
         self.cfg = dataclasses.replace(self.cfg, qk_scale=scale)
@@ -282,6 +284,12 @@ class T2TViT(ZooModel):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x[:, 0]
         return x if pre_logits else self.head(x)
+
+
+def released_qk_scale(cfg: T2TConfig) -> float:
+    """The backbone attention scale the official ImageNet releases were trained with: ``embed_dim ** -0.5``,
+    or the variant's ``pretrained_qk_scale`` where its official builder used another."""
+    return cfg.pretrained_qk_scale or cfg.embed_dim**-0.5
 
 
 # ----------------------------------------------------------------------------------- variants

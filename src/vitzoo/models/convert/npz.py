@@ -17,7 +17,8 @@ Flax module paths and whose dense kernels are stored ``(in, out)``, attention ke
     pre_logits/{kernel,bias}  (21k files only: the tanh "representation" layer) -> pre_logits.fc
     head/{kernel,bias}                                                       -> head
 
-The archive is read with ``allow_pickle=False``: it can never run code.
+The archive is read with ``allow_pickle=False``: it can never run code. torch cannot open these files, so
+the layout is recognised by its ``.npz`` suffix before anything is loaded (``obj`` is None then).
 """
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ import numpy as np
 import torch
 
 from vitzoo.errors import UserError
+from vitzoo.models.convert.weights import Weights
+
+NAME = "Google ViT .npz"
 
 _BLOCK = re.compile(r"^Transformer/encoderblock_(\d+)/")
 _ATTN = "MultiHeadDotProductAttention_1"
@@ -112,14 +116,9 @@ def load_npz(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise UserError(f"{path}: {e}") from e
 
 
-def npz_model_kwargs(sd: dict[str, torch.Tensor]) -> dict[str, int]:
-    """Architecture numbers visible in the weights (to pick/validate an arch): embed_dim, depth, patch, classes."""
-    w = sd["patch_embed.proj.weight"]
-    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-    out = {"embed_dim": int(w.shape[0]), "patch_size": int(w.shape[-1]), "depth": depth}
-    if "head.weight" in sd:
-        out["num_classes"] = int(sd["head.weight"].shape[0])
-    return out
+def detect(obj: dict | None, path: str | None) -> bool:
+    return obj is None and str(path).endswith(".npz")
 
 
-load_npz_state_dict = load_npz  # the name vitzoo.models.weights imports
+def read(obj: None, path: str, use_ema: bool) -> Weights:
+    return Weights(load_npz(path), NAME, path)

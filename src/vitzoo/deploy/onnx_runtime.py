@@ -1,9 +1,10 @@
 """ONNX Runtime helpers: sessions, metadata, preprocessing and batched runs for exported vitzoo models.
 
-The preprocessing comes from the ``data_config`` that :mod:`vitzoo.export` stores in the file's
-``metadata_props``, and goes through the same ``build_eval_transform`` the PyTorch commands use, so
-``eval-onnx`` / ``infer-onnx`` reproduce ``eval`` / ``infer`` without extra flags. ONNX files from elsewhere
-(no vitzoo metadata) fall back to the ImageNet mean/std, crop_pct 0.875 and the input size in the graph.
+The preprocessing comes from the ``data_config`` that :mod:`vitzoo.deploy.export` stores in the file's
+``metadata_props`` (the record :mod:`vitzoo.deploy.metadata` defines), and goes through the same
+``build_eval_transform`` the PyTorch commands use, so ``eval-onnx`` / ``infer-onnx`` reproduce ``eval`` /
+``infer`` without extra flags. ONNX files from elsewhere (no vitzoo metadata) fall back to
+:func:`~vitzoo.deploy.metadata.default_data_config` at the input size in the graph.
 """
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from vitzoo.constants import IMAGENET_MEAN, IMAGENET_STD
+from vitzoo.data import ImageFolderDataset, Loader, build_eval_transform, relay_collate
+from vitzoo.deploy.metadata import default_data_config, parse_metadata
 from vitzoo.errors import UserError
 
 
 def providers_for(device: str) -> list[str]:
     """'CPU' | 'GPU' | 'auto' -> ORT execution providers (GPU needs onnxruntime-gpu's CUDA provider)."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # here, not at the top: only running a session needs it (~0.2 s to import)
 
     device = (device or "auto").upper()
     available = ort.get_available_providers()
@@ -36,7 +38,7 @@ def providers_for(device: str) -> list[str]:
 
 
 def create_session(path: str | os.PathLike, device: str = "auto", threads: int | None = None):
-    import onnxruntime as ort
+    import onnxruntime as ort  # here, not at the top: only running a session needs it (~0.2 s to import)
 
     path = Path(path)
     if not path.is_file():
@@ -55,8 +57,6 @@ def create_session(path: str | os.PathLike, device: str = "auto", threads: int |
 
 def session_metadata(session) -> dict[str, Any]:
     """The vitzoo metadata of a session's model (parsed JSON values), {} for foreign files."""
-    from vitzoo.export import parse_metadata
-
     return parse_metadata(dict(session.get_modelmeta().custom_metadata_map or {}))
 
 
@@ -82,9 +82,7 @@ def data_config_for(session, image_size: int | None = None) -> dict[str, Any]:
     shape = _input(session)[0].shape
     graph_hw = [s if isinstance(s, int) else None for s in shape[2:4]] if len(shape) == 4 else [None, None]
     if not dc:
-        h, w = graph_hw[0] or 224, graph_hw[1] or 224
-        dc = {"input_size": (3, h, w), "crop_pct": 0.875, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
-              "interpolation": "bicubic"}
+        dc = default_data_config(graph_hw[0] or 224, graph_hw[1] or 224)
     dc["input_size"] = tuple(int(s) for s in dc["input_size"])
     if image_size:
         if graph_hw[0] and graph_hw[0] != image_size:
@@ -124,13 +122,11 @@ def evaluate_folder(session, root: str | os.PathLike, data_config: dict, class_n
     Uses the data module's folder dataset (same file order, same bad-file policy: skip) and eval transform
     as ``vitzoo eval``, so both commands see identical tensors.
     """
-    # the Loader / relay_collate pair relays bad files found in worker processes back to the dataset
-    from vitzoo.data import ImageFolderDataset, Loader, build_eval_transform, relay_collate
-
     found = {d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith(".")} \
         if os.path.isdir(root) else set()
     classes = class_names if class_names and found and found <= set(class_names) else None
     ds = ImageFolderDataset(root, build_eval_transform(data_config), classes=classes)
+    # relay_collate relays bad files found in worker processes back to the dataset's bad_files;
     # --prefetch N (the seed's option) = batches decoded ahead in all, spread over the workers
     loader = Loader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=relay_collate,
                     prefetch_factor=max(1, prefetch // max(1, num_workers)) if num_workers else None)

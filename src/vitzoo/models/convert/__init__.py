@@ -1,0 +1,26 @@
+"""Every foreign checkpoint layout, read into vitzoo's key names; and models built from files.
+
+One module per source layout, each with ``NAME``, ``detect(obj, path)`` and ``read(obj, path, use_ema)``
+returning :class:`Weights` (the state dict in vitzoo's names, plus the config fields the file implies):
+
+- ``native.py``  vitzoo checkpoints (``.pt`` / ``.pth`` / ``.safetensors`` with ``meta``);
+- ``npz.py``     Google ViT ``.npz`` (``ViT-B_16.npz``; Flax names and kernel layouts);
+- ``t2t.py``     official T2T-ViT ``.pth.tar`` (``state_dict_ema``, ``module.``; implies qk_scale);
+- ``beit.py``    unilm BEiT ``.pth`` (derived ``relative_position_index`` buffers dropped);
+- ``timm.py``    DeiT / timm ``.pth`` (``{"model": ...}``, train-script wrappers, bare state dicts).
+
+``layouts.py`` holds the ordered list ``LAYOUTS`` that :func:`detect` walks; ``adapt.py`` fits a state
+dict to a built model (head width, image size, shared BEiT table); ``load.py`` builds and loads models;
+``checkpoint.py`` writes any of them as a vitzoo checkpoint. Adding a format (MindSpore ``.ckpt``,
+PaddleViT ``.pdparams``, Hugging Face folders) is one new module, one entry in ``LAYOUTS`` and its test.
+"""
+from __future__ import annotations
+
+from vitzoo.models.convert.adapt import adapt_state_dict
+from vitzoo.models.convert.checkpoint import convert_checkpoint
+from vitzoo.models.convert.layouts import LAYOUTS, detect, read_weights
+from vitzoo.models.convert.load import create_model, load_model, load_pretrained
+from vitzoo.models.convert.weights import Weights, unwrap_state_dict
+
+__all__ = ["LAYOUTS", "Weights", "adapt_state_dict", "convert_checkpoint", "create_model", "detect",
+           "load_model", "load_pretrained", "read_weights", "unwrap_state_dict"]
