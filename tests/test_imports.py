@@ -29,13 +29,6 @@ PACKAGE = SRC / "vitzoo"
 # with the reason. Keep it empty: a module that needs another one imports it at the top.
 ALLOWED: dict[tuple[str, str], str] = {}
 
-# Files of other work in progress that still import vitzoo modules inside functions (issue 8: each goes
-# once its owner moves the import to the top); remove an entry when its file is clean.
-PENDING = {
-    "cli/__init__.py", "cli/attention.py", "cli/convert.py", "cli/infer.py", "cli/make_dataset.py",
-    "cli/models.py", "cli/plot.py", "cli/train.py", "data/datasets.py", "data/synthetic.py",
-    "engine/teacher.py", "visualize.py",
-}
 # The entry point of `python -m vitzoo`: importing it runs the command line, by design.
 NOT_IMPORTABLE_ALONE = {"vitzoo.__main__"}
 
@@ -92,9 +85,7 @@ def relative(path: Path) -> str:
     return path.relative_to(PACKAGE).as_posix()
 
 
-@pytest.mark.parametrize("path", [
-    pytest.param(p, id=relative(p), marks=[pytest.mark.xfail(strict=False, reason="in progress elsewhere")]
-                 if relative(p) in PENDING else []) for p in SOURCES])
+@pytest.mark.parametrize("path", SOURCES, ids=[relative(p) for p in SOURCES])
 def test_no_function_level_vitzoo_imports(path):
     hidden = [f"{relative(path)}:{line}: {module}" for module, line, in_function in vitzoo_imports(path)
               if in_function and (relative(path), module) not in ALLOWED]

@@ -1,5 +1,5 @@
 """vitzoo: a model zoo and toolkit for vision transformers (ViT, DeiT, T2T-ViT, BEiT)."""
 from vitzoo.models import create_model, list_models
+from vitzoo.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["__version__", "create_model", "list_models"]

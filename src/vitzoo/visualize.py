@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from vitzoo.checkpoint import atomic_write
 from vitzoo.errors import UserError
 
 
@@ -104,8 +105,6 @@ def _pyplot():
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
     """Write a figure atomically (a killed run never leaves half a PNG) and close it."""
-    from vitzoo.checkpoint import atomic_write
-
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
     try:

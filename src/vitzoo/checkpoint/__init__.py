@@ -14,10 +14,12 @@ from vitzoo.checkpoint.state import (
     is_vitzoo_checkpoint,
     load_checkpoint,
     load_run_state,
+    model_meta,
     save_checkpoint,
 )
 from vitzoo.checkpoint.store import CheckpointStore, RunFolders
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointStore", "RunFolders", "RunState", "atomic_write",
-           "atomic_write_text", "is_vitzoo_checkpoint", "load_checkpoint", "load_run_state", "read_file",
+           "atomic_write_text", "is_vitzoo_checkpoint", "load_checkpoint", "load_run_state", "model_meta",
+           "read_file",
            "save_checkpoint"]

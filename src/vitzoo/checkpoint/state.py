@@ -24,6 +24,7 @@ import torch
 
 from vitzoo.checkpoint.files import read_file, write_safetensors, write_torch
 from vitzoo.errors import UserError
+from vitzoo.version import __version__
 
 FORMAT = "vitzoo"
 FORMAT_VERSION = 2
@@ -76,13 +77,21 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any] | RunState)
         payload = payload.to_payload()
     meta = dict(payload.get("meta") or {})
     meta.setdefault("kind", "train" if payload.get("optimizer") is not None else "weights")
-    meta.update(format=FORMAT, format_version=FORMAT_VERSION)
+    meta.update(format=FORMAT, format_version=FORMAT_VERSION, vitzoo_version=__version__,
+                torch_version=str(torch.__version__))
     # round-trip through JSON: tuples become lists and str subclasses (torch.__version__) plain str,
     # so the file holds only what weights_only loading accepts; anything else fails here, loudly
     meta = json.loads(json.dumps(meta))
     if str(path).endswith(".safetensors"):
         return write_safetensors(path, payload["model"], {**meta, "kind": "weights"})
     return write_torch(path, {**payload, "meta": meta})
+
+
+def model_meta(model: torch.nn.Module, **extra: Any) -> dict[str, Any]:
+    """What a file needs to rebuild ``model`` and feed it: arch, model kwargs, classes, preprocessing."""
+    data_config = {k: list(v) if isinstance(v, tuple) else v for k, v in dict(model.data_config).items()}
+    return {"arch": model.arch, "model_kwargs": dict(model.model_kwargs), "num_classes": model.num_classes,
+            "data_config": data_config, **extra}
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

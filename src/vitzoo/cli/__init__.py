@@ -9,6 +9,9 @@ from __future__ import annotations
 import importlib
 import sys
 
+from vitzoo.version import __version__
+from vitzoo.errors import UserError
+
 # name -> (module, one-line summary)
 COMMANDS = {
     "models": ("vitzoo.cli.models", "list registered models (with parameter counts)"),
@@ -41,8 +44,6 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] in ("-V", "--version"):
-        from vitzoo import __version__
-
         print(f"vitzoo {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
@@ -58,8 +59,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(module: str, argv: list[str], *, debug: bool = False, prog: str = "vitzoo") -> int:
     """Run one sub-command's ``main`` and turn user errors into one line + exit code."""
-    from vitzoo.errors import UserError
-
     _setup_logging()
     try:
         code = importlib.import_module(module).main(argv)

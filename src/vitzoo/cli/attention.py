@@ -18,7 +18,12 @@ from pathlib import Path
 
 import torch
 
+from vitzoo.data import build_eval_transform, load_image
+from vitzoo.engine.dist import resolve_device
 from vitzoo.errors import UserError
+from vitzoo.models import create_model, load_model
+from vitzoo.predict import collect_images
+from vitzoo.visualize import class_token_map, draw_attention, to_grid, upsample
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,9 +57,6 @@ def _parse_head(head: str) -> str | int:
 
 def _load(args) -> tuple[torch.nn.Module, dict, str]:
     """(model in eval mode, checkpoint meta, description of the weights) from the arguments."""
-    from vitzoo.engine.dist import resolve_device
-    from vitzoo.models import create_model, load_model
-
     device = resolve_device(args.device)
     if args.checkpoint:
         if not Path(args.checkpoint).is_file():
@@ -77,8 +79,6 @@ class _Session:
     """The loaded model and everything derived from it (built once, at the first readable image)."""
 
     def __init__(self, args):
-        from vitzoo.data import build_eval_transform
-
         self.model, meta, self.weights = _load(args)
         if not hasattr(self.model, "get_attention_maps"):
             raise UserError(f"{type(self.model).__name__} cannot return attention maps")
@@ -94,8 +94,6 @@ class _Session:
         self.device = next(self.model.parameters()).device
 
     def draw(self, img, path: Path, out: Path, mode: str, head: str | int) -> tuple[Path, str, float]:
-        from vitzoo.visualize import class_token_map, draw_attention, to_grid, upsample
-
         x = self.transform(img).unsqueeze(0).to(self.device)  # (1, 3, H, W)
         with torch.inference_mode():
             probs = self.model(x).float().softmax(-1)[0]
@@ -116,8 +114,6 @@ def main(argv: list[str] | None = None) -> int:
     head = _parse_head(args.head)
     if args.mode not in ("rollout", "last") and not args.mode.startswith("block:"):
         raise UserError(f"--mode must be rollout, last or block:N, got {args.mode!r}")
-    from vitzoo.data import load_image
-    from vitzoo.predict import collect_images
 
     root, out_dir = Path(args.data), Path(args.output)
     images, skipped = collect_images(args.data, args.recursive)

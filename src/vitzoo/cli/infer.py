@@ -17,6 +17,9 @@ import argparse
 
 import torch
 
+from vitzoo.data import build_eval_transform
+from vitzoo.engine.dist import resolve_device
+from vitzoo.models import load_model
 from vitzoo.predict import add_common_args, check_common_args, run_prediction
 
 
@@ -35,9 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_common_args(args)
-    from vitzoo.data import build_eval_transform
-    from vitzoo.engine.dist import resolve_device
-    from vitzoo.models import load_model
 
     device = resolve_device(args.device)
     model, meta = load_model(args.checkpoint, arch=args.arch, use_ema=args.use_ema, device=str(device))

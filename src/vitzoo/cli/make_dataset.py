@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from vitzoo.data.synthetic import SHAPES, make_shapes_dataset
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -35,7 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from vitzoo.data.synthetic import SHAPES, make_shapes_dataset
 
     out = make_shapes_dataset(
         args.out,

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vitzoo.errors import UserError
+from vitzoo.errors import UserError, nearest
+from vitzoo.models import create_model, get_entry, list_models
 
 FAMILIES = {"vit": "ViT", "deit": "DeiT", "t2t": "T2T-ViT", "beit": "BEiT"}
 
@@ -26,7 +27,6 @@ def count_params(name: str) -> tuple[int, int]:
     """(trainable parameters, fixed persistent float buffers) of ``name``, built on the meta device."""
     import torch
 
-    from vitzoo.models import create_model
 
     with torch.device("meta"):
         model = create_model(name)
@@ -39,8 +39,6 @@ def count_params(name: str) -> tuple[int, int]:
 
 def describe(name: str, with_params: bool = False) -> dict[str, Any]:
     """One table row for ``name`` (read from its registered config; nothing is built without params)."""
-    from vitzoo.models import get_entry
-
     entry = get_entry(name)
     cfg = entry.cfg
     if hasattr(cfg, "tokens_type"):  # T2T-ViT has no patch size: its tokeniser is the T2T module
@@ -98,8 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from vitzoo.errors import nearest
-    from vitzoo.models import list_models
 
     pattern = args.pattern
     if pattern and not any(ch in pattern for ch in "*?["):

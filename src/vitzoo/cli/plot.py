@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from vitzoo.errors import UserError
+from vitzoo.visualize import draw_curves
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -90,7 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from vitzoo.visualize import draw_curves
 
     runs: dict[str, list[dict]] = {}
     paths = [resolve_metrics_path(a) for a in args.runs]

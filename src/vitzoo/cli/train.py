@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from vitzoo.config import dump_config, parse_args
+from vitzoo.engine.trainer import train  # torch, the data pipeline: only once the config is good
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +19,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: {note}", file=sys.stderr)
         print(dump_config(cfg), end="")
         return 0
-    from vitzoo.engine.trainer import train  # torch, the data pipeline: only once the config is good
 
     summary = train(cfg)
     return 0 if summary.get("epochs") is not None else 1

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vitzoo.checkpoint import atomic_write_text
 from vitzoo.config import RunConfig
 from vitzoo.data.transforms import build_eval_transform, build_train_transform, resolve_data_config
 from vitzoo.errors import UserError
@@ -425,7 +426,6 @@ def report_bad_files(dataset: Any, output_dir: str | os.PathLike, epoch: int) ->
     bad = dict(getattr(ds, "bad_files", {}) or {})
     if not bad:
         return []
-    from vitzoo.checkpoint import atomic_write_text
 
     rank = 0
     if torch.distributed.is_available() and torch.distributed.is_initialized():

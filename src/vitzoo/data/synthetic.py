@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vitzoo.checkpoint import atomic_write_text
 from vitzoo.errors import UserError
 
 # Class order of the generated set (folder names; --num-classes C takes the first C).
@@ -196,7 +197,6 @@ def make_shapes_dataset(
         cls = classes[i % num_classes]
         img = draw_shape(cls, size, np.random.default_rng([seed, code, i]))
         img.save(out / split / cls / f"{i:06d}.png", optimize=False)
-    from vitzoo.checkpoint import atomic_write_text
 
     atomic_write_text(out / _MANIFEST, json.dumps(want, indent=1) + "\n")
     (out / _INCOMPLETE).unlink()

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitzoo import __version__
+from vitzoo.version import __version__
 from vitzoo.constants import IMAGENET_MEAN, IMAGENET_STD
 
 META_FILE = "vitzoo_meta.json"  # name of the TorchScript / torch.export extra file

@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vitzoo.checkpoint import load_checkpoint
 from vitzoo.errors import UserError, nearest
+from vitzoo.models import create_model, list_models
 from vitzoo.models.convert import unwrap_state_dict
 
 
@@ -25,20 +27,13 @@ def _plain_state_dict(obj: dict, path: str) -> dict[str, torch.Tensor]:
 
 
 def _zoo_names() -> list[str]:
-    try:
-        from vitzoo.models import list_models
-
-        return list(list_models())
-    except ImportError:  # pragma: no cover - models package not present
-        return []
+    return list(list_models())
 
 
 def build_model_by_name(name: str, num_classes: int) -> tuple[nn.Module, str]:
     """(model with random weights, source) for a zoo / timm / torchvision name."""
     zoo = _zoo_names()
     if name in zoo:
-        from vitzoo.models import create_model
-
         return create_model(name, num_classes=num_classes), "vitzoo"
     import timm
 
@@ -62,13 +57,10 @@ def build_teacher(name: str, path: str, num_classes: int, device: torch.device |
     if not Path(path).is_file():
         raise UserError(f"teacher_path: file not found: {path}")
     if name in _zoo_names():
-        from vitzoo.models import create_model
-
         # the zoo handles its own checkpoints and the official release layouts (weights_only)
         teacher = create_model(name, num_classes=num_classes, pretrained=path)
     else:
         teacher, _ = build_model_by_name(name, num_classes)
-        from vitzoo.checkpoint import load_checkpoint
 
         sd = _plain_state_dict(load_checkpoint(path), path)
         try:

@@ -16,8 +16,14 @@ from typing import Any
 
 import torch
 
-import vitzoo
-from vitzoo.checkpoint import CheckpointStore, RunFolders, RunState, load_checkpoint, load_run_state
+from vitzoo.checkpoint import (
+    CheckpointStore,
+    RunFolders,
+    RunState,
+    load_checkpoint,
+    load_run_state,
+    model_meta,
+)
 from vitzoo.config import RunConfig
 from vitzoo.data import loader_from_batch, report_bad_files, set_epoch
 from vitzoo.engine import dist
@@ -158,10 +164,8 @@ class Trainer:
     def run_state(self, pos: Position, metrics: dict | None = None) -> RunState:
         """The whole run at ``pos`` as one object (what a checkpoint holds)."""
         model = unwrap(self.model)
-        meta = {"arch": model.arch, "model_kwargs": dict(model.model_kwargs), "num_classes": self.cfg.num_classes,
-                "class_names": self.data.class_names, "data_config": self.data.data_config,
-                "config": self.cfg.to_dict(), "vitzoo_version": vitzoo.__version__,
-                "torch_version": str(torch.__version__)}
+        meta = model_meta(model, num_classes=self.cfg.num_classes, class_names=self.data.class_names,
+                          data_config=self.data.data_config, config=self.cfg.to_dict())
         step = self.step
         return RunState(model=model.state_dict(), meta=meta, ema=step.ema.state_dict() if step.ema else None,
                         optimizer=step.optimizer.state_dict(), scheduler=step.scheduler.state_dict(),

@@ -8,19 +8,19 @@ must reproduce the model's logits.
 from __future__ import annotations
 
 import os
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import torch
 from torch import nn
 
-from vitzoo.checkpoint import save_checkpoint
+from vitzoo.checkpoint import model_meta, save_checkpoint
 from vitzoo.errors import UserError
 from vitzoo.models.convert.layouts import read_weights
 from vitzoo.models.convert.load import build_for, load_model, load_pretrained, resolve_arch
 from vitzoo.models.convert.weights import Weights
 
-_FILE_KEYS = ("format", "format_version", "kind")  # set by save_checkpoint for the file it writes
+# set by save_checkpoint for the file it writes
+_FILE_KEYS = ("format", "format_version", "kind", "vitzoo_version", "torch_version")
 
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, arch: str | None = None,
@@ -44,11 +44,9 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, arch: 
     load_pretrained(model, weights)
 
     meta = {**{k: v for k, v in weights.meta.items() if k not in _FILE_KEYS},
-            "arch": arch, "model_kwargs": dict(model.model_kwargs), "num_classes": model.num_classes,
-            "class_names": list(weights.meta.get("class_names") or []),
-            "data_config": _data_config(weights.meta, model),
-            "converted_from": src, "source_layout": weights.layout,
-            "vitzoo_version": _vitzoo_version(), "torch_version": str(torch.__version__)}
+            **model_meta(model, class_names=list(weights.meta.get("class_names") or []),
+                         data_config=_data_config(weights.meta, model), converted_from=src,
+                         source_layout=weights.layout)}
     path = save_checkpoint(dst, {"model": model.state_dict(), "meta": meta})
     _check_reload(model, path)
     return {"path": path, "arch": arch, "layout": weights.layout, "num_classes": model.num_classes,
@@ -88,10 +86,3 @@ def _check_reload(model: nn.Module, path: os.PathLike) -> None:
     if not torch.isfinite(a).all() or not torch.allclose(a, b, atol=1e-5, rtol=0):
         raise UserError(f"{path}: the converted checkpoint does not reproduce the source model's logits")
 
-
-def _vitzoo_version() -> str:
-    # the installed distribution's version: importing the top-level package from here would be a cycle
-    try:
-        return version("vitzoo")
-    except PackageNotFoundError:  # a source tree that was not installed
-        return "unknown"
