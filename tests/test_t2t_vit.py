@@ -13,7 +13,14 @@ import torch
 
 from vitzoo import create_model, list_models
 from vitzoo.checkpoint import save_checkpoint
-from vitzoo.models.t2t_vit import TokenAttention, TokenPerformer, sinusoid_table, soft_split_sizes
+from vitzoo.models.registry import build_config
+from vitzoo.models.t2t_vit import (
+    TokenAttention,
+    TokenPerformer,
+    released_qk_scale,
+    sinusoid_table,
+    soft_split_sizes,
+)
 
 # ../shared/seeds/README.md (the MindSpore tables print the 5-class trainable counts).
 SEED_COUNTS = {  # name: {num_classes: (trainable, parameters + fixed buffers)}
@@ -178,10 +185,11 @@ def test_official_file_switches_to_pretrained_scale(tmp_path):
     scale = 64**-0.5  # embed_dim ** -0.5, as the official builders set for pretrained=True
     assert [b.attn.scale for b in m.blocks] == [scale, scale] and src.blocks[0].attn.scale == 32**-0.5
     assert m.cfg.qk_scale == scale and m.model_kwargs["qk_scale"] == scale
-    src.use_official_qk_scale()
+    ref = create_model("t2t_vit_7", qk_scale=scale, **SMALL).eval()
+    ref.load_state_dict(src.state_dict())
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert torch.equal(m(x), src(x))
+        assert torch.equal(m(x), ref(x))
     # the recorded kwargs rebuild the same function
     assert create_model("t2t_vit_7", **m.model_kwargs).blocks[0].attn.scale == scale
     # an explicit choice wins; a vitzoo checkpoint keeps the model's own scale
@@ -190,9 +198,7 @@ def test_official_file_switches_to_pretrained_scale(tmp_path):
     save_checkpoint(ours, {"model": src.state_dict(), "meta": {"arch": "t2t_vit_7"}})
     assert create_model("t2t_vit_7", pretrained=str(ours), **SMALL).blocks[0].attn.scale == 32**-0.5
     # t2t_vit_14_wide: its official builder uses 512 ** -0.5 with embed_dim 768
-    wide = meta_model("t2t_vit_14_wide")
-    wide.use_official_qk_scale()
-    assert wide.blocks[0].attn.scale == 512**-0.5
+    assert released_qk_scale(build_config("t2t_vit_14_wide")) == 512**-0.5
 
 
 def test_sinusoid_table_rebuilt_at_another_size(tmp_path):

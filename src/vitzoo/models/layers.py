@@ -127,6 +127,13 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
+def check_input_size(x: torch.Tensor, img_size: int, why: str) -> None:
+    """A clear error for an image of another size than the model was built for (tables are per size)."""
+    if x.shape[-2:] != (img_size, img_size):
+        raise ValueError(f"input is {tuple(x.shape[-2:])} but the model was built for {img_size}x{img_size}; "
+                         f"rebuild it with img_size=... ({why})")
+
+
 class PatchEmbed(nn.Module):
     """Image (B, C, H, W) -> patch tokens (B, N, D) with one strided convolution."""
 
@@ -141,11 +148,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != (self.img_size, self.img_size):
-            raise ValueError(
-                f"input is {tuple(x.shape[-2:])} but the model was built for {self.img_size}x{self.img_size}; "
-                "rebuild it with img_size=... (position embeddings are resized on load)"
-            )
+        check_input_size(x, self.img_size, "position embeddings are resized on load")
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
 
 

@@ -21,7 +21,6 @@ converter decides that before building (``create_model(name, pretrained=FILE)``,
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -31,7 +30,15 @@ from torch.utils.checkpoint import checkpoint
 
 from vitzoo.constants import IMAGENET_MEAN, IMAGENET_STD
 from vitzoo.models.base import ZooModel
-from vitzoo.models.layers import Attention, Block, Mlp, drop_path_rates, init_weights_trunc_normal, run_blocks
+from vitzoo.models.layers import (
+    Attention,
+    Block,
+    Mlp,
+    check_input_size,
+    drop_path_rates,
+    init_weights_trunc_normal,
+    run_blocks,
+)
 
 TOKENS_TYPES = ("performer", "transformer")
 # (kernel, stride, padding) of the three soft splits: total stride 4 * 2 * 2 = 16 (Sec. 3.1)
@@ -215,11 +222,7 @@ class T2TModule(nn.Module):
         return x.transpose(1, 2).reshape(x.shape[0], -1, side, side)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != (self.img_size, self.img_size):
-            raise ValueError(
-                f"input is {tuple(x.shape[-2:])} but the model was built for {self.img_size}x{self.img_size}; "
-                "rebuild it with img_size=... (the sinusoid table is rebuilt on load)"
-            )
+        check_input_size(x, self.img_size, "the sinusoid table is rebuilt on load")
         s0, s1, _ = self.sides
         x = self.soft_split0(x).transpose(1, 2)  # (B, s0*s0, C*7*7)
         x = self.soft_split1(self._layer(self.attention1, x, s0)).transpose(1, 2)  # (B, s1*s1, token_dim*9)
@@ -259,20 +262,6 @@ class T2TViT(ZooModel):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
         self.tokens_to_token.grad_checkpointing = enable
-
-    def use_official_qk_scale(self) -> None:
-        """Switch this model, when the caller asks, to the scale of the released weights
-        (:func:`released_qk_scale`) unless ``qk_scale`` was chosen. Loading weights never calls this: a
-        model for an official file is built with that scale. Recorded in ``cfg`` / ``model_kwargs`` so a
-        checkpoint of this model rebuilds the same function."""
-        if self.cfg.qk_scale is not None:
-            return
-        scale = released_qk_scale(self.cfg)
-        for blk in self.blocks:
-            blk.attn.scale = scale
-        self.cfg = dataclasses.replace(self.cfg, qk_scale=scale)
-        if isinstance(getattr(self, "model_kwargs", None), dict):
-            self.model_kwargs["qk_scale"] = scale
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.tokens_to_token(x)  # (B, N, D)
