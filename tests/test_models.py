@@ -59,12 +59,12 @@ def test_param_count_equals_timm(name):
 def test_timm_state_dict_loads_strictly_and_logits_match(name):
     """Full width, two blocks, a 4x4 patch grid: same weights -> same logits as timm (fp32)."""
     patch = 32 if "patch32" in name else 16
-    kw = dict(img_size=4 * patch, depth=2)
+    kw = {"img_size": 4 * patch, "depth": 2}
     torch.manual_seed(0)
     ref = timm.create_model(name, **kw).eval()
     ours = create_model(name, **kw).eval()
     with torch.no_grad():  # non-zero rel-pos tables / biases so they are actually tested
-        for k, v in ref.state_dict().items():
+        for v in ref.state_dict().values():
             if v.is_floating_point() and v.abs().sum() == 0:
                 v.normal_(std=0.02)
     ours.load_state_dict(ref.state_dict(), strict=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-from vitzoo.version import __version__
 from vitzoo.errors import UserError
+from vitzoo.version import __version__
 
 # name -> (module, one-line summary)
 COMMANDS = {

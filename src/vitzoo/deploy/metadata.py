@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitzoo.version import __version__
 from vitzoo.constants import IMAGENET_MEAN, IMAGENET_STD
+from vitzoo.version import __version__
 
 META_FILE = "vitzoo_meta.json"  # name of the TorchScript / torch.export extra file
 INPUT_NAME, OUTPUT_NAME = "input", "logits"  # the graph's input / output names

@@ -206,8 +206,8 @@ class BEiT(ZooModel):
 
 
 def _beit(size: str, img: int) -> tuple[BEiTConfig, dict]:
-    dims = {"base": dict(embed_dim=768, depth=12, num_heads=12, layer_scale_init_value=0.1),
-            "large": dict(embed_dim=1024, depth=24, num_heads=16, layer_scale_init_value=1e-5)}[size]
+    dims = {"base": {"embed_dim": 768, "depth": 12, "num_heads": 12, "layer_scale_init_value": 0.1},
+            "large": {"embed_dim": 1024, "depth": 24, "num_heads": 16, "layer_scale_init_value": 1e-5}}[size]
     data = {"input_size": (3, img, img), "crop_pct": 0.9 if img == 224 else 1.0, "mean": HALF_MEAN,
             "std": HALF_STD, "interpolation": "bicubic"}
     return BEiTConfig(img_size=img, **dims), data

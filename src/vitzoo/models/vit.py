@@ -103,10 +103,10 @@ class VisionTransformer(ZooModel):
 # ----------------------------------------------------------------------------------- variants
 # Widths from Table 1 of arXiv:2010.11929 (ViT-B/L) and Table 1 of arXiv:2012.12877 (Ti/S).
 _SIZES = {
-    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
-    "small": dict(embed_dim=384, depth=12, num_heads=6),
-    "base": dict(embed_dim=768, depth=12, num_heads=12),
-    "large": dict(embed_dim=1024, depth=24, num_heads=16),
+    "tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
+    "small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
+    "base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
+    "large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
 }
 
 
