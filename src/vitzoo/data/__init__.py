@@ -12,16 +12,9 @@ Typical use (the trainer)::
 
 from __future__ import annotations
 
-from vitzoo.data.datasets import (
-    IMG_EXTENSIONS,
-    CifarBinaryDataset,
-    ImageFolderDataset,
-    build_dataset,
-    list_images,
-    load_image,
-    read_cifar_bin,
-    report_bad_files,
-)
+from vitzoo.data.build import build_dataset
+from vitzoo.data.cifar import CifarBinaryDataset, read_cifar_bin
+from vitzoo.data.datasets import IMG_EXTENSIONS, ImageFolderDataset, list_images, load_image, report_bad_files
 from vitzoo.data.loader import (
     Loader,
     OrderedSplitSampler,

@@ -25,8 +25,6 @@ import torch
 from torch.utils.data import Dataset
 
 from vitzoo.checkpoint import atomic_write_text
-from vitzoo.config import RunConfig
-from vitzoo.data.transforms import build_eval_transform, build_train_transform, resolve_data_config
 from vitzoo.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -99,7 +97,7 @@ def load_image(path: str | os.PathLike):
         raise UserError(f"{path}: not a readable image ({e})") from None
 
 
-class _BaseDataset(Dataset):
+class BaseDataset(Dataset):
     """Shared behaviour: transform, seeded subset, bad-file bookkeeping."""
 
     def __init__(
@@ -181,7 +179,7 @@ class _BaseDataset(Dataset):
         )
 
 
-class ImageFolderDataset(_BaseDataset):
+class ImageFolderDataset(BaseDataset):
     """``root/<class>/**/*.{jpg,png,...}``; classes are the sorted sub-folder names.
 
     ``classes`` (e.g. the train split's list, or a checkpoint's) fixes the label order, so a validation
@@ -234,179 +232,6 @@ class ImageFolderDataset(_BaseDataset):
             return _open_rgb(Path(self.paths[record]))
         except FileNotFoundError:
             raise _BadImage("file disappeared") from None
-
-
-# CIFAR binary format (https://www.cs.toronto.edu/~kriz/cifar.html): each record is the label byte(s)
-# followed by 3072 bytes: 1024 R, 1024 G, 1024 B, each a 32x32 plane in row-major order.
-_CIFAR = {
-    "cifar10": {
-        "label_bytes": 1,
-        "train": [f"data_batch_{i}.bin" for i in range(1, 6)],
-        "val": ["test_batch.bin"],
-        "names": "batches.meta.txt",
-        "num_classes": 10,
-        "folder": "cifar-10-batches-bin",
-        "per_file": 10000,
-    },
-    "cifar100": {
-        "label_bytes": 2,
-        "train": ["train.bin"],
-        "val": ["test.bin"],
-        "names": "fine_label_names.txt",
-        "num_classes": 100,
-        "folder": "cifar-100-binary",
-        "per_file": None,
-    },
-}
-_PIXELS = 3 * 32 * 32
-
-
-def read_cifar_bin(path: str | os.PathLike, label_bytes: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Parse one CIFAR ``.bin`` file -> (images uint8 (N, 32, 32, 3), labels int64 (N,)).
-
-    With two label bytes (CIFAR-100: coarse, fine) the fine label (second byte) is returned.
-    """
-    path = Path(path)
-    rec = label_bytes + _PIXELS
-    size = path.stat().st_size
-    if size == 0 or size % rec:
-        raise UserError(
-            f"{path}: {size} bytes is not a whole number of CIFAR records; expected a multiple "
-            f"of {rec} bytes ({label_bytes} label byte(s) + {_PIXELS} pixel bytes per record, "
-            f"{rec * 10000} for a file of 10000 images)"
-        )
-    raw = np.fromfile(path, dtype=np.uint8).reshape(-1, rec)
-    labels = raw[:, label_bytes - 1].astype(np.int64)
-    images = raw[:, label_bytes:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # planes -> HWC
-    return np.ascontiguousarray(images), labels
-
-
-class CifarBinaryDataset(_BaseDataset):
-    """CIFAR-10 / CIFAR-100 from the binary distribution (``cifar-10-batches-bin`` layout)."""
-
-    def __init__(
-        self,
-        files: Sequence[str | os.PathLike],
-        kind: str = "cifar10",
-        transform: Callable | None = None,
-        names_file: str | os.PathLike | None = None,
-    ):
-        spec = _CIFAR[kind]
-        parts = [read_cifar_bin(f, spec["label_bytes"]) for f in files]
-        self.images = np.concatenate([p[0] for p in parts])
-        labels = np.concatenate([p[1] for p in parts])
-        if labels.max(initial=0) >= spec["num_classes"]:
-            bad = next(str(f) for f, p in zip(files, parts) if p[1].max(initial=0) >= spec["num_classes"])
-            raise UserError(
-                f"{bad}: label {int(labels.max())} out of range for {kind} "
-                f"({spec['num_classes']} classes); is this the right dataset kind?"
-            )
-        classes = [str(i) for i in range(spec["num_classes"])]
-        if names_file is not None and Path(names_file).is_file():
-            names = [ln.strip() for ln in Path(names_file).read_text(encoding="utf-8").splitlines()]
-            names = [n for n in names if n]
-            if len(names) == spec["num_classes"]:
-                classes = names
-            else:
-                log.warning(
-                    "%s: %d names for %d classes; using numbers", names_file, len(names), spec["num_classes"]
-                )
-        self.files = [str(f) for f in files]
-        super().__init__(classes, labels, transform, "skip")
-
-    def _load(self, record: int):
-        from PIL import Image
-
-        return Image.fromarray(self.images[record])
-
-    def _name(self, record: int) -> str:
-        return f"{self.files[0]}#{record}"
-
-
-def _cifar_files(kind: str, folder: Path, split: str, explicit: bool) -> list[Path]:
-    """The .bin files of ``split`` in ``folder`` (or its standard sub-folder)."""
-    spec = _CIFAR[kind]
-    if not folder.exists():
-        raise UserError(f"{kind} data folder not found: {folder}")
-    if folder.is_file():
-        return [folder]
-    for d in (folder, folder / spec["folder"]):
-        files = [d / n for n in spec[split] if (d / n).is_file()]
-        if files:
-            return files
-    if explicit and split == "val":  # a separate verify folder may name its test batch differently
-        files = sorted(p for p in folder.glob("*.bin") if p.name not in spec["train"])
-        if files:
-            return files
-    raise UserError(f"no {kind} {split} batch in {folder}: expected {' / '.join(spec[split])}")
-
-
-def _split_root(cfg: RunConfig, split: str) -> Path:
-    if split == "val" and cfg.val_data_path:
-        return Path(cfg.val_data_path)
-    if not cfg.data_path:
-        raise UserError("data_path is not set (the folder that holds the dataset)")
-    return Path(cfg.data_path)
-
-
-def _folder_for(cfg: RunConfig, split: str, root: Path) -> Path:
-    """``root/train_dir`` or ``root/val_dir``; a ``val_data_path`` may also be the val folder itself."""
-    sub = (cfg.train_dir if split == "train" else cfg.val_dir) or split
-    if (root / sub).is_dir() or split == "train" or not cfg.val_data_path:
-        return root / sub
-    return root
-
-
-def _train_classes(cfg: RunConfig) -> list[str] | None:
-    """The train folder's classes (so a val folder missing a class keeps the same label indices)."""
-    train_root = Path(cfg.data_path) / (cfg.train_dir or "train")
-    if not cfg.data_path or not train_root.is_dir():
-        return None
-    return sorted(d.name for d in os.scandir(train_root) if d.is_dir() and not d.name.startswith(".")) or None
-
-
-def build_dataset(
-    cfg: RunConfig,
-    split: str,
-    *,
-    transform: Callable | None = None,
-    data_config: dict | None = None,
-    classes: Sequence[str] | None = None,
-) -> _BaseDataset:
-    """Build the ``split`` ('train' | 'val') dataset that ``cfg`` describes.
-
-    The transform is, in order of preference: ``transform``; the split's transform built from
-    ``data_config`` (see :func:`vitzoo.data.resolve_data_config`); the split's transform from the
-    config alone (model defaults unknown: input_size / crop_pct / mean / std from cfg or ImageNet's).
-    ``build_loader(..., data_config=...)`` may replace it later. ``classes`` fixes the label order of a
-    folder dataset (default: the train folder's classes, so train and val agree).
-    """
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    kind, policy = cfg.dataset, cfg.bad_image_policy
-    root = _split_root(cfg, split)
-    if kind == "folder":
-        ds: _BaseDataset = ImageFolderDataset(
-            _folder_for(cfg, split, root),
-            classes=classes or (_train_classes(cfg) if split == "val" else None),
-            bad_image_policy=policy,
-        )
-    else:
-        explicit = bool(split == "val" and cfg.val_data_path)
-        files = _cifar_files(kind, root, split, explicit)
-        name_file = _CIFAR[kind]["names"]
-        dirs = (files[0].parent, root, Path(cfg.data_path or "."))
-        names = next((d / name_file for d in dirs if (d / name_file).is_file()), None)
-        ds = CifarBinaryDataset(files, kind, names_file=names)
-    num = cfg.train_num_samples if split == "train" else cfg.val_num_samples
-    ds.select_subset(num, cfg.seed + (0 if split == "train" else 1))
-    if transform is None:
-        data_config = data_config or resolve_data_config(cfg, None)
-        transform = (
-            build_train_transform(cfg, data_config) if split == "train" else build_eval_transform(data_config)
-        )
-    ds.transform = transform
-    return ds
 
 
 def base_dataset(dataset: Any) -> Any:

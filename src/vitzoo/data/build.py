@@ -1,0 +1,81 @@
+"""The dataset a RunConfig describes: which reader, which folder or files, which subset and transform."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Callable
+
+from vitzoo.config import RunConfig
+from vitzoo.data.cifar import CIFAR_FORMATS, CifarBinaryDataset, cifar_files
+from vitzoo.data.datasets import BaseDataset, ImageFolderDataset
+from vitzoo.data.transforms import build_eval_transform, build_train_transform, resolve_data_config
+from vitzoo.errors import UserError
+
+
+def _split_root(cfg: RunConfig, split: str) -> Path:
+    if split == "val" and cfg.val_data_path:
+        return Path(cfg.val_data_path)
+    if not cfg.data_path:
+        raise UserError("data_path is not set (the folder that holds the dataset)")
+    return Path(cfg.data_path)
+
+
+def _folder_for(cfg: RunConfig, split: str, root: Path) -> Path:
+    """``root/train_dir`` or ``root/val_dir``; a ``val_data_path`` may also be the val folder itself."""
+    sub = (cfg.train_dir if split == "train" else cfg.val_dir) or split
+    if (root / sub).is_dir() or split == "train" or not cfg.val_data_path:
+        return root / sub
+    return root
+
+
+def _train_classes(cfg: RunConfig) -> list[str] | None:
+    """The train folder's classes (so a val folder missing a class keeps the same label indices)."""
+    train_root = Path(cfg.data_path) / (cfg.train_dir or "train")
+    if not cfg.data_path or not train_root.is_dir():
+        return None
+    return sorted(d.name for d in os.scandir(train_root) if d.is_dir() and not d.name.startswith(".")) or None
+
+
+def build_dataset(
+    cfg: RunConfig,
+    split: str,
+    *,
+    transform: Callable | None = None,
+    data_config: dict | None = None,
+    classes: Sequence[str] | None = None,
+) -> BaseDataset:
+    """Build the ``split`` ('train' | 'val') dataset that ``cfg`` describes.
+
+    The transform is, in order of preference: ``transform``; the split's transform built from
+    ``data_config`` (see :func:`vitzoo.data.resolve_data_config`); the split's transform from the
+    config alone (model defaults unknown: input_size / crop_pct / mean / std from cfg or ImageNet's).
+    ``build_loader(..., data_config=...)`` may replace it later. ``classes`` fixes the label order of a
+    folder dataset (default: the train folder's classes, so train and val agree).
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    kind, policy = cfg.dataset, cfg.bad_image_policy
+    root = _split_root(cfg, split)
+    if kind == "folder":
+        ds: BaseDataset = ImageFolderDataset(
+            _folder_for(cfg, split, root),
+            classes=classes or (_train_classes(cfg) if split == "val" else None),
+            bad_image_policy=policy,
+        )
+    else:
+        explicit = bool(split == "val" and cfg.val_data_path)
+        files = cifar_files(kind, root, split, explicit)
+        name_file = CIFAR_FORMATS[kind]["names"]
+        dirs = (files[0].parent, root, Path(cfg.data_path or "."))
+        names = next((d / name_file for d in dirs if (d / name_file).is_file()), None)
+        ds = CifarBinaryDataset(files, kind, names_file=names)
+    num = cfg.train_num_samples if split == "train" else cfg.val_num_samples
+    ds.select_subset(num, cfg.seed + (0 if split == "train" else 1))
+    if transform is None:
+        data_config = data_config or resolve_data_config(cfg, None)
+        transform = (
+            build_train_transform(cfg, data_config) if split == "train" else build_eval_transform(data_config)
+        )
+    ds.transform = transform
+    return ds
