@@ -27,6 +27,7 @@ from vitzoo.data import (
     read_cifar_bin,
     report_bad_files,
     resolve_data_config,
+    set_epoch,
 )
 from vitzoo.errors import UserError
 
@@ -342,7 +343,7 @@ def test_loaders_samplers_and_split(folder):
     assert (
         build_loader(
             make_cfg(data_path=str(folder), repeated_aug=True, batch_size=2), ds, "train"
-        ).sampler.__class__.__name__
+        ).sampler.sampler.__class__.__name__
         == "RepeatAugSampler"
     )
     with pytest.raises(UserError, match="fewer than one batch"):
@@ -374,3 +375,20 @@ def test_make_dataset_deterministic_and_readable(tmp_path):
     assert main(["make-dataset", "shapes", str(tmp_path / "a"), "--seed", "7", *args]) == 2
     assert main(["make-dataset", "shapes", str(tmp_path / "a"), "--seed", "6", "--overwrite", *args]) == 0
     assert digest(tmp_path / "a") == digest(tmp_path / "c")
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_augmentation_draws_belong_to_the_sample(folder, workers):
+    """Batches depend on (seed, epoch, position), not on the loader's worker count, and loading them
+    leaves the main process's random streams where they were (mixup and drop path draw from those)."""
+    def epoch_batches(num_workers: int) -> tuple[torch.Tensor, float]:
+        cfg = make_cfg(data_path=str(folder), num_workers=num_workers, batch_size=2, reprob=0.5)
+        loader = build_loader(cfg, build_dataset(cfg, "train"), "train")
+        set_epoch(loader, 3)
+        torch.manual_seed(0)
+        batches = torch.cat([x for x, _ in loader])
+        return batches, torch.rand(1).item()
+
+    (a, after_a), (b, after_b) = epoch_batches(0), epoch_batches(workers)
+    torch.manual_seed(0)
+    assert torch.equal(a, b) and after_a == after_b == torch.rand(1).item()

@@ -10,6 +10,7 @@ class UserError(Exception):
     """A problem with the user's input: printed without a traceback."""
 
     exit_code = 2
+    label = "error"  # the word before the message: "vitzoo train: error: ..."
 
 
 class ConfigError(UserError, ValueError):

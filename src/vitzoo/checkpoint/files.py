@@ -12,8 +12,9 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -23,29 +24,62 @@ from vitzoo.errors import UserError
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then atomically move the file to ``path`` (fsync'ed)."""
+    """Call ``write(tmp_path)`` then atomically move the file to ``path`` (fsync'ed).
+
+    A failure to write (disk full, folder not writable, ...) is one UserError naming ``path``; whatever
+    file was at ``path`` before is left as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the user's usual mode
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, _StreamWriteError) as e:
+        _unlink_quietly(tmp)
+        what = "unchanged" if path.exists() else "not written"
+        raise UserError(f"cannot write {path}: {getattr(e, 'strerror', None) or e} ({path.name} is {what})") from None
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _unlink_quietly(tmp)
         raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_folder(path.parent)
+    return path
+
+
+class _StreamWriteError(RuntimeError):
+    """torch.save reports a failed write (e.g. a full disk) as a RuntimeError; write_torch turns it into this."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _unlink_quietly(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (some filesystems refuse fsync on folders: then it is skipped)."""
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except OSError:  # pragma: no cover - some filesystems refuse fsync on folders
+    except OSError:  # pragma: no cover
         pass
-    return path
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -58,7 +92,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_torch(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """``torch.save`` ``payload`` atomically."""
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    def save(tmp: str) -> None:
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as e:
+            if "PytorchStreamWriter" not in str(e) and "write" not in str(e).lower():
+                raise
+            raise _StreamWriteError(str(e).splitlines()[0]) from None
+
+    return atomic_write(path, save)
 
 
 def write_safetensors(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], meta: dict) -> Path:

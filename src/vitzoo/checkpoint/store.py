@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vitzoo.checkpoint.state import RunState, save_checkpoint
+from vitzoo.checkpoint.state import RunState, load_run_state, save_checkpoint
+from vitzoo.errors import UserError
 
 if TYPE_CHECKING:  # the config is above this layer; only its type is named here
     from vitzoo.config import RunConfig
@@ -130,3 +132,17 @@ class CheckpointStore:
 
     def find_resume(self, resume: str) -> Path | None:
         return find_resume(resume, self.folders.checkpoints)
+
+    def load_resume(self, resume: str, warn: Callable[[str], None]) -> tuple[Path, RunState] | None:
+        """The run state ``--resume`` names. For ``auto``: the newest checkpoint that reads, falling back
+        past unreadable ones (a run killed by a power cut, a truncated copy) and saying so via ``warn``."""
+        if not resume:
+            return None
+        if resume.lower() != "auto":
+            return Path(resume), load_run_state(resume)
+        for path in reversed(list_checkpoints(self.folders.checkpoints)):
+            try:
+                return path, load_run_state(path)
+            except UserError as e:
+                warn(f"resume auto: skipping {path}: {e}")
+        return None

@@ -66,7 +66,8 @@ def run(module: str, argv: list[str], *, debug: bool = False, prog: str = "vitzo
     except UserError as e:
         if debug:
             raise
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        if str(e):  # an empty message: the error was already reported (by another process)
+            print(f"{prog}: {e.label}: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -153,7 +153,8 @@ class RunConfig:
                                  rule=">= 0")
     decay_rate: float = option("optim", 0.1, "step/exponential/plateau decay factor", "lr_gamma", rule=">= 0")
     patience_epochs: int = option("optim", 10, "plateau schedule patience", rule=">= 0")
-    cooldown_epochs: int = option("optim", 10, "epochs at min_lr after the schedule ends", rule=">= 0")
+    cooldown_epochs: int = option("optim", 0, "the last N of `epochs` at min_lr (0: the schedule spans every "
+                                  "epoch, as DeiT's cosine does)", rule=">= 0")
     epochs: int = option("optim", 300, "epochs to train", "epoch_size", rule=">= 0")
     start_epoch: int = option("optim", 0, "first epoch (for schedules; resume sets it)", rule=">= 0")
     update_freq: int = option("optim", 1, "gradient accumulation steps per optimizer update", "accum_iter",
@@ -186,6 +187,9 @@ class RunConfig:
     device: str = option("run", "auto", "auto | cuda | cuda:N | cpu (MindSpore device_target GPU/CPU)")
     output_dir: str = option("run", "output", "folder for checkpoints, logs, metrics")
     resume: str = option("run", "", "checkpoint to continue from ('' = none, auto = newest in output_dir)")
+    overwrite: bool = option("run", False, "output_dir holds an earlier run: delete its checkpoints, logs, "
+                             "metrics and TensorBoard files first (nothing else); without it such a folder "
+                             "is refused")
     ckpt_keep_num: int = option("run", 10, "newest checkpoints kept", "keep_checkpoint_max", rule=">= 0")
     best_ckpt_num: int = option("run", 5, "best checkpoints (val top-1) kept", rule=">= 0")
     ckpt_save_every_step: int = option("run", 0, "save every N optimizer steps (0 = off)", rule=">= 0")
@@ -195,6 +199,8 @@ class RunConfig:
     summary_loss_collect_freq: int = option("run", 1, "TensorBoard loss every N steps", rule=">= 1")
     eval_every: int = option("run", 1, "validate every N epochs (and at the end)", rule=">= 1")
     use_ema_for_eval: bool = option("run", False, "validate the EMA weights")
+    dist_timeout: float = option("run", 600.0, "seconds a torchrun process waits for a peer that hangs "
+                                 "before the run stops (a dead peer is noticed at once)", rule="> 0")
     log_dir: str = option("run", "", "text logs folder ('' = output_dir)", "logs_root_dir")
     ckpt_dir: str = option("run", "", "checkpoints folder ('' = output_dir/checkpoints)", "ckpt_root_dir")
     best_ckpt_dir: str = option("run", "", "best checkpoints folder ('' = output_dir/best)",
@@ -202,6 +208,9 @@ class RunConfig:
     summary_dir: str = option("run", "", "TensorBoard folder ('' = output_dir/tensorboard)",
                               "summary_root_dir")
     notes: list = field(default_factory=list, repr=False, compare=False)  # one line per no-effect key
+    # canonical key -> where it was set (YAML path / "command line"): what the user chose, as opposed to
+    # a default; eval lets only these override the checkpoint's preprocessing. Not a config value.
+    explicit: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     # ----- derived values (arithmetic on the keys, next to them)
     def global_batch(self, world_size: int = 1) -> int:

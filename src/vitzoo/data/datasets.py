@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -97,6 +99,34 @@ def load_image(path: str | os.PathLike):
         raise UserError(f"{path}: not a readable image ({e})") from None
 
 
+class SampleKey(NamedTuple):
+    """What a seeded sampler hands the dataset: which sample, and the seed of its augmentation draws."""
+
+    index: int
+    seed: int
+
+
+@contextmanager
+def seeded_augmentation(seed: int) -> Iterator[None]:
+    """Run the block with python / numpy / torch RNGs seeded by ``seed``, then restore them.
+
+    Why: augmentation randomness then belongs to the sample, not to whichever process draws it, so the
+    batches do not depend on the number of loader workers, and a resumed run sees the same ones.
+    timm's RandAugment draws from ``random``, random erasing and RandomResizedCrop from torch, mixup
+    (in the main process, outside this block) from numpy.
+    """
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
 class BaseDataset(Dataset):
     """Shared behaviour: transform, seeded subset, bad-file bookkeeping."""
 
@@ -156,7 +186,13 @@ class BaseDataset(Dataset):
         out, self._pending_bad = self._pending_bad, []
         return out
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | SampleKey):
+        if isinstance(key, SampleKey):
+            with seeded_augmentation(key.seed):
+                return self._get(key.index)
+        return self._get(key)
+
+    def _get(self, i: int):
         n = len(self._index)
         for attempt in range(min(n, _MAX_CONSECUTIVE_BAD)):
             record = int(self._index[(i + attempt) % n])  # deterministic replacement: the next sample

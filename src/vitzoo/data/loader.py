@@ -13,15 +13,17 @@ that copy found to the batch, and :class:`Loader` strips them off and records th
 from __future__ import annotations
 
 import random
+import signal
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
+from timm.data.distributed_sampler import RepeatAugSampler
 from torch.utils.data import DataLoader, Sampler, default_collate, get_worker_info
 
 from vitzoo.config import RunConfig
-from vitzoo.data.datasets import base_dataset
+from vitzoo.data.datasets import SampleKey, base_dataset
 from vitzoo.data.transforms import build_eval_transform, build_train_transform
 from vitzoo.errors import UserError
 
@@ -43,6 +45,43 @@ class OrderedSplitSampler(Sampler[int]):
         return len(range(self.rank, self.n, self.num_replicas))
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*parts: int) -> int:
+    """A well-spread 63-bit seed from small integers (splitmix64 finaliser over each part in turn)."""
+    h = 0x9E3779B97F4A7C15
+    for part in parts:
+        h = (h ^ (part & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
+        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & _MASK64
+        h ^= h >> 29
+    return h >> 1
+
+
+class SeededSampler(Sampler[SampleKey]):
+    """Wraps a train sampler: each position of an epoch gets its own augmentation seed.
+
+    The seed is ``mix_seed(seed, epoch, rank, position)``: a function of where the sample falls in this
+    rank's epoch, not of which worker loads it. Position rather than index because the repeated-
+    augmentation sampler yields an index several times per epoch and each copy needs its own draws.
+    """
+
+    def __init__(self, sampler: Sampler[int], seed: int, rank: int = 0) -> None:
+        self.sampler, self.seed, self.rank, self.epoch = sampler, seed, rank, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[SampleKey]:
+        for position, index in enumerate(self.sampler):
+            yield SampleKey(int(index), mix_seed(self.seed, self.epoch, self.rank, position))
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 def relay_collate(batch: list) -> tuple:
     """Default collate + the bad files this worker's dataset copy found since the last batch."""
     x, y = default_collate(batch)
@@ -56,7 +95,12 @@ def relay_collate(batch: list) -> tuple:
 
 
 def _seed_worker(worker_id: int) -> None:
-    """Seed python ``random`` and numpy from torch's per-worker seed (timm's RandAugment uses ``random``)."""
+    """Seed python ``random`` and numpy from torch's per-worker seed (timm's RandAugment uses ``random``).
+
+    Workers ignore Ctrl-C: the terminal sends SIGINT to the whole process group, and the main process
+    stops the run itself after the current step (it still needs the workers' batches until then).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
@@ -115,8 +159,6 @@ def build_loader(
     train = split == "train"
     batch_size = cfg.batch_size if train else cfg.eval_batch
     if train and cfg.repeated_aug:
-        from timm.data.distributed_sampler import RepeatAugSampler
-
         # DeiT's RASampler: 3 augmented copies of each image per epoch, spread over ranks; the epoch is
         # cut back to len(dataset) / world samples per rank, so epochs keep their length.
         sampler: Sampler = RepeatAugSampler(dataset, num_replicas=world, rank=rank, shuffle=True)
@@ -127,6 +169,8 @@ def build_loader(
         )
     else:
         sampler = OrderedSplitSampler(dataset, world, rank)
+    if train:
+        sampler = SeededSampler(sampler, seed, rank)
     workers = cfg.num_workers
     pin = cfg.pin_mem and torch.cuda.is_available()
     loader = Loader(

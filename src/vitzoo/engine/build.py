@@ -98,6 +98,7 @@ def build_step(cfg: RunConfig, model: nn.Module, data: TrainData, device: torch.
                world: int, log: logging.Logger) -> tuple[TrainStep, nn.Module]:
     """The training step (optimiser, schedule, loss, scaler, EMA, DDP) and the network to evaluate."""
     lr = cfg.scaled_lr(world)
+    warn_about_schedule(cfg, lr, log)
     optimizer = build_optimizer(cfg, model, lr)
     teacher = None
     if cfg.distillation_type != "none":
@@ -119,3 +120,15 @@ def build_step(cfg: RunConfig, model: nn.Module, data: TrainData, device: torch.
         clip_grad=cfg.clip_value, update_freq=cfg.update_freq, ema=ema, nonfinite_policy=cfg.nonfinite_policy,
         channels_last=channels_last(cfg, device))
     return step, eval_net
+
+
+def warn_about_schedule(cfg: RunConfig, lr: float, log: logging.Logger) -> None:
+    """One line each for the schedule choices that quietly hurt short runs."""
+    ramps = cfg.warmup_epochs + cfg.cooldown_epochs
+    if cfg.epochs and ramps > cfg.epochs / 3:
+        log.warning("warmup_epochs %d + cooldown_epochs %d take %d of %d epochs: the full lr is reached "
+                    "briefly, if at all; lower them for a short run", cfg.warmup_epochs, cfg.cooldown_epochs,
+                    ramps, cfg.epochs)
+    if cfg.lr > 0 and not 0.25 <= lr / cfg.lr <= 4:
+        log.warning("linear lr scaling (lr x global batch / 512) turns lr %.3g into %.3g (x%.2f); set "
+                    "unscale_lr: true to use lr as given", cfg.lr, lr, lr / cfg.lr)

@@ -7,6 +7,7 @@ Only rank 0 writes files (checkpoints, logs, metrics): callers ask :func:`is_mai
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -50,8 +51,12 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(device: str = "auto") -> tuple[int, int, int, torch.device]:
-    """Join the process group if launched by torchrun; return (rank, world_size, local_rank, device)."""
+def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> tuple[int, int, int, torch.device]:
+    """Join the process group if launched by torchrun; return (rank, world_size, local_rank, device).
+
+    ``timeout_s`` bounds how long a collective waits for a process that hangs (a dead one is noticed at
+    once: its sockets close).
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -61,20 +66,45 @@ def init_distributed(device: str = "auto") -> tuple[int, int, int, torch.device]
             torch.cuda.set_device(dev)
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs = {"device_id": dev} if dev.type == "cuda" else {}
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size, **kwargs)
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=timeout_s), **kwargs)
     elif dev.type == "cuda":
         torch.cuda.set_device(dev)
     return rank, world_size, local_rank, dev
 
 
+class PeerLost(UserError):
+    """Another process of the run died or hung: this one stops too, saying so, instead of waiting forever."""
+
+
+def is_peer_error(e: BaseException) -> bool:
+    """A failed collective (gloo/NCCL: connection reset, timeout) rather than a bug in this process."""
+    text = str(e)
+    return isinstance(e, dist.DistError) or any(
+        w in text for w in ("Connection reset", "Connection closed", "Broken pipe", "timed out", "NCCL", "gloo"))
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """In-place sum over processes (no-op in a single process); returns ``t``."""
     if is_dist():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        try:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        except RuntimeError as e:
+            raise PeerLost(lost_message(e)) from None
     return t
 
 
+def lost_message(e: BaseException) -> str:
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    first = first.split("] ", 1)[-1].split(". This is typically", 1)[0]  # drop gloo's source path and advice
+    return f"rank {get_rank()}: another process of this run stopped or hung ({first})"
+
+
 def cleanup() -> None:
+    """Leave the process group (after a barrier, unless a peer is gone: then nobody would arrive)."""
     if is_dist():
-        dist.barrier()
+        try:
+            dist.barrier()
+        except RuntimeError:
+            pass
         dist.destroy_process_group()

@@ -21,7 +21,6 @@ from vitzoo.checkpoint import (
     RunFolders,
     RunState,
     load_checkpoint,
-    load_run_state,
     model_meta,
 )
 from vitzoo.config import RunConfig
@@ -30,6 +29,7 @@ from vitzoo.engine import dist
 from vitzoo.engine.build import build_data, build_model, build_step
 from vitzoo.engine.dist import unwrap
 from vitzoo.engine.loop import NonFiniteLossError, UpdateInfo, evaluate, format_eval, iter_updates
+from vitzoo.engine.preempt import Preempted, StopRequest
 from vitzoo.engine.reporting import EpochStats, MetricsFile, Progress, Tensorboard, close_logger, setup_logger
 from vitzoo.engine.seeding import rng_state, seed_everything, set_rng_state
 from vitzoo.errors import UserError
@@ -48,7 +48,7 @@ class Position:
 class Trainer:
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
-        self.rank, self.world, _, self.device = dist.init_distributed(cfg.device)
+        self.rank, self.world, _, self.device = dist.init_distributed(cfg.device, cfg.dist_timeout)
         self.main = self.rank == 0
         self.folders = RunFolders.of(cfg)
         self.store = CheckpointStore(self.folders, cfg.ckpt_keep_num, cfg.best_ckpt_num)
@@ -81,19 +81,28 @@ class Trainer:
         last_eval: dict[str, Any] = {}
         skipped_total = 0
         try:
-            for epoch in range(pos.epoch, cfg.epochs):
-                stats = self._train_epoch(epoch, pos)
-                last_eval = self._end_epoch(epoch, pos, stats) or last_eval
-                skipped_total += stats.skipped
+            with StopRequest() as stop:
+                for epoch in range(pos.epoch, cfg.epochs):
+                    stats = self._train_epoch(epoch, pos, stop)
+                    last_eval = self._end_epoch(epoch, pos, stats) or last_eval
+                    skipped_total += stats.skipped
+                    self._stop_if_asked(stop, pos, saved=True)
         except NonFiniteLossError as e:
             raise UserError(f"{e}: training stopped (nonfinite_policy=stop); last good checkpoint: "
                             f"{self.last_ckpt or 'none saved yet'}") from None
+        except (dist.PeerLost, RuntimeError) as e:  # DDP's gradient all-reduce fails inside backward()
+            if self.world == 1 or not (isinstance(e, dist.PeerLost) or dist.is_peer_error(e)):
+                raise
+            message = str(e) if isinstance(e, dist.PeerLost) else dist.lost_message(e)
+            raise dist.PeerLost(f"{message}; stopping; last checkpoint: {self.last_ckpt or 'none saved yet'}"
+                                ) from None
         finally:
             self.tb.close()
         return self._summary(pos, last_eval, skipped_total)
 
-    def _train_epoch(self, epoch: int, pos: Position) -> EpochStats:
-        """One epoch's updates from ``pos.batch``; advances ``pos``; saves periodic checkpoints on the way."""
+    def _train_epoch(self, epoch: int, pos: Position, stop: StopRequest) -> EpochStats:
+        """One epoch's updates from ``pos.batch``; advances ``pos``; saves periodic checkpoints on the way
+        and a last one when asked to stop."""
         cfg, data = self.cfg, self.data
         set_epoch(data.train_loader, epoch)
         if data.train_loader.generator is not None:  # worker seeds depend on (seed, rank, epoch) only
@@ -114,10 +123,23 @@ class Trainer:
                 if info.batch < num_batches and self._periodic_save_due(info, last_save):
                     self.save(pos)
                     last_save = time.monotonic()
+                if info.batch < num_batches:  # at the epoch's end, its own checkpoint comes first
+                    self._stop_if_asked(stop, pos, saved=False)
         finally:
             progress.close()
         stats.finish(self.device, self.world)
         return stats
+
+    def _stop_if_asked(self, stop: StopRequest, pos: Position, saved: bool) -> None:
+        """Write a checkpoint at ``pos`` (unless just written) and raise Preempted, if a signal asked."""
+        name = stop.agreed(self.device)
+        if name is None:
+            return
+        if not saved:
+            self.save(pos)
+        where = f"epoch {pos.epoch + 1 if pos.batch else pos.epoch}, update {pos.global_step}"
+        self.log.info("stopped by %s at %s; checkpoint %s", name, where, self.last_ckpt)
+        raise Preempted(f"{name}: stopped at {where}; checkpoint {self.last_ckpt}", str(self.last_ckpt))
 
     def _report_update(self, info: UpdateInfo, progress: Progress) -> None:
         self.tb.loss_window(info.global_step, info.loss, info.lr, self.cfg.summary_loss_collect_freq)
@@ -192,11 +214,11 @@ class Trainer:
     def _restore(self) -> Position:
         """The start point: ``--resume`` (full state) > a pretrained file's epoch count > ``start_epoch``."""
         cfg = self.cfg
-        path = self.store.find_resume(cfg.resume)
-        if cfg.resume and path is None:
+        found = self.store.load_resume(cfg.resume, self.log.warning)
+        if cfg.resume and found is None:
             self.log.info("resume auto: no checkpoint in %s, starting fresh", self.folders.checkpoints)
-        pos = self._resume(path) if path is not None else self._fresh_start()
-        if (pos.epoch or pos.batch) and not (path is not None and (self.rank == 0 or self.world == 1)):
+        pos = self._resume(*found) if found is not None else self._fresh_start()
+        if (pos.epoch or pos.batch) and not (found is not None and (self.rank == 0 or self.world == 1)):
             # a fresh, deterministic stream per start point for the ranks whose RNG was not saved
             seed_everything(cfg.seed + self.rank + 7919 * pos.global_step)
         return pos
@@ -213,8 +235,8 @@ class Trainer:
             self.log.info("starting at epoch %d", start)
         return pos
 
-    def _resume(self, path: Path) -> Position:
-        state, step = load_run_state(path), self.step
+    def _resume(self, path: Path, state: RunState) -> Position:
+        step = self.step
         try:
             self.model.load_state_dict(state.model)
             step.optimizer.load_state_dict(state.optimizer)
