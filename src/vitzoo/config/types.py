@@ -68,8 +68,16 @@ def coerce(kind: Kind, value: Any, key: str, where: str) -> Any:
 
 
 def _yaml_text(kind: Kind, text: str, key: str, where: str) -> Any:
+    """A mapping or list written on the command line: JSON first (PyYAML reads '{"a":1}' as one key
+    'a:1' without the space YAML needs after ':'), else YAML flow style ('{a: 1}')."""
+    if not text.strip():
+        return {}
     try:
-        return yaml.safe_load(text) if text.strip() else {}
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError:
         raise bad_value(key, kind, text, where, " (not valid YAML)") from None
 
