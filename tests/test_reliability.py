@@ -176,3 +176,33 @@ def test_dead_rank_stops_the_others_with_a_clear_message(data, tmp_path):
     assert time.monotonic() - t0 < 60
     assert procs[0].returncode not in (0, None)
     assert "another process of this run stopped or hung" in err and "Traceback" not in err, err[-2000:]
+
+
+def _torchrun(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vitzoo",
+            *args]
+
+
+@pytest.mark.slow
+def test_torchrun_signal_to_one_rank_stops_all_and_resumes_exactly(data, tmp_path):
+    """SIGTERM to rank 1 only: both ranks stop at the same update, rank 0 writes every rank's RNG state,
+    and a resume on the same world size ends identical to an uninterrupted 2-process run."""
+    args = train_args(data, tmp_path / "ref", workers=1, epochs=2)
+    res = subprocess.run(_torchrun(args), env=ENV, capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    reference = final_weights(tmp_path / "ref")
+
+    out = tmp_path / "run"
+    launcher = subprocess.Popen(_torchrun(train_args(data, out, workers=1, epochs=2)), env=ENV,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_updates(launcher, 3)  # 6 updates per epoch per rank here
+    ranks = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True, check=False)
+    os.kill(int(ranks.stdout.split()[-1]), signal.SIGTERM)  # the younger child: rank 1
+    _, err = launcher.communicate(timeout=180)
+    assert launcher.returncode != 0 and err.count("resume with:") == 1, err[-3000:]
+    stopped = load_checkpoint(list_checkpoints(out / "checkpoints")[-1])
+    assert len(stopped["rng"]["per_rank"]) == 2
+    res = subprocess.run(_torchrun(train_args(data, out, "--resume", "auto", workers=1, epochs=2)), env=ENV,
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert_identical(final_weights(out), reference)

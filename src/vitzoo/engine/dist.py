@@ -94,6 +94,18 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_gather_objects(obj: object) -> list:
+    """Every rank's ``obj``, in rank order (``[obj]`` in a single process)."""
+    if not is_dist():
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    try:
+        dist.all_gather_object(out, obj)
+    except RuntimeError as e:
+        raise PeerLost(lost_message(e)) from None
+    return out
+
+
 def lost_message(e: BaseException) -> str:
     first = str(e).splitlines()[0] if str(e) else type(e).__name__
     first = first.split("] ", 1)[-1].split(". This is typically", 1)[0]  # drop gloo's source path and advice

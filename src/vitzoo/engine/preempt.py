@@ -1,9 +1,9 @@
 """Stopping on request: SIGTERM / SIGINT / SIGUSR1 end a run cleanly at the next optimiser update.
 
 Clusters pre-empt jobs with SIGTERM (SLURM can send SIGUSR1 ahead of the time limit); Ctrl-C sends
-SIGINT. The handler only records the signal; the trainer asks :meth:`StopRequest.agreed` after every
-update and, once asked to stop, writes a full checkpoint at that step and raises :class:`Preempted`.
-Under ``torchrun`` the flag is all-reduced, so every rank stops at the same update and rank 0 writes.
+SIGINT. The handler only records the signal; the trainer reads ``signal_name`` after every update and,
+once asked to stop, writes a full checkpoint at that step and raises :class:`Preempted`. Under
+``torchrun`` the flag is all-reduced, so every rank stops at the same update and rank 0 writes.
 A second signal while the checkpoint is written changes nothing (the write is atomic either way); a
 second Ctrl-C restores Python's default handler, so a third one interrupts at once.
 """
@@ -14,9 +14,6 @@ import sys
 import threading
 from types import FrameType
 
-import torch
-
-from vitzoo.engine import dist
 from vitzoo.errors import UserError
 
 # sysexits.h EX_TEMPFAIL: "a temporary failure; the user is invited to retry" -- resume the run
@@ -63,12 +60,3 @@ class StopRequest:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             print("SIGINT again: press Ctrl-C once more to abort without a checkpoint", file=sys.stderr,
                   flush=True)
-
-    def agreed(self, device: torch.device) -> str | None:
-        """The signal that stops the run, if any process got one (an all-reduce under torchrun)."""
-        if not dist.is_dist():
-            return self.signal_name
-        flag = torch.tensor([0.0 if self.signal_name is None else 1.0], device=device)
-        if dist.all_reduce_sum(flag).item() > 0:  # host sync, once per update (DDP only)
-            return self.signal_name or "a signal to another process"
-        return None

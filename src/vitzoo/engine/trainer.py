@@ -47,6 +47,8 @@ class Position:
 
 class Trainer:
     def __init__(self, cfg: RunConfig) -> None:
+        # one run per folder, decided before anything is written: refuse an earlier run, or clear it
+        RunFolders.of(cfg).check_fresh(cfg.resume, cfg.overwrite, keep=(cfg.pretrained, cfg.teacher_path))
         self.cfg = cfg
         self.rank, self.world, _, self.device = dist.init_distributed(cfg.device, cfg.dist_timeout)
         self.main = self.rank == 0
@@ -86,7 +88,9 @@ class Trainer:
                     stats = self._train_epoch(epoch, pos, stop)
                     last_eval = self._end_epoch(epoch, pos, stats) or last_eval
                     skipped_total += stats.skipped
-                    self._stop_if_asked(stop, pos, saved=True)
+                    _, stop_name = self._agree(False, stop)
+                    if stop_name:
+                        self._stopped(stop_name, pos)
         except NonFiniteLossError as e:
             raise UserError(f"{e}: training stopped (nonfinite_policy=stop); last good checkpoint: "
                             f"{self.last_ckpt or 'none saved yet'}") from None
@@ -120,23 +124,29 @@ class Trainer:
                 pos.global_step, pos.batch = info.global_step, info.batch
                 stats.add(info)
                 self._report_update(info, progress)
-                if info.batch < num_batches and self._periodic_save_due(info, last_save):
+                if info.batch == num_batches:  # the epoch's own checkpoint and stop check come next
+                    continue
+                save_due, stop_name = self._agree(self._periodic_save_due(info, last_save), stop)
+                if save_due or stop_name:
                     self.save(pos)
                     last_save = time.monotonic()
-                if info.batch < num_batches:  # at the epoch's end, its own checkpoint comes first
-                    self._stop_if_asked(stop, pos, saved=False)
+                if stop_name:
+                    self._stopped(stop_name, pos)
         finally:
             progress.close()
         stats.finish(self.device, self.world)
         return stats
 
-    def _stop_if_asked(self, stop: StopRequest, pos: Position, saved: bool) -> None:
-        """Write a checkpoint at ``pos`` (unless just written) and raise Preempted, if a signal asked."""
-        name = stop.agreed(self.device)
-        if name is None:
-            return
-        if not saved:
-            self.save(pos)
+    def _agree(self, save_due: bool, stop: StopRequest) -> tuple[bool, str | None]:
+        """(save a checkpoint now?, the signal that stops the run) -- the same answer on every rank: one
+        all-reduce per update under torchrun, since a clock or a signal may reach one process only."""
+        save_votes, stop_votes = dist.all_reduce_sum(
+            torch.tensor([float(save_due), float(stop.signal_name is not None)], device=self.device)).tolist()
+        stop_name = (stop.signal_name or "a signal to another process") if stop_votes else None
+        return save_votes > 0, stop_name
+
+    def _stopped(self, name: str, pos: Position) -> None:
+        """Raise Preempted for a stop at ``pos``, whose checkpoint has just been written."""
         where = f"epoch {pos.epoch + 1 if pos.batch else pos.epoch}, update {pos.global_step}"
         self.log.info("stopped by %s at %s; checkpoint %s", name, where, self.last_ckpt)
         raise Preempted(f"{name}: stopped at {where}; checkpoint {self.last_ckpt}", str(self.last_ckpt))
@@ -183,7 +193,7 @@ class Trainer:
         return metrics
 
     # ------------------------------------------------------------------------------ checkpoints
-    def run_state(self, pos: Position, metrics: dict | None = None) -> RunState:
+    def run_state(self, pos: Position, metrics: dict | None = None, rng: dict | None = None) -> RunState:
         """The whole run at ``pos`` as one object (what a checkpoint holds)."""
         model = unwrap(self.model)
         meta = model_meta(model, num_classes=self.cfg.num_classes, class_names=self.data.class_names,
@@ -191,15 +201,18 @@ class Trainer:
         step = self.step
         return RunState(model=model.state_dict(), meta=meta, ema=step.ema.state_dict() if step.ema else None,
                         optimizer=step.optimizer.state_dict(), scheduler=step.scheduler.state_dict(),
-                        scaler=step.scaler.state_dict() if step.scaler is not None else None, rng=rng_state(),
+                        scaler=step.scaler.state_dict() if step.scaler is not None else None, rng=rng or rng_state(),
                         epoch=pos.epoch, global_step=pos.global_step, step_in_epoch=pos.batch,
                         metrics=dict(metrics or {}))
 
     def save(self, pos: Position, metrics: dict | None = None) -> Path | None:
-        """Write a regular checkpoint (rank 0) and drop the oldest beyond ckpt_keep_num."""
+        """Write a regular checkpoint (rank 0) and drop the oldest beyond ckpt_keep_num. Every rank calls
+        it: each one's RNG state goes into the file, so a resume on the same world size is exact."""
+        rngs = dist.all_gather_objects(rng_state())
         if not self.main:
             return None
-        self.last_ckpt = self.store.save(self.run_state(pos, metrics))
+        rng = rngs[0] if self.world == 1 else {"per_rank": rngs}
+        self.last_ckpt = self.store.save(self.run_state(pos, metrics, rng))
         return self.last_ckpt
 
     def save_best(self, pos: Position, metrics: dict) -> Path | None:
@@ -218,8 +231,8 @@ class Trainer:
         if cfg.resume and found is None:
             self.log.info("resume auto: no checkpoint in %s, starting fresh", self.folders.checkpoints)
         pos = self._resume(*found) if found is not None else self._fresh_start()
-        if (pos.epoch or pos.batch) and not (found is not None and (self.rank == 0 or self.world == 1)):
-            # a fresh, deterministic stream per start point for the ranks whose RNG was not saved
+        if (pos.epoch or pos.batch) and not (found is not None and self._restore_rng(found[1].rng)):
+            # a fresh, deterministic stream per start point where no RNG state was saved for this rank
             seed_everything(cfg.seed + self.rank + 7919 * pos.global_step)
         return pos
 
@@ -247,13 +260,20 @@ class Trainer:
             step.scaler.load_state_dict(state.scaler)
         if step.ema is not None:  # a run that kept no EMA before starts it from the resumed weights
             step.ema.load_state_dict(state.ema or state.model)
-        if self.rank == 0 or self.world == 1:
-            set_rng_state(state.rng)  # just before the first batch: the run continues bit-for-bit
         self.metrics.load(state.epoch)
         self.last_ckpt = path
         self.log.info("resumed from %s: epoch %d, batch %d, global step %d", path, state.epoch,
                       state.step_in_epoch, state.global_step)
         return Position(state.epoch, state.global_step, state.step_in_epoch)
+
+    def _restore_rng(self, rng: dict) -> bool:
+        """This rank's RNG state from the checkpoint, if it holds one (same world size); set just before
+        the first batch, so the run continues bit-for-bit."""
+        per_rank = rng.get("per_rank") if "per_rank" in rng else [rng] if self.rank == 0 else []
+        if self.rank >= len(per_rank) or (self.world > 1 and len(per_rank) != self.world):
+            return False
+        set_rng_state(per_rank[self.rank])
+        return True
 
     def _summary(self, pos: Position, last_eval: dict[str, Any], skipped_total: int) -> dict[str, Any]:
         best = self.store.best()
