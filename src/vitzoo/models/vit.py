@@ -32,6 +32,9 @@ class ViTConfig:
     layer_scale_init_value: float | None = None  # None/0: no LayerScale
     use_mean_pooling: bool = False  # True: average patch tokens + fc_norm instead of the class token
     distilled: bool = False  # DeiT distillation token + head
+    # distilled only: False keeps the distillation token but classifies the class token alone
+    # (Hugging Face DeiTForImageClassification, the fine-tuning head of a distilled backbone)
+    dist_head: bool = True
     gelu_approximate: bool = False
     grad_checkpointing: bool = False
     norm_eps: float = 1e-6
@@ -43,7 +46,7 @@ class VisionTransformer(ZooModel):
         self.cfg = cfg
         self.num_classes = cfg.num_classes
         self.embed_dim = D = cfg.embed_dim
-        self.distilled = cfg.distilled
+        self.distilled = cfg.distilled and cfg.dist_head  # has a distillation head to train
         self.distilled_training = False
         self.grad_checkpointing = cfg.grad_checkpointing
         self.num_prefix_tokens = 2 if cfg.distilled else 1
@@ -63,7 +66,7 @@ class VisionTransformer(ZooModel):
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(D, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.head_dist = None
-        if cfg.distilled:
+        if cfg.distilled and cfg.dist_head:
             self.head_dist = nn.Linear(D, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
 
         for p in (self.pos_embed, self.cls_token, self.dist_token):
@@ -73,7 +76,7 @@ class VisionTransformer(ZooModel):
 
     def reset_classifier(self, num_classes: int) -> None:
         super().reset_classifier(num_classes)
-        if self.distilled:
+        if self.head_dist is not None:
             self.head_dist = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +92,7 @@ class VisionTransformer(ZooModel):
         if self.cfg.use_mean_pooling:
             x = self.fc_norm(x[:, self.num_prefix_tokens:].mean(dim=1))
             return x if pre_logits else self.head(self.head_drop(x))
-        if not self.distilled:
+        if self.head_dist is None:  # no distillation head: the class token alone
             x = x[:, 0]
             return x if pre_logits else self.head(self.head_drop(x))
         cls, dist = x[:, 0], x[:, 1]

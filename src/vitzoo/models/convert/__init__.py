@@ -7,20 +7,25 @@ returning :class:`Weights` (the state dict in vitzoo's names, plus the config fi
 - ``npz.py``     Google ViT ``.npz`` (``ViT-B_16.npz``; Flax names and kernel layouts);
 - ``t2t.py``     official T2T-ViT ``.pth.tar`` (``state_dict_ema``, ``module.``; implies qk_scale);
 - ``beit.py``    unilm BEiT ``.pth`` (derived ``relative_position_index`` buffers dropped);
-- ``timm.py``    DeiT / timm ``.pth`` (``{"model": ...}``, train-script wrappers, bare state dicts).
+- ``timm.py``    DeiT / timm ``.pth`` (``{"model": ...}``, train-script wrappers, bare state dicts);
+- ``mindspore_ckpt.py``  the MindSpore model zoo seeds' ``.ckpt`` (protobuf; read and written);
+- ``pdparams.py``  PaddleViT DeiT ``.pdparams`` (pickles read by an arrays-only unpickler; read and written);
+- ``hf.py``      Hugging Face ``transformers`` folders (ViT, DeiT, BEiT), ``timm_hub.py`` timm's hub folders
+  (``hub.py``: the folder and weight-file reading both share).
 
-``layouts.py`` holds the ordered list ``LAYOUTS`` that :func:`detect` walks; ``adapt.py`` fits a state
-dict to a built model (head width, image size, shared BEiT table); ``load.py`` builds and loads models;
-``checkpoint.py`` writes any of them as a vitzoo checkpoint. Adding a format (MindSpore ``.ckpt``,
-PaddleViT ``.pdparams``, Hugging Face folders) is one new module, one entry in ``LAYOUTS`` and its test.
+``layouts.py`` holds the ordered list ``LAYOUTS`` that :func:`detect` walks and ``WRITERS``, the layouts
+written back; ``adapt.py`` fits a state dict to a built model (head width, image size, shared BEiT table);
+``load.py`` builds and loads models; ``checkpoint.py`` writes any of them as a vitzoo checkpoint (or a
+foreign one). Adding a format is one new module, one entry in ``LAYOUTS`` and its test.
 """
 from __future__ import annotations
 
 from vitzoo.models.convert.adapt import adapt_state_dict
 from vitzoo.models.convert.checkpoint import convert_checkpoint
-from vitzoo.models.convert.layouts import LAYOUTS, detect, read_weights
+from vitzoo.models.convert.layouts import LAYOUTS, WRITERS, detect, read_weights, writer_for
 from vitzoo.models.convert.load import create_model, load_model, load_pretrained
 from vitzoo.models.convert.weights import Weights, unwrap_state_dict
 
-__all__ = ["LAYOUTS", "Weights", "adapt_state_dict", "convert_checkpoint", "create_model", "detect",
-           "load_model", "load_pretrained", "read_weights", "unwrap_state_dict"]
+__all__ = ["LAYOUTS", "WRITERS", "Weights", "adapt_state_dict", "convert_checkpoint", "create_model", "detect",
+           "load_model", "load_pretrained", "read_weights", "unwrap_state_dict",
+           "writer_for"]

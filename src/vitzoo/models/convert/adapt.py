@@ -1,8 +1,11 @@
 """Fit a state dict of the same architecture to a built model, whatever layout it was read from.
 
-What may differ from the model, and what is done (each logged):
+What may differ from the model, and what is done (each logged; a change to what the model computes --
+a new head, a resized position table -- at WARNING, which Python prints on stderr even when the caller
+configured no logging, so an API user sees it too):
 
-* a classifier of another width (``head`` / ``head_dist``): dropped, the model's fresh head kept;
+* a classifier of another width (``head`` / ``head_dist``), or none (a headless backbone, e.g. Hugging
+  Face ``ViTModel``): the model's fresh head kept;
 * parts a classifier has no use for: BEiT's MIM ``mask_token`` / ``lm_head``, the ViT-21k ``pre_logits``
   layer: dropped when the model has none;
 * BEiT's one shared relative-position table (pre-training) for a model with a table per block
@@ -38,6 +41,7 @@ def adapt_state_dict(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str,
         out.update({k: table.clone() for k in target if k.endswith(_BLOCK_TABLE)})
         log.info("expanded the shared relative position bias table into every block")
 
+    tables: list[str] = []  # relative position tables resized (one per BEiT block): one message for all
     for k, v in list(out.items()):
         if k not in target or target[k].shape == v.shape:
             continue
@@ -47,18 +51,24 @@ def adapt_state_dict(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str,
             dropped.append(k)
         elif k == "pos_embed" and getattr(model, "fixed_pos_embed", False):
             out[k] = want  # T2T-ViT: fixed sinusoid table, rebuilt for the new grid
-            log.info(f"rebuilt the sinusoid position table for {tuple(want.shape)}")
+            log.warning(f"rebuilt the sinusoid position table for {tuple(want.shape)}")
         elif k == "pos_embed":
             out[k] = resize_pos_embed(v, model.patch_embed.grid_size, getattr(model, "num_prefix_tokens", 1))
-            log.info(f"resized pos_embed {tuple(v.shape)} -> {tuple(want.shape)}")
+            log.warning(f"resized pos_embed {tuple(v.shape)} -> {tuple(want.shape)}")
         elif k.endswith("relative_position_bias_table"):
             out[k] = resize_rel_pos_table(v, model.patch_embed.grid_size)
-            log.info(f"resized {k} {tuple(v.shape)} -> {tuple(want.shape)}")
+            tables.append(f"{tuple(v.shape)} -> {tuple(want.shape)}")
+    if tables:
+        log.warning(f"resized {len(tables)} relative position bias table(s) {tables[0]}")
 
+    absent = [k for k in _HEADS if k in target and k not in out and k not in dropped]
+    if absent and len(absent) == len([k for k in _HEADS if k in target]):  # a headless file
+        log.info(f"the file has no classifier: {getattr(model, 'num_classes', '?')}-class head initialised")
+        out.update({k: target[k] for k in absent})
     heads = [k for k in dropped if k in _HEADS]
     if heads:
-        log.info(f"classifier re-initialised for {getattr(model, 'num_classes', '?')} classes "
-                 f"(dropped {', '.join(heads)})")
+        log.warning(f"classifier re-initialised for {getattr(model, 'num_classes', '?')} classes "
+                    f"(dropped {', '.join(heads)})")
         out.update({k: target[k] for k in heads})  # keep the fresh head of the model
     other = [k for k in dropped if k not in heads]
     if other:

@@ -7,7 +7,9 @@ must reproduce the model's logits.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -15,9 +17,10 @@ from torch import nn
 
 from vitzoo.checkpoint import model_meta, save_checkpoint
 from vitzoo.errors import UserError
-from vitzoo.models.convert.layouts import read_weights
+from vitzoo.models.convert.layouts import read_weights, writer_for
 from vitzoo.models.convert.load import build_for, load_model, load_pretrained, resolve_arch
-from vitzoo.models.convert.weights import Weights
+from vitzoo.models.convert.weights import Weights, no_arch_overrides
+from vitzoo.models.registry import build_config, build_model
 
 # set by save_checkpoint for the file it writes
 _FILE_KEYS = ("format", "format_version", "kind", "vitzoo_version", "torch_version")
@@ -25,16 +28,21 @@ _FILE_KEYS = ("format", "format_version", "kind", "vitzoo_version", "torch_versi
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, arch: str | None = None,
                        num_classes: int | None = None, img_size: int | None = None,
-                       use_ema: bool = False, overrides: dict | None = None) -> dict[str, Any]:
-    """Write ``src`` as a vitzoo checkpoint at ``dst``, checked by reloading.
+                       use_ema: bool = False, overrides: dict | None = None, reference_numerics: bool = False,
+                       to: str | None = None) -> dict[str, Any]:
+    """Write ``src`` as a vitzoo checkpoint at ``dst`` (or, with ``to`` / a foreign suffix, in another
+    framework's layout: :func:`~vitzoo.models.convert.layouts.writer_for`), checked by reloading.
 
-    Returns ``{"path", "arch", "layout", "num_classes", "num_params", "notes"}`` (notes: what was
-    re-initialised, resized or left unused).
+    ``reference_numerics``: build with the PyTorch references' numerics instead of the source
+    framework's (exact GELU, their LayerNorm epsilon); the logit change it causes is in the notes.
+    Returns ``{"path", "arch", "layout", "num_classes", "num_params", "notes", "max_diff"}`` (notes: what
+    was re-initialised, resized or left unused; max_diff: the reload check's max |logit diff|).
     """
     src = str(src)
+    writer = writer_for(dst, to)
     weights = read_weights(src, use_ema)
     arch = resolve_arch(weights, arch)
-    kwargs = {**(weights.meta.get("model_kwargs") or {}), **(overrides or {})}
+    kwargs = {**(weights.meta.get("model_kwargs") or {}), **weights.model_kwargs, **(overrides or {})}
     file_classes = weights.shape_kwargs().get("num_classes")
     kwargs["num_classes"] = num_classes or kwargs.get("num_classes") or file_classes or 1000
     if img_size:
@@ -42,15 +50,37 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, arch: 
     model = build_for(weights, arch, kwargs).eval()
     notes = _conversion_notes(weights, model, file_classes)
     load_pretrained(model, weights)
+    if reference_numerics and weights.numerics:
+        model, note = _to_reference_numerics(model, weights, arch, kwargs)
+        notes.append(note)
 
-    meta = {**{k: v for k, v in weights.meta.items() if k not in _FILE_KEYS},
-            **model_meta(model, class_names=list(weights.meta.get("class_names") or []),
-                         data_config=_data_config(weights.meta, model), converted_from=src,
-                         source_layout=weights.layout)}
-    path = save_checkpoint(dst, {"model": model.state_dict(), "meta": meta})
-    _check_reload(model, path)
+    if writer is not None:
+        path = writer.write(model, dst)
+        notes.extend(_target_numerics_notes(writer, model))
+        max_diff = _check_reload(model, path, reread=lambda: _reread(writer, model, path))
+    else:
+        meta = {**{k: v for k, v in weights.meta.items() if k not in _FILE_KEYS},
+                **model_meta(model, class_names=list(weights.meta.get("class_names") or []),
+                             data_config=_data_config(weights.meta, model), converted_from=src,
+                             source_layout=weights.layout)}
+        path = save_checkpoint(dst, {"model": model.state_dict(), "meta": meta})
+        max_diff = _check_reload(model, path, reread=lambda: load_model(path)[0])
     return {"path": path, "arch": arch, "layout": weights.layout, "num_classes": model.num_classes,
-            "num_params": sum(p.numel() for p in model.parameters()), "notes": notes}
+            "num_params": sum(p.numel() for p in model.parameters()), "notes": notes, "max_diff": max_diff,
+            "to": writer.NAME if writer is not None else "vitzoo"}
+
+
+def _to_reference_numerics(model: nn.Module, weights: Weights, arch: str, kwargs: dict) -> tuple[nn.Module, str]:
+    """The same weights in a model with the PyTorch reference's numerics, and the logit change it makes."""
+    reference = dataclasses.replace(weights, numerics={})
+    base = build_config(arch, **kwargs)
+    ref_model = build_for(reference, arch, {**kwargs, **{k: getattr(base, k) for k in weights.numerics
+                                                         if hasattr(base, k)}}).eval()
+    load_pretrained(ref_model, reference)
+    diff = _max_diff(model, ref_model)
+    source = ", ".join(f"{k}={v!r}" for k, v in weights.implied(model.cfg).items() if k in weights.numerics)
+    ref = ", ".join(f"{k}={getattr(ref_model.cfg, k)!r}" for k in weights.numerics if hasattr(ref_model.cfg, k))
+    return ref_model, f"reference numerics ({ref}) instead of the source's ({source}): logits change by max |diff| {diff:.3g}"
 
 
 def _conversion_notes(weights: Weights, model: nn.Module, file_classes: int | None) -> list[str]:
@@ -76,13 +106,47 @@ def _data_config(meta: dict, model: nn.Module) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()}
 
 
-def _check_reload(model: nn.Module, path: os.PathLike) -> None:
-    """The written file must rebuild the same function (arch + kwargs + weights)."""
-    c, h, w = model.data_config["input_size"]
-    x = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(0))
-    reloaded, _ = load_model(path)
-    with torch.no_grad():
-        a, b = model(x), reloaded(x)
-    if not torch.isfinite(a).all() or not torch.allclose(a, b, atol=1e-5, rtol=0):
-        raise UserError(f"{path}: the converted checkpoint does not reproduce the source model's logits")
+def _target_numerics_notes(writer: ModuleType, model: nn.Module) -> list[str]:
+    """Where the network the file is written for computes differently from ``model``, and by how much."""
+    target = writer.target_numerics(model)
+    differ = {k: v for k, v in target.items() if hasattr(model.cfg, k) and getattr(model.cfg, k) != v}
+    if not differ:
+        return []
+    theirs = build_model(model.arch, **{**model.model_kwargs, **differ}).eval()
+    theirs.load_state_dict(model.state_dict())
+    ours = ", ".join(f"{k}={getattr(model.cfg, k)!r}" for k in differ)
+    theirs_text = ", ".join(f"{k}={v!r}" for k, v in differ.items())
+    note = (f"the target network computes with {theirs_text} (this model: {ours}): its logits differ from "
+            f"this model's by max |diff| {_max_diff(model, theirs):.3g}")
+    return [note]
 
+
+def _probe(model: nn.Module) -> torch.Tensor:
+    c, h, w = model.data_config["input_size"]
+    return torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(0))
+
+
+def _max_diff(a: nn.Module, b: nn.Module) -> float:
+    x = _probe(a)
+    with torch.no_grad():
+        ya, yb = a.eval()(x), b.eval()(x)
+    if not torch.isfinite(ya).all():
+        raise UserError("the converted model gives non-finite logits")
+    return float((ya - yb).abs().max())
+
+
+def _reread(writer: ModuleType, model: nn.Module, path: os.PathLike) -> nn.Module:
+    """The written foreign file read back by its own reader into a model built as ``model`` was."""
+    again = dataclasses.replace(read_weights(path), numerics={}, arch_overrides=no_arch_overrides)
+    reloaded = build_model(model.arch, **model.model_kwargs).eval()
+    load_pretrained(reloaded, again)
+    return reloaded
+
+
+def _check_reload(model: nn.Module, path: os.PathLike, reread) -> float:
+    """The written file must rebuild the same function (arch + kwargs + weights): its max |logit diff|."""
+    diff = _max_diff(model, reread())
+    if not diff <= 1e-5:
+        raise UserError(f"{path}: the converted checkpoint does not reproduce the source model's logits "
+                        f"(max |diff| {diff:.3g})")
+    return diff

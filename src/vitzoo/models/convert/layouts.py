@@ -15,11 +15,11 @@ from types import ModuleType
 
 from vitzoo.checkpoint import load_checkpoint
 from vitzoo.errors import UserError
-from vitzoo.models.convert import beit, native, npz, t2t, timm
+from vitzoo.models.convert import beit, hf, mindspore_ckpt, native, npz, pdparams, t2t, timm, timm_hub
 from vitzoo.models.convert.weights import Weights
 
 # First match wins: the specific layouts before timm, which takes any dict holding tensors.
-LAYOUTS: tuple[ModuleType, ...] = (native, npz, t2t, beit, timm)
+LAYOUTS: tuple[ModuleType, ...] = (native, npz, mindspore_ckpt, pdparams, hf, timm_hub, t2t, beit, timm)
 
 
 def detect(obj: dict | None, path: str | os.PathLike | None = None) -> ModuleType:
@@ -47,3 +47,21 @@ def read_weights(source: str | os.PathLike | dict | Weights, use_ema: bool = Fal
         opens_itself = any(layout.detect(None, path) for layout in LAYOUTS)
         obj = None if opens_itself else load_checkpoint(path)
     return detect(obj, path).read(obj, path, use_ema)
+
+
+# Layouts vitzoo also writes (``vitzoo convert SRC DST --to NAME``): each module has ``write(model, path)``
+# returning the path written, ``target_numerics(model)`` (the config fields the target network computes
+# with) and ``SUFFIX`` (a DST ending in it picks the module without --to; "" for folders).
+WRITERS: dict[str, ModuleType] = {"mindspore": mindspore_ckpt, "paddle": pdparams}
+
+
+def writer_for(dst: str | os.PathLike, to: str | None) -> ModuleType | None:
+    """The layout module writing ``dst`` (``to`` names it; else DST's suffix); None for a vitzoo file."""
+    if to:
+        if to == "vitzoo":
+            return None
+        if to not in WRITERS:
+            raise UserError(f"--to {to}: not a layout vitzoo writes (known: vitzoo, {', '.join(WRITERS)})")
+        return WRITERS[to]
+    suffix = os.path.splitext(str(dst))[1]
+    return next((w for w in WRITERS.values() if w.SUFFIX and suffix == w.SUFFIX), None)

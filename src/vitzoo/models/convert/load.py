@@ -1,8 +1,9 @@
 """Models from files: ``create_model(name, pretrained=FILE)``, ``load_model(FILE)``, ``load_pretrained``.
 
 The architecture is decided before the model is built, from what the caller passes, what a vitzoo
-checkpoint records (``meta.model_kwargs``) and what a release file implies (:attr:`Weights.arch_overrides`:
-a T2T-ViT release's attention scale). Loading then only fills tensors (fitted by
+checkpoint records (``meta.model_kwargs``), what a foreign file records (:attr:`Weights.model_kwargs`: HF /
+timm hub configs) and what it implies (:meth:`Weights.implied`: a T2T-ViT release's attention scale, the
+source framework's numerics). Loading then only fills tensors (fitted by
 :func:`~vitzoo.models.convert.adapt.adapt_state_dict`, checked strictly): it never changes a built model's
 architecture, and a model built against what its file implies is refused with the override to pass.
 """
@@ -40,7 +41,9 @@ def create_model(name: str, num_classes: int = 1000, img_size: int | None = None
     if not pretrained:
         return build_model(name, **kwargs)
     weights = read_weights(pretrained)
-    model = build_for(weights, name, kwargs)
+    # the sizes a foreign file records (HF / timm hub configs); image size and classes stay the caller's
+    recorded = {k: v for k, v in weights.model_kwargs.items() if k not in ("num_classes", "img_size")}
+    model = build_for(weights, name, {**recorded, **kwargs})
     load_pretrained(model, weights)
     return model
 
@@ -53,9 +56,9 @@ def load_model(path: str | os.PathLike, arch: str | None = None, use_ema: bool =
     """
     weights = read_weights(path, use_ema)
     arch = resolve_arch(weights, arch)
-    kwargs = {**weights.meta.get("model_kwargs", {}), **overrides}
+    kwargs = {**weights.meta.get("model_kwargs", {}), **weights.model_kwargs, **overrides}
     head = weights.state_dict.get("head.weight")
-    if not weights.meta and "num_classes" not in kwargs and head is not None:
+    if "num_classes" not in kwargs and head is not None:
         kwargs["num_classes"] = head.shape[0]  # an official file: keep the classifier it was trained with
     model = build_for(weights, arch, kwargs)
     load_pretrained(model, weights)
@@ -80,13 +83,13 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | dict | Weights
 
 def build_for(weights: Weights, arch: str, kwargs: dict[str, Any]) -> nn.Module:
     """Build ``arch`` with ``kwargs`` plus the config fields the file implies for that config."""
-    implied = weights.arch_overrides(build_config(arch, **kwargs))
+    implied = weights.implied(build_config(arch, **kwargs))
     return build_model(arch, **{**kwargs, **implied})
 
 
 def resolve_arch(weights: Weights, arch: str | None) -> str:
     """``arch``, else the one a vitzoo checkpoint records; a UserError with the file's sizes otherwise."""
-    arch = arch or weights.meta.get("arch")
+    arch = arch or weights.meta.get("arch") or weights.arch
     if arch:
         return arch
     shapes = weights.shape_kwargs()
@@ -100,7 +103,7 @@ def check_architecture(model: nn.Module, weights: Weights) -> None:
     cfg = getattr(model, "cfg", None)
     if cfg is None:
         return
-    differ = {k: v for k, v in weights.arch_overrides(cfg).items() if getattr(cfg, k, None) != v}
+    differ = {k: v for k, v in weights.implied(cfg).items() if getattr(cfg, k, None) != v}
     if differ:
         needed = ", ".join(f"{k}={v!r}" for k, v in differ.items())
         raise UserError(f"{weights.source} ({weights.layout}) needs the model built with {needed} "
@@ -108,6 +111,12 @@ def check_architecture(model: nn.Module, weights: Weights) -> None:
 
 
 def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+    target = model.state_dict()
+    shapes = [f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in sd.items()
+              if k in target and v.shape != target[k].shape]
+    if shapes:  # another architecture (or other sizes): name the tensors, not a torch traceback
+        raise UserError(f"{source} does not fit {getattr(model, 'arch', 'the model')}: {len(shapes)} tensors "
+                        f"differ in shape (file vs model), e.g. {'; '.join(shapes[:3])}")
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         parts = []

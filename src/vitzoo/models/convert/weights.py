@@ -6,8 +6,9 @@ DataParallel prefixes every key with ``module.``; the keys are listed once in :m
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -33,6 +34,19 @@ class Weights:
     # model config fields the file implies, given the config the model would otherwise be built with
     # (T2T-ViT releases: the attention scale they were trained with); applied before building
     arch_overrides: Callable[[Any], dict[str, Any]] = no_arch_overrides
+    # what a foreign file records itself (HF config.json, timm hub config): the registered name that fits
+    # and its config fields (sizes, class count, image size), taken unless the caller passes others
+    arch: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # where the source network computes differently from the PyTorch reference (GELU approximation,
+    # LayerNorm epsilon): config fields that reproduce the source's logits, dropped with
+    # ``--reference-numerics``
+    numerics: dict[str, Any] = field(default_factory=dict)
+
+    def implied(self, cfg: Any) -> dict[str, Any]:
+        """Every config field the file fixes for a model of config ``cfg`` (numerics included)."""
+        numerics = {k: v for k, v in self.numerics.items() if hasattr(cfg, k)}
+        return {**self.arch_overrides(cfg), **numerics}
 
     def shape_kwargs(self) -> dict[str, int]:
         """Sizes visible in the tensors (for hints): embed_dim, patch_size, depth, num_classes."""
