@@ -167,6 +167,20 @@ def test_npz_21k_pre_logits_dropped_for_finetuning(tmp_path, vit_ref, capsys):
     torch.testing.assert_close(model.forward_features(X), vit_ref.forward_features(X), atol=1e-5, rtol=0)
 
 
+def test_npz_21k_keeps_pre_logits_with_its_head(tmp_path, vit_ref):
+    """Google's 21k model: head(tanh(pre_logits(class token))). Kept head -> kept layer -> same logits."""
+    src = tmp_path / "ViT-21k.npz"
+    _to_google_npz(vit_ref.state_dict(), heads=3, path=src, pre_logits=True)
+    g = np.load(src)
+    kernel, bias = torch.from_numpy(g["pre_logits/kernel"]), torch.from_numpy(g["pre_logits/bias"])
+    with torch.no_grad():
+        cls = vit_ref.forward_features(X)[:, 0]
+        google = vit_ref.head(torch.tanh(cls @ kernel + bias))  # Dense kernels are (in, out)
+    model = _convert_and_load(src, tmp_path / "vit21k.pt", "--arch", "vit_base_patch16_224", *SETS)
+    assert model.model_kwargs["representation_size"] == kernel.shape[1]
+    torch.testing.assert_close(_logits(model), google, atol=1e-5, rtol=0)
+
+
 def test_npz_errors(tmp_path, capsys):
     bad = tmp_path / "other.npz"
     np.savez(bad, foo=np.zeros(3))

@@ -5,6 +5,7 @@ with the class token and feeds its own head (Fig. 2 of the DeiT paper). The toke
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,9 @@ class ViTConfig:
     gelu_approximate: bool = False
     grad_checkpointing: bool = False
     norm_eps: float = 1e-6
+    # Google's ImageNet-21k ViTs: tanh(Linear(embed_dim -> representation_size)) between the class token
+    # and the head (the "pre-logits" layer of arXiv:2010.11929 sec. 3.1); None: the head reads the token
+    representation_size: int | None = None
 
 
 class VisionTransformer(ZooModel):
@@ -64,7 +68,11 @@ class VisionTransformer(ZooModel):
         self.norm = nn.Identity() if cfg.use_mean_pooling else nn.LayerNorm(D, eps=cfg.norm_eps)
         self.fc_norm = nn.LayerNorm(D, eps=cfg.norm_eps) if cfg.use_mean_pooling else nn.Identity()
         self.head_drop = nn.Dropout(cfg.drop_rate)
-        self.head = nn.Linear(D, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.pre_logits: nn.Module = nn.Identity()
+        if cfg.representation_size:
+            self.pre_logits = nn.Sequential(OrderedDict(fc=nn.Linear(D, cfg.representation_size), act=nn.Tanh()))
+        head_in = cfg.representation_size or D
+        self.head = nn.Linear(head_in, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.head_dist = None
         if cfg.distilled and cfg.dist_head:
             self.head_dist = nn.Linear(D, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
@@ -93,7 +101,7 @@ class VisionTransformer(ZooModel):
             x = self.fc_norm(x[:, self.num_prefix_tokens:].mean(dim=1))
             return x if pre_logits else self.head(self.head_drop(x))
         if self.head_dist is None:  # no distillation head: the class token alone
-            x = x[:, 0]
+            x = self.pre_logits(x[:, 0])
             return x if pre_logits else self.head(self.head_drop(x))
         cls, dist = x[:, 0], x[:, 1]
         if pre_logits:

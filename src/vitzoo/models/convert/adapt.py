@@ -71,6 +71,8 @@ def adapt_state_dict(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str,
                     f"(dropped {', '.join(heads)})")
         out.update({k: target[k] for k in heads})  # keep the fresh head of the model
     other = [k for k in dropped if k not in heads]
+    if any(k.startswith("pre_logits.") for k in other):  # its head was replaced: the layer fed that head
+        log.warning("dropped the 21k pre-logits layer with the head it fed (a new head reads the class token)")
     if other:
         log.info(f"dropped {len(other)} tensors the model has no use for: {', '.join(other[:6])}")
     return out

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import os
 import re
+from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,4 +123,15 @@ def detect(obj: dict | None, path: str | None) -> bool:
 
 
 def read(obj: None, path: str, use_ema: bool) -> Weights:
-    return Weights(load_npz(path), NAME, path)
+    sd = load_npz(path)
+    return Weights(sd, NAME, path, arch_overrides=partial(_keep_pre_logits, sd))
+
+
+def _keep_pre_logits(sd: dict[str, torch.Tensor], cfg: Any) -> dict[str, Any]:
+    """A 21k file's pre-logits layer stays whenever the head it feeds is kept (same class count): Google's
+    model passes the class token through it. A model with a new head drops it (reported on load)."""
+    if "pre_logits.fc.weight" not in sd or "head.weight" not in sd:
+        return {}
+    if getattr(cfg, "num_classes", None) != sd["head.weight"].shape[0]:
+        return {}
+    return {"representation_size": int(sd["pre_logits.fc.weight"].shape[0])}
