@@ -28,8 +28,9 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# make bench: 2 models, about a minute on 2 CPU cores; make bench FULL=1: the 7 models of the README (~15 min)
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_models.py
+	$(BIN)/python benchmarks/bench_models.py $(if $(FULL),--full)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info src/*.egg-info

@@ -13,67 +13,43 @@ The median per-round rate of each model is reported, and as ratio the median of 
 ratios ours / reference (paired, so load changes between rounds cancel). ``torch.inference_mode``;
 bf16/fp16 run under autocast (as ``vitzoo eval`` does). On CUDA, peak memory of one forward is reported per model.
 
-    python benchmarks/bench_models.py                       # CPU, fp32, batch 8, default names
+    python benchmarks/bench_models.py              # quick: 2 small models, few rounds (~1 min on 2 CPU cores)
+    python benchmarks/bench_models.py --full       # the 7 models of the README table (~15 min on 2 CPU cores)
     python benchmarks/bench_models.py --device cuda --dtype bf16 --batch 64 --compile --json out.json
+
+Progress goes to the console as it runs: model i/n, its rates, and an estimate of the time left.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import statistics
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
+
+from vitzoo import bench
+from vitzoo.bench import CLOCKS, naive_attention, peak_memory, time_iters
 
 DEFAULT_NAMES = ("deit_tiny_patch16_224", "deit_small_patch16_224", "deit_tiny_distilled_patch16_224",
                  "vit_base_patch16_224", "beit_base_patch16_224", "t2t_vit_14", "t2t_vit_t_14")
+# The quick default (`make bench`): one timm-referenced and one naive-attention model, a short timing.
+QUICK_NAMES = ("deit_tiny_patch16_224", "t2t_vit_t_14")
+PRESETS = {"quick": {"names": list(QUICK_NAMES), "batch": 4, "iters": 1, "rounds": 5},
+           "full": {"names": list(DEFAULT_NAMES), "batch": 8, "iters": 3, "rounds": 5}}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def build_pair(name: str, ref_kind: str):
-    """(ours, reference, reference label): timm's model with its weights copied into ours, or for
-    names timm lacks, ours with explicit (naive) attention math."""
-    import timm
-
-    from vitzoo import create_model
-
-    torch.manual_seed(0)
-    if ref_kind == "timm" or (ref_kind == "auto" and timm.is_model(name)):
-        ref = timm.create_model(name, pretrained=False).eval()
-        ours = create_model(name).eval()
-        missing, unexpected = ours.load_state_dict(ref.state_dict(), strict=False)
-        # non-persistent buffers of ours (e.g. BEiT's relative_position_index) are derived, not loaded
-        unexpected = [k for k in unexpected if not k.endswith("relative_position_index")]
-        if missing or unexpected:
-            raise SystemExit(f"{name}: timm weights do not map onto ours: missing {missing[:4]}, "
-                             f"unexpected {unexpected[:4]}")
-        return ours, ref, "timm"
-    ours = create_model(name).eval()
-    ref = copy.deepcopy(ours)
-    return ours, ref, "naive-attn"
-
-
-def naive_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    """The official T2T-ViT attention arithmetic: the (B, heads, N, N) map is materialised."""
-    attn = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5 if scale is None else scale)
-    if attn_mask is not None:
-        attn = attn + attn_mask
-    return attn.softmax(dim=-1) @ v
-
-
-@contextmanager
-def naive_attention():
-    """Swap ``F.scaled_dot_product_attention`` for :func:`naive_sdpa` (the reference runs only)."""
-    fused = F.scaled_dot_product_attention
-    F.scaled_dot_product_attention = naive_sdpa
+    """(ours, reference, reference label): :func:`vitzoo.bench.build_pair` (timm's model with its weights
+    copied into ours, or ours with naive attention math), labelled as this script's table does."""
     try:
-        yield
-    finally:
-        F.scaled_dot_product_attention = fused
+        ours, ref, label = bench.build_pair(name, {"naive": "official"}.get(ref_kind, ref_kind))
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    return ours, ref, {"official": "naive-attn"}.get(label, label)
 
 
 def forward_fn(model, x, device, dtype, naive: bool = False):
@@ -83,38 +59,6 @@ def forward_fn(model, x, device, dtype, naive: bool = False):
             return model(x)
 
     return run
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()  # host-device sync: time the kernels, not their launch
-
-
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def time_iters(fn, iters: int, device, clock: str = "wall") -> float:
-    """Seconds for ``iters`` calls: wall-clock, or CPU time of this process (``cpu``: on a machine shared
-    with other jobs, time spent waiting for a core is not counted; use with --threads 1, since idle
-    OpenMP threads spin and would be counted)."""
-    now = CLOCKS[clock]
-    sync(device)
-    t0 = now()
-    for _ in range(iters):
-        fn()
-    sync(device)
-    return now() - t0
-
-
-def peak_memory(fn, device) -> float | None:
-    """Peak CUDA memory (MiB) allocated during one forward (weights included), None on CPU."""
-    if device.type != "cuda":
-        return None
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-    fn()
-    sync(device)
-    return torch.cuda.max_memory_allocated(device) / 2**20
 
 
 def bench_one(name: str, args, device, dtype) -> dict:
@@ -169,10 +113,32 @@ def print_table(rows: list[dict]) -> None:
         print("| " + " | ".join(cells) + " |")
 
 
+def model_sizes(names: list[str]) -> list[int]:
+    """Parameter count of each model (built on the meta device: instant), a rough cost for the ETA."""
+    from vitzoo import create_model
+
+    with torch.device("meta"):
+        return [sum(p.numel() for p in create_model(n).parameters()) for n in names]
+
+
+def progress(start: float, sizes: list[int], done: int) -> str:
+    """'1:05 so far, about 2:10 left': the time so far, scaled by the parameters of the models left."""
+    elapsed = time.perf_counter() - start
+    left = elapsed * sum(sizes[done:]) / max(1, sum(sizes[:done]))
+
+    def clock(seconds: float) -> str:
+        return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+    return f"{clock(elapsed)} so far" + (f", about {clock(left)} left" if done < len(sizes) else ", done")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--names", nargs="+", default=list(DEFAULT_NAMES), help="registered model names")
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--full", action="store_true",
+                    help=f"all {len(DEFAULT_NAMES)} models, batch 8, 3 iters x 5 rounds (default: quick: "
+                         f"{', '.join(QUICK_NAMES)}, batch 4, 1 iter x 5 rounds)")
+    ap.add_argument("--names", nargs="+", default=None, help="registered model names (default: the preset's)")
+    ap.add_argument("--batch", type=int, default=None, help="images per forward (default: the preset's)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
     ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="fp32, or bf16/fp16 autocast")
     ap.add_argument("--compile", action="store_true", help="torch.compile both models")
@@ -180,14 +146,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference", default="auto", choices=("auto", "timm", "naive"),
                     help="auto: timm where timm has the name, else naive attention")
     ap.add_argument("--warmup", type=int, default=2, help="warm-up forwards per model")
-    ap.add_argument("--iters", type=int, default=3, help="forwards per model per round")
-    ap.add_argument("--rounds", type=int, default=5, help="alternating timing rounds (median reported)")
+    ap.add_argument("--iters", type=int, default=None, help="forwards per model per round (default: the preset's)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="alternating timing rounds, median reported (default: the preset's)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--clock", default="wall", choices=sorted(CLOCKS),
                     help="wall (default) or cpu: process CPU time, robust to other jobs on a shared CPU "
                          "(then use --threads 1)")
     ap.add_argument("--json", default=None, help="also write the results (with every round) to this file")
     args = ap.parse_args(argv)
+    for key, value in PRESETS["full" if args.full else "quick"].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -205,11 +175,15 @@ def main(argv: list[str] | None = None) -> int:
           f"threads {torch.get_num_threads()}, {args.clock} clock, {platform.processor() or platform.machine()}",
           flush=True)
     rows = []
-    for name in args.names:
+    sizes = model_sizes(args.names)
+    start = time.perf_counter()
+    for i, name in enumerate(args.names, 1):
+        print(f"# [{i}/{len(args.names)}] {name} ...", flush=True)
         row = bench_one(name, args, device, dtype)
         rows.append(row)
-        print(f"#   {name}: ours {row['ours_img_s']:.1f} img/s, {row['reference']} {row['ref_img_s']:.1f} img/s, "
-              f"ratio {row['ratio']:.3f}", flush=True)
+        print(f"# [{i}/{len(args.names)}] {name}: ours {row['ours_img_s']:.1f} img/s, {row['reference']} "
+              f"{row['ref_img_s']:.1f} img/s, ratio {row['ratio']:.3f}; {progress(start, sizes, i)}",
+              flush=True)
     print_table(rows)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

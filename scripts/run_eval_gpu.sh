@@ -13,7 +13,7 @@ option() { case "$1" in --device) DEVICE=$2 ;; *) return 1 ;; esac; }
 parse_seed_args "$@"
 [[ "$DEVICE" =~ ^[0-9]+$ ]] || { echo "--device takes one GPU id, got '$DEVICE'" >&2; usage; }
 
-export CUDA_VISIBLE_DEVICES=$DEVICE
+use_one_gpu "$DEVICE" "evaluating"
 ARGS=(--config "$CONFIG")
 [ -n "$CHECKPOINT" ] && ARGS+=(--pretrained "$CHECKPOINT")
 set -x

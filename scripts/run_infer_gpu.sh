@@ -6,6 +6,7 @@
 set -euo pipefail
 usage() { sed -n '3,4p' "$0" | sed 's/^# //' >&2; exit 1; }
 
+. "$(dirname "$0")/lib/args.bash"
 [ $# -ge 1 ] || usage
 DATA=$1; shift
 case "$DATA" in -h|--help) usage ;; esac
@@ -24,7 +25,7 @@ done
 [ -n "$CHECKPOINT" ] || { echo "--checkpoint is required" >&2; usage; }
 [[ "$DEVICE" =~ ^[0-9]+$ ]] || { echo "--device takes one GPU id, got '$DEVICE'" >&2; usage; }
 
-export CUDA_VISIBLE_DEVICES=$DEVICE
+use_one_gpu "$DEVICE" "predicting"
 ARGS=("$DATA" --checkpoint "$CHECKPOINT" --output "$OUTPUT")
 [ -n "$ARCH" ] && ARGS+=(--arch "$ARCH")
 set -x

@@ -129,3 +129,19 @@ def test_attention_user_errors_are_one_line(tmp_path, tiny_checkpoint, capsys, a
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("vitzoo attention: error:") and culprit in err[-1]
     assert not any("Traceback" in line for line in err), err
+
+
+def test_output_with_an_image_suffix_is_a_file(tmp_path, tiny_checkpoint, capsys):
+    """Issue 13, item 9: `--output attn.png` made a folder attn.png/ holding 000002_attention.png."""
+    images = write_images(tmp_path / "imgs")
+    out = tmp_path / "attn.png"
+    assert cli(["attention", str(images / "red.png"), "--checkpoint", str(tiny_checkpoint), "--output", str(out)]) == 0
+    assert out.is_file() and out.read_bytes()[:8] == PNG_MAGIC
+    assert f"wrote 1 attention map(s) to {out}" in capsys.readouterr().err
+    # several images and one file name: refused before anything is drawn
+    assert cli(["attention", str(images), "--recursive", "--checkpoint", str(tiny_checkpoint), "--output",
+                str(tmp_path / "many.png")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"vitzoo attention: error: --output {tmp_path / 'many.png'} names one file, but there are 3 images: "
+        f"give a folder instead (e.g. --output {tmp_path / 'many'}/), which gets one PNG per image")
+    assert not (tmp_path / "many.png").exists()

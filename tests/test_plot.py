@@ -73,3 +73,36 @@ def test_plot_user_errors_are_one_line(tmp_path, capsys, name, content, culprit)
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("vitzoo plot: error:") and culprit in err[-1]
     assert not any("Traceback" in line for line in err), err
+
+
+def test_curves_say_val_and_draw_the_lr_per_update(tmp_path, monkeypatch):
+    """Issue 13, item 8: the accuracy legend did not say "val" and the lr was one point per epoch, so a
+    one-epoch warmup was invisible. The trainer's rows now carry ``lr_steps``; the plot draws them."""
+    from types import SimpleNamespace
+
+    from vitzoo import visualize
+    from vitzoo.engine.reporting import EpochStats, MetricsFile
+
+    metrics = MetricsFile(tmp_path, enabled=True)
+    step = 0
+    for epoch in (1, 2):
+        stats = EpochStats()
+        for _ in range(4):
+            step += 1
+            stats.add(SimpleNamespace(loss=1.0, losses=1, samples=8, skipped=False, global_step=step, lr=0.1 * step))
+        metrics.add(stats.row(epoch, step, 0.1 * step, {"Loss": 1.0, "Top1-Acc": 0.5, "Top5-Acc": 1.0}))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["lr_steps"] == [[1, 0.1], [2, 0.2], [3, pytest.approx(0.3)], [4, 0.4]]
+    assert "lr_steps" not in (tmp_path / "metrics.csv").read_text()  # the CSV keeps one value per cell
+
+    figures = []
+    monkeypatch.setattr(visualize, "save_figure", lambda fig, path, dpi=110: figures.append(fig) or path)
+    visualize.draw_curves({"run": rows}, tmp_path / "curves.png")
+    axes = {ax.get_title(): ax for ax in figures[0].axes}
+    assert [t.get_text() for t in axes["accuracy"].get_legend().get_texts()] == ["val top-1", "val top-5"]
+    (lr_line,) = axes["learning rate"].lines
+    assert lr_line.get_label() == "lr (per update)"
+    assert list(lr_line.get_xdata()) == [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]  # x in epochs
+    old_rows = [{k: v for k, v in r.items() if k != "lr_steps"} for r in rows]  # files written before
+    visualize.draw_curves({"run": old_rows}, tmp_path / "old.png")
+    assert {ax.get_title(): ax for ax in figures[1].axes}["learning rate"].lines[0].get_label() == "lr (end of epoch)"

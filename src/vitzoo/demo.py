@@ -15,6 +15,7 @@ from pathlib import Path
 from vitzoo.checkpoint import RunFolders
 from vitzoo.config import load_config
 from vitzoo.data import build_dataset, build_loader, make_shapes_dataset
+from vitzoo.data.synthetic import shapes_dataset_exists
 from vitzoo.engine.loop import evaluate, format_eval
 from vitzoo.engine.trainer import train
 from vitzoo.errors import UserError
@@ -49,15 +50,21 @@ def main(argv: list[str] | None = None) -> int:
     probe = load_config(str(config), [])
     t0 = time.time()
     size = probe.input_size or 32
-    data = make_shapes_dataset(out / "shapes", args.num_train, args.num_val, size=size, seed=0,
-                               num_classes=probe.num_classes, progress=False)
+    settings = (out / "shapes", args.num_train, args.num_val, size, 0, probe.num_classes)
+    reused = shapes_dataset_exists(*settings)
+    data = make_shapes_dataset(*settings, progress=False)
     print(f"[1/3] dataset: {args.num_train} train + {args.num_val} val images of {probe.num_classes} shapes "
-          f"in {data}", flush=True)
+          f"in {data}{' (reused)' if reused else ''}", flush=True)
     extra = ["--data_path", str(data), "--output_dir", str(out / "run")]
+    resumed = any(a.partition("=")[0] in ("--resume",) for a in overrides)
+    if not resumed:  # the demo starts its run again each time (a run folder is otherwise refused)
+        extra.append("--overwrite")
     if args.epochs is not None:
         extra += ["--epochs", str(args.epochs)]
     cfg = load_config(str(config), extra + list(overrides))
-    print(f"[2/3] training {cfg.model} ({config}) for {cfg.epochs} epochs", flush=True)
+    replacing = f" (replacing the earlier run in {cfg.output_dir})" if cfg.overwrite and \
+        RunFolders.of(cfg).run_record() else ""
+    print(f"[2/3] training {cfg.model} ({config}) for {cfg.epochs} epochs{replacing}", flush=True)
     summary = train(cfg)
     best = summary["best_checkpoint"] or summary["last_checkpoint"]
     model, meta = load_model(best)

@@ -2,15 +2,26 @@
 
 ``amp_level`` follows the seeds (MindSpore AMP levels): O0 = fp32; O1/O2 = autocast (weights stay fp32,
 matmuls in 16 bits); O3 = the weights and inputs themselves in 16 bits. ``amp_dtype`` picks bf16 or fp16;
-``auto`` = bf16 where the device has it, fp16 otherwise -- and fp32 on a CPU, where autocast measured
-slower than fp32 on CPUs without bf16 units.
+``auto`` = bf16 where the device has it, fp16 otherwise -- and on a CPU bf16 only when it has bf16 units
+(AVX512-BF16 / AMX), fp32 otherwise: there autocast measured slower than fp32.
+
+Inference (eval, infer, attention; ``--precision auto|fp32|bf16|fp16``) is :func:`inference_precision`:
+``auto`` = bf16 weights where the device has bf16 units and, on a CPU, a forward of the model measures
+faster in bf16; fp32 otherwise. The choice is printed once with its reason.
 """
 from __future__ import annotations
 
+import copy
+import functools
+import sys
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+from vitzoo.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -47,11 +58,160 @@ def resolve_precision(amp_level: str, amp_dtype: str, device: torch.device) -> P
     """amp_level O0|O1|O2|O3 and amp_dtype auto|bf16|fp16 on ``device`` -> a :class:`Precision`."""
     if amp_level == "O0":
         return FP32
+    why = ""
     if device.type == "cpu" and amp_dtype == "auto":
-        return Precision(name="fp32 (amp_dtype auto on CPU: autocast is slower than fp32 there)")
+        units = cpu_bf16_units()
+        if not units:
+            return Precision(name="fp32 (amp_dtype auto on a CPU without bf16 units: autocast is slower than "
+                                  "fp32 there)")
+        # measured: deit_tiny / deit_small train steps in bf16 autocast 1.51x / 1.72x timm's fp32 step on
+        # an AMD EPYC with avx512_bf16 (benchmarks/README.md); issue 12 measured 1.37x / 1.65x on AMX
+        why = f"; amp_dtype auto: CPU has {'+'.join(units)}"
     bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
     use_fp16 = amp_dtype == "fp16" or (amp_dtype == "auto" and not bf16_ok)
     dtype, short = (torch.float16, "fp16") if use_fp16 else (torch.bfloat16, "bf16")
     if amp_level == "O3":
-        return Precision(weights=dtype, name=f"{short} weights and activations (O3)")
-    return Precision(autocast=dtype, name=f"{short} autocast ({amp_level})")
+        return Precision(weights=dtype, name=f"{short} weights and activations (O3{why})")
+    return Precision(autocast=dtype, name=f"{short} autocast ({amp_level}{why})")
+
+
+# --- inference: precision by capability -------------------------------------------------------------------
+# Inference runs bf16/fp16 as *weights* (model.to(bf16)), not autocast: measured on an AMD EPYC with
+# avx512_bf16 (deit_small, batch 16, 2 threads) fp32 4.8 img/s, bf16 autocast 6.9, bf16 weights 8.5:
+# autocast pays a cast of every weight on every call, weights mode pays it once.
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs with bf16 dot-product units
+MIN_AUTO_FLOPS = 1e8  # below ~0.1 GFLOP per image the forward is too short to time, and fp32 is kept
+AUTO_MIN_SPEEDUP = 1.1  # bf16 must measure this much faster than fp32 to be chosen
+
+_decided: dict[tuple, Precision] = {}  # one measurement (and one printed line) per model and device
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_bf16_units() -> list[str]:
+    """The bf16 units this CPU has (AMX-BF16, AVX512-BF16), by their /proc/cpuinfo flag; [] if none."""
+    flags = cpu_flags()
+    return [f for f in BF16_CPU_FLAGS if f in flags]
+
+
+def weights_precision(dtype: torch.dtype, why: str) -> Precision:
+    short = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    return Precision(weights=dtype, name=f"{short} weights ({why})")
+
+
+def inference_precision(choice: str, device: torch.device, model: torch.nn.Module | None = None,
+                        *, announce: bool = True) -> Precision:
+    """``--precision auto|fp32|bf16|fp16`` of the inference commands -> a :class:`Precision`.
+
+    ``auto``: on CUDA bf16 where the GPU supports it, else fp32 (fp16 is never chosen silently: its range
+    can overflow). On a CPU, bf16 only when the CPU has bf16 units *and* a forward of ``model`` measures
+    at least ``AUTO_MIN_SPEEDUP`` faster in bf16 than in fp32 (two images, timed once per process);
+    fp32 otherwise. What was chosen, and why, is printed once (stderr) when ``announce``.
+    """
+    if choice not in PRECISION_CHOICES:
+        raise UserError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {choice!r}")
+    key = (choice, str(device), _model_key(model))
+    if key not in _decided:
+        _decided[key] = _decide(choice, device, model)
+        if announce:
+            print(f"precision: {_decided[key].name}", file=sys.stderr, flush=True)
+    return _decided[key]
+
+
+def _model_key(model: torch.nn.Module | None) -> tuple:
+    if model is None:
+        return ()
+    return (type(model).__name__, getattr(model, "arch", None), str(getattr(model, "model_kwargs", None)),
+            sum(p.numel() for p in model.parameters()))
+
+
+def _decide(choice: str, device: torch.device, model: torch.nn.Module | None) -> Precision:
+    if choice == "fp32":
+        return Precision(name="fp32 (asked for)")
+    if choice == "bf16":
+        return weights_precision(torch.bfloat16, "asked for")
+    if choice == "fp16":
+        if device.type == "cpu":  # fp16 weights have no fast CPU kernels; autocast keeps fp32 where needed
+            return Precision(autocast=torch.float16, name="fp16 autocast (asked for; CPU)")
+        return weights_precision(torch.float16, "asked for")
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return weights_precision(torch.bfloat16, "auto: the GPU supports bf16")
+        return Precision(name="fp32 (auto: the GPU has no bf16)")
+    if device.type != "cpu":
+        return Precision(name=f"fp32 (auto on {device.type})")
+    units = cpu_bf16_units()
+    if not units:
+        return Precision(name="fp32 (auto: this CPU has no bf16 units: no avx512_bf16 / amx_bf16)")
+    if model is None:
+        return weights_precision(torch.bfloat16, f"auto: CPU has {'+'.join(units)}")
+    flops = approx_flops(model)
+    if flops < MIN_AUTO_FLOPS:
+        return Precision(name=f"fp32 (auto: model too small for bf16 to pay, ~{flops / 1e6:.0f} MFLOP/image)")
+    speedup = measure_bf16_speedup(model, device)
+    if speedup >= AUTO_MIN_SPEEDUP:
+        return weights_precision(torch.bfloat16, f"auto: CPU has {'+'.join(units)}, forward measured "
+                                                 f"{speedup:.2f}x fp32")
+    return Precision(name=f"fp32 (auto: CPU has {'+'.join(units)} but bf16 measured {speedup:.2f}x fp32 "
+                          "for this model)")
+
+
+def approx_flops(model: torch.nn.Module) -> float:
+    """~FLOPs of one image's forward: 2 x parameters x tokens (the matmuls of a ViT dominate)."""
+    size = getattr(model, "data_config", {}).get("input_size", (3, 224, 224))
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", 16)
+    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+    tokens = (size[-2] // patch) * (size[-1] // patch) + 1
+    return 2.0 * sum(p.numel() for p in model.parameters()) * tokens
+
+
+def measure_bf16_speedup(model: torch.nn.Module, device: torch.device, batch: int = 2, rounds: int = 3) -> float:
+    """fp32 time / bf16-weights time of one forward of ``batch`` random images: the best of ``rounds``
+    alternating runs each, after a warm-up. On a CPU: one thread, timed by this process's CPU time, so other
+    jobs on a shared machine (time spent waiting for a core) do not sway the choice; on a GPU wall-clock.
+    A one-off cost of a few forwards, paid once per process and model."""
+    size = getattr(model, "data_config", {}).get("input_size", (3, 224, 224))
+    x = torch.randn(batch, *size, device=device)
+    low = copy.deepcopy(model).to(torch.bfloat16).eval()
+    xb = x.to(torch.bfloat16)
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
+    was_training = model.training
+    model.eval()
+
+    def seconds(net, inp) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = clock()
+        net(inp)
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # host-device sync: time the kernels
+        return clock() - t0
+
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # CPU time of one thread: spinning OpenMP threads would be counted too
+    try:
+        with torch.inference_mode():
+            model(x), low(xb)  # warm-up: allocator, oneDNN kernel selection
+            fp32, bf16 = zip(*((seconds(model, x), seconds(low, xb)) for _ in range(rounds)))
+    finally:
+        torch.set_num_threads(threads)
+        model.train(was_training)
+    return min(fp32) / max(min(bf16), 1e-9)
+
+
+def config_precision_choice(amp_level: str, amp_dtype: str) -> str:
+    """A config's amp_level / amp_dtype as an inference ``--precision``: O0 = fp32, else amp_dtype."""
+    return "fp32" if amp_level == "O0" else amp_dtype

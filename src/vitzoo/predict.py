@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -38,28 +38,50 @@ def collect_images(data: str, recursive: bool = False) -> tuple[list[Path], list
     return images, skipped
 
 
-def iter_batches(paths: list[Path], transform: Callable, batch_size: int,
-                 bad: list[tuple[str, str]]) -> Iterator[tuple[list[str], torch.Tensor]]:
-    """Decode + transform images in order, ``batch_size`` at a time; unreadable ones go to ``bad``."""
-    names: list[str] = []
-    tensors: list[torch.Tensor] = []
-    for p in paths:
+class _ImageFiles(torch.utils.data.Dataset):
+    """The files to predict, decoded and transformed in loader workers; an unreadable file yields its reason."""
+
+    def __init__(self, paths: list[Path], transform: Callable):
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[str, torch.Tensor | None, str | None]:
+        p = self.paths[i]
         try:
             img = load_image(p)
         except UserError as e:
-            bad.append((str(p), str(e).split(": ", 1)[-1]))
-            continue
-        names.append(str(p))
-        tensors.append(transform(img))
-        if len(names) == batch_size:
-            yield names, torch.stack(tensors)
-            names, tensors = [], []
-    if names:
-        yield names, torch.stack(tensors)
+            return str(p), None, str(e).removeprefix(f"{p}: ")
+        return str(p), self.transform(img), None
+
+
+def _keep_list(items: list) -> list:
+    return items  # batches stay lists: unreadable files are split off in the main process
+
+
+def auto_workers(num_images: int, batch_size: int) -> int:
+    """Loader processes for ``--num-workers auto``: 2 (decoding overlaps the model; what the plain timm
+    script of benchmarks/bench_infer.py uses too) when there is more than one batch, else 0 (no start-up)."""
+    return min(2, os.cpu_count() or 1) if num_images > batch_size else 0
+
+
+def iter_batches(paths: list[Path], transform: Callable, batch_size: int, bad: list[tuple[str, str]],
+                 num_workers: int = 0) -> Iterator[tuple[list[str], torch.Tensor]]:
+    """Decode + transform images in order, ``batch_size`` at a time, in ``num_workers`` loader processes
+    while the model runs on the previous batch; unreadable ones go to ``bad``."""
+    loader = torch.utils.data.DataLoader(_ImageFiles(paths, transform), batch_size=batch_size,
+                                         num_workers=num_workers, collate_fn=_keep_list,
+                                         prefetch_factor=2 if num_workers else None)
+    for items in loader:
+        names = [name for name, x, _ in items if x is not None]
+        bad.extend((name, why) for name, x, why in items if x is None)
+        if names:
+            yield names, torch.stack([x for _, x, _ in items if x is not None])
 
 
 def predict(paths: list[Path], transform: Callable, run: Callable[[torch.Tensor], torch.Tensor],
-            batch_size: int, topk: int, class_names: list[str]) -> tuple[dict, dict, list]:
+            batch_size: int, topk: int, class_names: list[str], num_workers: int = 0) -> tuple[dict, dict, list]:
     """Run ``run`` (batch -> logits) over the images; prints the console lines as results arrive.
 
     Returns ({path: class}, {path: {"class", "topk"}}, [(path, reason)] for unreadable images).
@@ -67,7 +89,7 @@ def predict(paths: list[Path], transform: Callable, run: Callable[[torch.Tensor]
     preds: dict[str, int] = {}
     rich: dict[str, dict] = {}
     bad: list[tuple[str, str]] = []
-    for names, x in iter_batches(paths, transform, batch_size, bad):
+    for names, x in iter_batches(paths, transform, batch_size, bad, num_workers):
         probs = run(x).float().softmax(-1)
         k = max(1, min(topk or 1, probs.shape[-1]))
         top_p, top_i = probs.topk(k, dim=-1)
@@ -84,22 +106,38 @@ def predict(paths: list[Path], transform: Callable, run: Callable[[torch.Tensor]
     return preds, rich, bad
 
 
-def write_outputs(output: str, preds: dict, rich: dict, topk: int) -> list[Path]:
-    """Write ``{path: class}`` (and, with ``topk`` > 1, the ``.topk.json`` beside it) atomically."""
+def topk_path(output: str | Path) -> Path:
+    """``predictions.json`` -> ``predictions.topk.json``."""
     out = Path(output)
-    written = [atomic_write_text(out, json.dumps(preds, indent=1) + "\n")]
+    return out.with_name(out.stem + ".topk" + (out.suffix or ".json"))
+
+
+def write_outputs(output: str, preds: dict, rich: dict, topk: int) -> tuple[list[Path], Path | None]:
+    """Write ``{path: class}`` (and, with ``topk`` > 1, the ``.topk.json`` beside it) atomically.
+
+    Without ``topk`` > 1 a ``.topk.json`` left beside the output by an earlier run is deleted, so the
+    files next to each other always come from the same run. Returns (written, deleted or None).
+    """
+    written = [atomic_write_text(output, json.dumps(preds, indent=1) + "\n")]
+    side = topk_path(output)
     if topk and topk > 1:
-        side = out.with_name(out.stem + ".topk" + (out.suffix or ".json"))
         written.append(atomic_write_text(side, json.dumps(rich, indent=1) + "\n"))
-    return written
+        return written, None
+    if side.is_file():
+        side.unlink()
+        return written, side
+    return written, None
 
 
-def report(skipped: list[tuple[str, str]], bad: list[tuple[str, str]], n_done: int, written: list[Path]) -> None:
+def report(skipped: list[tuple[str, str]], bad: list[tuple[str, str]], n_done: int, written: list[Path],
+           stale: Path | None = None) -> None:
     """Skipped files and the summary go to stderr, so stdout holds only the per-image lines."""
     for path, reason in skipped + bad:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     extra = f"; skipped {len(skipped) + len(bad)} file(s)" if skipped or bad else ""
     print(f"predicted {n_done} image(s){extra}; wrote {', '.join(map(str, written))}", file=sys.stderr)
+    if stale is not None:
+        print(f"deleted {stale}: it held an earlier run's top-k (use --topk K to write it)", file=sys.stderr)
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
@@ -109,28 +147,42 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="predictions JSON {path: class index} (default: %(default)s)")
     p.add_argument("--topk", type=int, default=1,
                    help="also print the K best classes with probabilities and write them to <output>.topk.json "
-                        "as {path: {class, topk: [[idx, prob], ...]}} (default: %(default)s)")
+                        "as {path: {class, topk: [[idx, prob], ...]}}; without it an older <output>.topk.json "
+                        "is deleted (default: %(default)s)")
     p.add_argument("--recursive", action="store_true", help="include images in sub-folders of DATA")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
+    p.add_argument("--num-workers", default="auto",
+                   help="loader processes decoding images while the model runs; auto = 2 when there is more "
+                        "than one batch, else 0 (default: %(default)s)")
 
 
-def check_common_args(args: argparse.Namespace) -> None:
-    """Refuse bad values of :func:`add_common_args`' options before a model is loaded."""
+Inputs = tuple[list[Path], list[tuple[str, str]]]  # (images, [(other file, why skipped)])
+
+
+def find_inputs(args: argparse.Namespace) -> Inputs:
+    """Check :func:`add_common_args`' options and find the images, before any model is loaded: a wrong
+    path, an empty folder or a bad value then fails at once instead of after the weights loaded."""
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.topk < 1:
         raise UserError(f"--topk must be >= 1, got {args.topk}")
-
-
-def run_prediction(args: argparse.Namespace, transform: Callable, run: Callable[[torch.Tensor], torch.Tensor],
-                   class_names: list[str]) -> int:
-    """A predicting command once its model is ready: find the images, predict, write the JSON, report."""
+    if args.num_workers != "auto" and not str(args.num_workers).isdigit():
+        raise UserError(f"--num-workers must be auto or an integer >= 0, got {args.num_workers}")
     images, skipped = collect_images(args.data, args.recursive)
     if not images:
         raise UserError(f"no image files in {args.data}" + ("" if args.recursive else " (use --recursive for sub-folders)"))
-    preds, rich, bad = predict(images, transform, run, args.batch_size, args.topk, class_names)
+    return images, skipped
+
+
+def run_prediction(args: argparse.Namespace, inputs: Inputs, transform: Callable,
+                   run: Callable[[torch.Tensor], torch.Tensor], class_names: list[str]) -> int:
+    """A predicting command once its model is ready: predict the images, write the JSON, report."""
+    images, skipped = inputs
+    workers = (auto_workers(len(images), args.batch_size) if args.num_workers == "auto"
+               else int(args.num_workers))
+    preds, rich, bad = predict(images, transform, run, args.batch_size, args.topk, class_names, workers)
     if not preds and Path(args.data).is_file():
-        raise UserError(f"{args.data}: not a readable image ({bad[0][1]})" if bad else f"{args.data}: no prediction")
-    written = write_outputs(args.output, preds, rich, args.topk)
-    report(skipped, bad, len(preds), written)
+        raise UserError(f"{args.data}: {bad[0][1]}" if bad else f"{args.data}: no prediction")
+    written, stale = write_outputs(args.output, preds, rich, args.topk)
+    report(skipped, bad, len(preds), written, stale)
     return 0

@@ -141,7 +141,7 @@ def draw_attention(image: torch.Tensor, heat: torch.Tensor, title: str, path: st
 # One panel per group of metrics; each entry: (title, y label, [(key, label, line style)]).
 CURVE_PANELS = (
     ("loss", "loss", [("train_loss", "train", "-"), ("val_loss", "val", "--")]),
-    ("accuracy", "accuracy (%)", [("val_top1", "top-1", "-"), ("val_top5", "top-5", "--")]),
+    ("accuracy", "accuracy (%)", [("val_top1", "val top-1", "-"), ("val_top5", "val top-5", "--")]),
     ("learning rate", "lr", [("lr", "lr", "-")]),
 )
 ACCURACY_KEYS = ("val_top1", "val_top5")
@@ -157,6 +157,23 @@ def _series(rows: list[dict], key: str, x_key: str) -> tuple[list[float], list[f
         xs.append(float(x) if isinstance(x, (int, float)) else float(i + 1))
         ys.append(float(y))
     return xs, ys
+
+
+def _lr_series(rows: list[dict], x_key: str) -> tuple[list[float], list[float], str]:
+    """(x, y, label) of the learning rate: per update from the rows' ``lr_steps`` trace (so warmup shows)
+    when they have it and the x axis is epoch or step, else the one value per epoch the rows hold."""
+    if x_key not in ("epoch", "step") or not all(isinstance(r.get("lr_steps"), list) for r in rows):
+        xs, ys = _series(rows, "lr", x_key)
+        return xs, ys, "lr (end of epoch)"
+    xs, ys, prev_step = [], [], 0
+    for i, r in enumerate(rows):
+        epoch, step = r.get("epoch", i + 1), r.get("step", 0)
+        span = max(1, step - prev_step)  # updates in this epoch
+        for s, lr in r["lr_steps"]:
+            xs.append(float(s) if x_key == "step" else epoch - 1 + (s - prev_step) / span)
+            ys.append(float(lr))
+        prev_step = step
+    return xs, ys, "lr (per update)"
 
 
 def draw_curves(runs: dict[str, list[dict]], path: str | Path, keys: Sequence[str] | None = None,
@@ -183,6 +200,8 @@ def draw_curves(runs: dict[str, list[dict]], path: str | Path, keys: Sequence[st
         for r, (run, rows) in enumerate(runs.items()):
             for j, (key, label, style) in enumerate(series):
                 xs, ys = _series(rows, key, x_key)
+                if key == "lr" and not keys:
+                    xs, ys, label = _lr_series(rows, x_key)
                 if not ys:
                     continue
                 if key in ACCURACY_KEYS and max(ys) <= 1.0:

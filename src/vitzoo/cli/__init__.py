@@ -25,6 +25,7 @@ COMMANDS = {
     "make-dataset": ("vitzoo.cli.make_dataset", "write a small generated image dataset (no download)"),
     "attention": ("vitzoo.cli.attention", "draw attention maps (attention rollout) for images"),
     "plot": ("vitzoo.cli.plot", "draw training curves from a run's metrics file"),
+    "bench": ("vitzoo.cli.bench", "measure img/s here, side by side with timm's model (ratio, % of peak)"),
 }
 
 

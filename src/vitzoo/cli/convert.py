@@ -1,10 +1,12 @@
-"""`vitzoo convert`: turn an official release file into a vitzoo checkpoint (weights + arch + config).
+"""`vitzoo convert`: turn a checkpoint of another framework into a vitzoo checkpoint, and back.
 
 SRC may be in any layout :mod:`vitzoo.models.convert` detects -- DeiT / timm ``.pth``, official T2T-ViT
-``.pth.tar``, unilm BEiT ``.pth``, Google ViT ``.npz`` -- or a vitzoo checkpoint itself (e.g. to re-save as
-``.safetensors``). DST ending in ``.safetensors`` writes safetensors (meta in the header); anything else a
-``torch.save`` file loadable with ``weights_only=True``. The converted model is checked: it must load
-strictly, and the written file must reproduce its logits.
+``.pth.tar``, unilm BEiT ``.pth``, Google ViT ``.npz``, MindSpore ``.ckpt``, PaddleViT ``.pdparams``, a
+Hugging Face ``transformers`` or timm hub folder -- or a vitzoo checkpoint itself (e.g. to re-save as
+``.safetensors``). DST ending in ``.safetensors`` writes safetensors (meta in the header); ``--to
+mindspore|paddle`` (or DST ending in ``.ckpt`` / ``.pdparams``) writes the seed's layout; anything
+else a ``torch.save`` file loadable with ``weights_only=True``. The converted model is checked: it must load
+strictly, and the written file, read back, must reproduce its logits (the max |diff| is printed).
 """
 from __future__ import annotations
 
@@ -12,15 +14,17 @@ import argparse
 
 import yaml
 
+from vitzoo.cli.helpfmt import HelpFormatter
 from vitzoo.errors import UserError
-from vitzoo.models.convert import convert_checkpoint
+from vitzoo.models.convert import WRITERS, convert_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vitzoo convert", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("src", metavar="SRC", help="official file: .pth / .pth.tar / .npz (or a vitzoo checkpoint)")
-    p.add_argument("dst", metavar="DST", help="output checkpoint (.pt, .pth or .safetensors)")
+                                formatter_class=HelpFormatter)
+    p.add_argument("src", metavar="SRC",
+                   help="checkpoint: .pth / .pth.tar / .npz / .ckpt / .pdparams / hub folder (or a vitzoo checkpoint)")
+    p.add_argument("dst", metavar="DST", help="output: .pt / .pth / .safetensors (vitzoo), .ckpt or .pdparams")
     p.add_argument("--arch", "--model", default=None,
                    help="model name (see `vitzoo models`); required unless SRC is a vitzoo checkpoint")
     p.add_argument("--num-classes", type=int, default=None,
@@ -28,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int, default=None,
                    help="input resolution (default: the arch's; position tables are resized)")
     p.add_argument("--use-ema", action="store_true", help="take the EMA weights when the file has both")
+    p.add_argument("--to", default=None, choices=["vitzoo", *WRITERS],
+                   help="layout to write (default: by DST's suffix, .ckpt / .pdparams; else a vitzoo checkpoint)")
+    p.add_argument("--reference-numerics", action="store_true",
+                   help="use the PyTorch references' numerics (exact GELU, their LayerNorm epsilon) instead of the "
+                        "source framework's; the logit change is printed")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="model config override for non-standard sizes, repeatable (e.g. --set embed_dim=192)")
     return p
@@ -47,9 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     info = convert_checkpoint(args.src, args.dst, arch=args.arch, num_classes=args.num_classes,
                               img_size=args.img_size, use_ema=args.use_ema,
-                              overrides=parse_overrides(args.overrides))
-    print(f"converted {args.src} ({info['layout']}) -> {info['path']}: {info['arch']}, "
+                              overrides=parse_overrides(args.overrides), to=args.to,
+                              reference_numerics=args.reference_numerics)
+    print(f"converted {args.src} ({info['layout']}) -> {info['path']} ({info['to']}): {info['arch']}, "
           f"{info['num_classes']} classes, {info['num_params']:,} parameters")
     for line in info["notes"]:
         print(f"  {line}")
+    print(f"  checked: the written file reproduces the logits, max |diff| {info['max_diff']:.3g}")
     return 0

@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
-from vitzoo.deploy.onnx_runtime import class_names_of, create_session, data_config_for, evaluate_folder
+from vitzoo.cli.helpfmt import HelpFormatter
+from vitzoo.deploy.onnx_runtime import (
+    class_names_of,
+    create_session,
+    data_config_for,
+    evaluate_folder,
+    session_metadata,
+)
 from vitzoo.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vitzoo eval-onnx", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("dataset", metavar="DATASET", help="validation folder: DATASET/<class>/<images>")
     p.add_argument("--onnx-path", "--onnx_path", required=True, help="ONNX model written by vitzoo export")
     p.add_argument("--image-size", "--image_size", type=int, default=None,
@@ -27,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="images per ONNX Runtime call")
     p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="image decoding processes (0 = in the main process)")
+    p.add_argument("--compare", default=None, metavar="ONNX",
+                   help="also evaluate this model (e.g. the fp32 one) on the same images and print the change; "
+                        "an int8 model from vitzoo export is compared with its fp32 file by default")
     return p
 
 
@@ -34,9 +45,26 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1 or args.prefetch < 1 or args.num_workers < 0:
         raise UserError("--batch-size and --prefetch must be >= 1, --num-workers >= 0")
+    if not os.path.isdir(args.dataset):  # before the model loads: a wrong path fails at once
+        raise UserError(f"dataset folder not found: {args.dataset} (expected {args.dataset}/<class>/<images>)")
     session = create_session(args.onnx_path, args.device)
     data_config = data_config_for(session, args.image_size)
     results = evaluate_folder(session, args.dataset, data_config, class_names_of(session),
                               batch_size=args.batch_size, num_workers=args.num_workers, prefetch=args.prefetch)
     print("eval results: " + str({k: results[k] for k in ("Top1-Acc", "Top5-Acc")}))
+    reference = args.compare or _fp32_source(args.onnx_path, session)
+    if reference:
+        ref = evaluate_folder(create_session(reference, args.device), args.dataset, data_config,
+                              class_names_of(session), batch_size=args.batch_size, num_workers=args.num_workers,
+                              prefetch=args.prefetch)
+        change = 100 * (results["Top1-Acc"] - ref["Top1-Acc"])
+        print(f"vs {reference} on the same {results['num_samples']} images: top-1 {ref['Top1-Acc']} -> "
+              f"{results['Top1-Acc']} ({change:+.2f} points), top-5 {ref['Top5-Acc']} -> {results['Top5-Acc']}")
     return 0
+
+
+def _fp32_source(path: str, session) -> str | None:
+    """The fp32 file an int8 model was quantized from (recorded by vitzoo export), if it is still beside it."""
+    name = session_metadata(session).get("quantized_from")
+    candidate = Path(path).with_name(name) if name else None
+    return str(candidate) if candidate is not None and candidate.is_file() else None

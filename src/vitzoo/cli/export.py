@@ -11,14 +11,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
+from vitzoo.cli.helpfmt import HelpFormatter
 from vitzoo.deploy.export import FORMATS, SUFFIX, export_model
+from vitzoo.deploy.onnx_runtime import create_session, data_config_for
+from vitzoo.deploy.quantize import MODES, ImageReader, compare_sessions, quantize_onnx
 from vitzoo.engine.dist import resolve_device
+from vitzoo.errors import UserError
 from vitzoo.models import load_model
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vitzoo export", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", "--checkpoint-path", "--checkpoint_path", required=True,
                    help="vitzoo checkpoint (.pt/.safetensors) or official release file")
     p.add_argument("--arch", "--model", default=None,
@@ -41,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max abs logit difference allowed in verification; when not given: 1e-4 fp32, "
                         "1e-2 fp16, times max(1, max |logit|)")
     p.add_argument("--device", default="cpu", help="device to export and verify on (cpu | cuda)")
+    q = p.add_argument_group("int8 (ONNX Runtime quantization)")
+    q.add_argument("--quantize", choices=("int8",), default=None,
+                   help="write an int8 ONNX model to --output and keep the fp32 one beside it as <name>.fp32.onnx")
+    q.add_argument("--quantize-mode", choices=MODES, default="dynamic",
+                   help="dynamic: int8 weights, activation ranges per batch (no images needed; measured the "
+                        "faster one here, benchmarks/README.md); static: activation ranges calibrated on "
+                        "--calibration-data")
+    q.add_argument("--calibration-data", default=None, metavar="FOLDER",
+                   help="images (searched recursively) to calibrate static int8 and to check the int8 model on")
+    q.add_argument("--calibration-images", type=int, default=64, help="at most this many calibration images")
     return p
 
 
@@ -51,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     arch = meta.get("arch") or args.arch or model.arch
     meta = {**meta, "arch": arch}
     output = Path(args.output or f"{arch}{SUFFIX[args.file_format]}")
+    if args.quantize and (args.file_format != "ONNX" or args.fp16):
+        raise UserError("--quantize int8 writes ONNX from the fp32 model: use it without --fp16 and with "
+                        "--file-format ONNX")
+    final, output = output, (output.with_name(output.stem + ".fp32.onnx") if args.quantize else output)
     res = export_model(model, output, args.file_format, meta=meta, batch=args.batch, fp16=args.fp16,
                        fix_gelu=args.fix_gelu, opset=args.opset, dynamo=args.dynamo,
                        tolerance=args.tolerance, device=device)
@@ -62,4 +82,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: tanh-GELU changes logits by up to {res.gelu_diff:.3g} vs the exact-GELU model")
     if res.sidecar:
         print(f"metadata sidecar: {res.sidecar}")
+    if args.quantize:
+        _quantize(args, output, final)
     return 0
+
+
+def _quantize(args, fp32_path: Path, output: Path) -> None:
+    """int8 model of ``fp32_path`` at ``output``; compared with fp32 on the calibration images (or noise)."""
+    info = quantize_onnx(fp32_path, output, args.quantize_mode, args.calibration_data, args.calibration_images)
+    fp32, int8 = create_session(fp32_path, "CPU"), create_session(output, "CPU")
+    if args.calibration_data:
+        reader = ImageReader(args.calibration_data, data_config_for(fp32), fp32.get_inputs()[0].name,
+                             args.calibration_images, batch=10**6)
+        x, on = next(iter(reader.get_next().values())), f"{reader.count} calibration image(s)"
+    else:
+        x, on = np.random.default_rng(0).standard_normal((4, *fp32.get_inputs()[0].shape[1:])).astype(np.float32), \
+            "4 random inputs"
+    cmp = compare_sessions(int8, fp32, x)
+    extra = f", calibrated on {info['calibration_images']} image(s)" if info["calibration_images"] else ""
+    print(f"quantized -> {output} (int8 {info['mode']}{extra}; fp32 model kept as {fp32_path})")
+    print(f"int8 vs fp32 on {on}: same top-1 class on {100 * cmp['top1_agree']:.1f}%, max abs logit diff "
+          f"{cmp['max_abs_diff']:.3g} (max |logit| {cmp['max_abs_logit']:.3g}); accuracy: vitzoo eval-onnx "
+          f"DATASET --onnx-path {output}")

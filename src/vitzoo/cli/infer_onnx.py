@@ -9,14 +9,15 @@ import argparse
 
 import torch
 
+from vitzoo.cli.helpfmt import HelpFormatter
 from vitzoo.data import build_eval_transform
 from vitzoo.deploy.onnx_runtime import class_names_of, create_session, data_config_for, run_session
-from vitzoo.predict import add_common_args, check_common_args, run_prediction
+from vitzoo.predict import add_common_args, find_inputs, run_prediction
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vitzoo infer-onnx", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     add_common_args(p)
     p.add_argument("--onnx-path", "--onnx_path", required=True, help="ONNX model written by vitzoo export")
     p.add_argument("-m", "--device", default="auto", type=str.upper, choices=["AUTO", "CPU", "GPU"],
@@ -28,11 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_common_args(args)
+    inputs = find_inputs(args)  # before the model loads: bad input fails fast
     session = create_session(args.onnx_path, args.device)
     transform = build_eval_transform(data_config_for(session, args.image_size))
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(run_session(session, x.numpy()))
 
-    return run_prediction(args, transform, run, class_names_of(session))
+    return run_prediction(args, inputs, transform, run, class_names_of(session))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vitzoo.data.synthetic import SHAPES, make_shapes_dataset
+from vitzoo.data.synthetic import SHAPES, make_shapes_dataset, shapes_dataset_exists
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
+    settings = (args.out, args.num_train, args.num_val, args.size, args.seed, args.num_classes)
+    reused = not args.overwrite and shapes_dataset_exists(*settings)
     out = make_shapes_dataset(
         args.out,
         args.num_train,
@@ -49,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         progress=False if args.quiet else None,
     )
     if not args.quiet:
-        print(
-            f"wrote {args.num_train} train + {args.num_val} val images of {args.num_classes} classes "
-            f"({', '.join(SHAPES[: args.num_classes])}) to {out}"
-        )
+        what = (f"{args.num_train} train + {args.num_val} val images of {args.num_classes} classes "
+                f"({', '.join(SHAPES[: args.num_classes])})")
+        if reused:
+            print(f"reused {out}: it already holds the {what} these settings make (--overwrite writes them again)")
+        else:
+            print(f"wrote {what} to {out}")
     return 0

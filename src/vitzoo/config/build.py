@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vitzoo.config.compat import DEVICE_TARGETS, IGNORED, MAPPED, mapped_note
+from vitzoo.config.compat import DEVICE_TARGETS, IGNORED, MAPPED, SYNONYMS, mapped_note
 from vitzoo.config.schema import ALIASES, FIELDS, KINDS, RunConfig
 from vitzoo.config.types import Kind, coerce
 from vitzoo.errors import ConfigError, nearest
@@ -25,14 +25,27 @@ def known_keys() -> list[str]:
     return list(ALIASES) + list(MAPPED) + list(IGNORED)
 
 
+def suggest_key(key: str) -> str:
+    """' (did you mean: a, b?)' for an unknown key: the option it means in other toolkits when known
+    (``learning_rate`` -> ``lr``: spelling alone would offer ``decay_rate``), else close spellings."""
+    key = key_of(key)
+    if key in SYNONYMS:  # the meaning is known: the look-alikes would only distract
+        return f" (did you mean: {SYNONYMS[key]}?)"
+    return nearest(key, known_keys())
+
+
 def build(sources: list[tuple[dict, str]], strict: bool = True) -> RunConfig:
     """defaults < sources[0] < sources[1] ... (YAML first, command line last), then validate."""
     notes: list[str] = []
     values: dict[str, Any] = {}
+    explicit: dict[str, str] = {}
     for raw, where in sources:
-        values.update({k: v for k, (v, _) in _collect(raw, where, strict, notes).items()})
+        collected = _collect(raw, where, strict, notes)
+        values.update({k: v for k, (v, _) in collected.items()})
+        explicit.update({k: where for k in collected})
     cfg = RunConfig(**values)
     cfg.notes = list(dict.fromkeys(notes))
+    cfg.explicit = explicit
     _normalise(cfg)
     _validate(cfg)
     return cfg
@@ -86,7 +99,7 @@ def _collect(raw: dict, where: str, strict: bool, notes: list[str]) -> dict[str,
             name = ALIASES[key]
             typed = field_value(name, value, spelled, where)
         elif strict:
-            raise ConfigError(f"unknown config key '{spelled}' ({where}){nearest(key, known_keys())}")
+            raise ConfigError(f"unknown config key '{spelled}' ({where}){suggest_key(key)}")
         else:
             notes.append(f"{spelled}: unknown key ignored ({where})")
             continue
@@ -130,6 +143,8 @@ def _validate(cfg: RunConfig) -> None:
          f"config key 'cutmix_minmax' must be [min, max] with 0 < min < max <= 1, got {minmax}")
     need(cfg.sched != "step" or cfg.decay_epochs > 0,
          f"config key 'decay_epochs' must be > 0 for the step schedule, got {cfg.decay_epochs}")
+    need(not (cfg.overwrite and cfg.resume), f"config keys 'overwrite' and 'resume' ({cfg.resume!r}) exclude "
+         "each other: continue the run (resume) or start it again (overwrite)")
     need(cfg.is_dynamic_loss_scale or cfg.loss_scale > 0,
          "config key 'loss_scale' must be > 0 when 'is_dynamic_loss_scale' is false")
     if cfg.distillation_type != "none":

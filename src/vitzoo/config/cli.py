@@ -13,10 +13,10 @@ from typing import Any
 
 import yaml
 
-from vitzoo.config.build import build, key_of, known_keys
+from vitzoo.config.build import build, key_of, known_keys, suggest_key
 from vitzoo.config.compat import IGNORED, MAPPED
 from vitzoo.config.schema import KINDS, SECTIONS, RunConfig, default_of, schema
-from vitzoo.errors import ConfigError, nearest
+from vitzoo.errors import ConfigError
 
 CLI_ONLY = ("config", "dry_run")
 _METAVAR = {"bool": "BOOL", "int": "INT", "float": "FLOAT", "str": "STR", "floats": "FLOAT", "dict": "YAML"}
@@ -71,7 +71,7 @@ def _is_negative_number(text: str) -> bool:
 def build_parser(prog: str = "vitzoo train", description: str | None = None) -> argparse.ArgumentParser:
     """--config, --dry-run and one --key per option (aliases hidden but accepted), grouped by section."""
     p = _Parser(prog=prog, description=description or "Train a model from a YAML config; any key can be "
-                "given as --key value (CLI wins over YAML). Keys also accept --key-name spelling.",
+                "given as --KEY VALUE (CLI wins over YAML), spelled either way: --batch-size = --batch_size.",
                 usage="%(prog)s [--config YAML] [--dry-run] [--KEY VALUE ...]",
                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--config", "--config_path", dest="config", default=None, metavar="YAML",
@@ -84,17 +84,22 @@ def build_parser(prog: str = "vitzoo train", description: str | None = None) -> 
         extra = f"; choices: {', '.join(m['choices'])}" if m["choices"] else ""
         alias = f"; alias: {', '.join(m['aliases'])}" if m["aliases"] else ""
         kw = _flag_kwargs(f.name, kind.base)
-        groups[m["section"]].add_argument(f"--{f.name}", help=f"{m['help']} [default: "
-                                          f"{_show(default_of(f.name))}{extra}{alias}]", **kw)
+        text = f"{m['help']} [default: {_show(default_of(f.name))}{extra}{alias}]"
+        groups[m["section"]].add_argument(f"--{f.name}", help=_literal(text), **kw)
         for a in m["aliases"]:
             p.add_argument(f"--{a}", help=argparse.SUPPRESS, **kw)
     compat = p.add_argument_group("MindSpore seed keys (mapped or accepted without effect)")
     for key, (name, base, _) in MAPPED.items():
-        compat.add_argument(f"--{key}", help=f"sets {name}", **_flag_kwargs(key, base))
+        compat.add_argument(f"--{key}", help=_literal(f"sets {name}"), **_flag_kwargs(key, base))
     for key, why in IGNORED.items():
         compat.add_argument(f"--{key}", dest=key, default=argparse.SUPPRESS, metavar="X", nargs="?",
-                            const="true", help=f"no effect: {why}")
+                            const="true", help=_literal(f"no effect: {why}"))
     return p
+
+
+def _literal(text: str) -> str:
+    """Help text shown as written: argparse %-formats help strings ("~30% slower" would break)."""
+    return text.replace("%", "%%")
 
 
 def _flag_kwargs(dest: str, base: str) -> dict[str, Any]:
@@ -130,8 +135,10 @@ def parse_args(argv: list[str] | None = None, prog: str = "vitzoo train", descri
     if rest:
         bad = rest[0]
         key = key_of(bad.lstrip("-").partition("=")[0])
-        hint = nearest(key, known_keys()).replace(": ", ": --").replace(", ", ", --") if bad.startswith("-") else ""
-        raise ConfigError(f"unknown option '{bad}'{hint} (see {parser.prog} --help)")
+        hint = suggest_key(key).replace(": ", ": --").replace(", ", ", --") if bad.startswith("-") else ""
+        typed = next((a for a in (sys.argv[1:] if argv is None else argv)
+                      if a.startswith("--") and key_of(a[2:].partition("=")[0]) == key), bad.partition("=")[0])
+        raise ConfigError(f"unknown option '{typed.partition('=')[0]}'{hint} (see {parser.prog} --help)")
     return config_from_namespace(ns), ns
 
 

@@ -12,7 +12,7 @@ Typical use (the trainer)::
 
 from __future__ import annotations
 
-from vitzoo.data.build import build_dataset
+from vitzoo.data.build import build_dataset, check_split_data
 from vitzoo.data.cifar import CifarBinaryDataset, read_cifar_bin
 from vitzoo.data.datasets import IMG_EXTENSIONS, ImageFolderDataset, list_images, load_image, report_bad_files
 from vitzoo.data.loader import (
@@ -43,6 +43,7 @@ __all__ = [
     "build_loader",
     "build_mixup",
     "build_train_transform",
+    "check_split_data",
     "list_images",
     "load_image",
     "loader_from_batch",

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable
 
 from vitzoo.config import RunConfig
 from vitzoo.data.cifar import CIFAR_FORMATS, CifarBinaryDataset, cifar_files
@@ -35,6 +34,18 @@ def _train_classes(cfg: RunConfig) -> list[str] | None:
     if not cfg.data_path or not train_root.is_dir():
         return None
     return sorted(d.name for d in os.scandir(train_root) if d.is_dir() and not d.name.startswith(".")) or None
+
+
+def check_split_data(cfg: RunConfig, split: str) -> Path:
+    """The folder (or CIFAR file) ``split`` reads, checked to exist without reading it: a command calls
+    this before it loads weights or starts processes, so a wrong path fails at once."""
+    root = _split_root(cfg, split)
+    if cfg.dataset != "folder":
+        return cifar_files(cfg.dataset, root, split, bool(split == "val" and cfg.val_data_path))[0]
+    folder = _folder_for(cfg, split, root)
+    if not folder.is_dir():
+        raise UserError(f"dataset folder not found: {folder} (expected {folder}/<class>/<images>)")
+    return folder
 
 
 def build_dataset(

@@ -83,6 +83,8 @@ def _open_rgb(path: Path):
         Image.DecompressionBombError,
     ) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, UnidentifiedImageError):  # Pillow's text names the file object: <_io.BufferedReader ...>
+            reason = "not an image format Pillow can decode"
         if os.path.getsize(path) == 0:
             reason = "empty file (0 bytes)"
         raise _BadImage(reason) from e

@@ -134,6 +134,18 @@ def _manifest(num_train: int, num_val: int, size: int, seed: int, classes: list[
     }
 
 
+def shapes_dataset_exists(out: str | os.PathLike, num_train: int, num_val: int, size: int = 32, seed: int = 0,
+                          num_classes: int = 5) -> bool:
+    """Does ``out`` already hold the finished dataset these settings make (so writing it is skipped)?"""
+    out = Path(out)
+    try:
+        have = json.loads((out / _MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    want = _manifest(num_train, num_val, size, seed, list(SHAPES[:num_classes]))
+    return have == want and not (out / _INCOMPLETE).exists()
+
+
 def make_shapes_dataset(
     out: str | os.PathLike,
     num_train: int,

@@ -13,7 +13,8 @@ ImageNet's, ``false`` forces 0.5/0.5 (BEiT's fine-tuning recipe, seed 002).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable, Collection
+from typing import Any
 
 from PIL import Image, ImageOps
 from timm.data import Mixup, create_transform
@@ -52,21 +53,27 @@ def _size3(size: Any) -> tuple[int, int, int]:
     return (3, int(size), int(size))
 
 
-def resolve_data_config(cfg: RunConfig | None, model: Any = None) -> dict:
+PREPROCESSING_KEYS = ("input_size", "crop_pct", "interpolation", "imagenet_default_mean_and_std")
+
+
+def resolve_data_config(cfg: RunConfig | None, model: Any = None,
+                        keys: Collection[str] = PREPROCESSING_KEYS) -> dict:
     """The model's ``data_config`` (or a dict passed as ``model``) with the config's overrides applied.
 
-    Overrides: ``input_size``, ``crop_pct``, ``interpolation``, ``imagenet_default_mean_and_std``.
+    Overrides: those of :data:`PREPROCESSING_KEYS` in ``keys`` (all by default; ``vitzoo eval`` passes
+    only the ones the user set, so a checkpoint's own preprocessing is kept otherwise).
     The result is JSON-friendly and goes into checkpoint ``meta["data_config"]``.
     """
     base = model if isinstance(model, dict) else getattr(model, "data_config", None)
     dc = {**DEFAULT_DATA_CONFIG, **(base or {})}
     if cfg is not None:
-        if cfg.input_size is not None:
+        if "input_size" in keys and cfg.input_size is not None:
             dc["input_size"] = _size3(cfg.input_size)
-        if cfg.crop_pct is not None:
+        if "crop_pct" in keys and cfg.crop_pct is not None:
             dc["crop_pct"] = cfg.crop_pct
-        dc["interpolation"] = cfg.interpolation
-        if cfg.imagenet_default_mean_and_std is not None:
+        if "interpolation" in keys:
+            dc["interpolation"] = cfg.interpolation
+        if "imagenet_default_mean_and_std" in keys and cfg.imagenet_default_mean_and_std is not None:
             use_imagenet = cfg.imagenet_default_mean_and_std
             dc["mean"], dc["std"] = (IMAGENET_MEAN, IMAGENET_STD) if use_imagenet else (HALF_MEAN, HALF_STD)
     return {

@@ -24,6 +24,10 @@ from vitzoo.engine import dist
 
 METRIC_KEYS = ("epoch", "step", "train_loss", "lr", "val_loss", "val_top1", "val_top5", "img_per_sec", "time",
                "skipped_steps")
+# metrics.jsonl only (a list does not fit a CSV cell): [[global step, lr], ...] sampled over the epoch, so
+# `vitzoo plot` draws warmup and the schedule's shape, not one lr per epoch
+LR_TRACE_KEY = "lr_steps"
+LR_TRACE_POINTS = 32  # per epoch, at most
 LOGGER = "vitzoo.train"
 
 
@@ -97,12 +101,14 @@ class EpochStats:
         self.start = time.perf_counter()
         self.loss_sum, self.losses, self.samples, self.skipped = 0.0, 0, 0, 0
         self.seconds, self.img_per_sec = 0.0, 0.0
+        self.lr_trace: list[list[float]] = []  # [global step, lr] of every update
 
     def add(self, info: Any) -> None:
         """One :class:`~vitzoo.engine.loop.UpdateInfo`."""
         self.loss_sum += info.loss * info.losses if info.losses else 0.0
         self.losses += info.losses
         self.samples, self.skipped = info.samples, self.skipped + info.skipped
+        self.lr_trace.append([info.global_step, info.lr])
 
     @property
     def loss(self) -> float:
@@ -122,7 +128,14 @@ class EpochStats:
         """This epoch's line of metrics.jsonl (keys: METRIC_KEYS)."""
         return {"epoch": epoch, "step": step, "train_loss": self.loss, "lr": lr, "val_loss": metrics.get("Loss"),
                 "val_top1": metrics.get("Top1-Acc"), "val_top5": metrics.get("Top5-Acc"),
-                "img_per_sec": self.img_per_sec, "time": self.seconds, "skipped_steps": self.skipped}
+                "img_per_sec": self.img_per_sec, "time": self.seconds, "skipped_steps": self.skipped,
+                LR_TRACE_KEY: evenly_spaced(self.lr_trace, LR_TRACE_POINTS)}
+
+
+def evenly_spaced(points: list, n: int) -> list:
+    """About ``n`` of ``points`` at an even stride, the first and the last always among them."""
+    kept = points[::max(1, math.ceil(len(points) / n))]
+    return kept + points[-1:] if points and kept[-1] is not points[-1] else kept
 
 
 class MetricsFile:
@@ -146,12 +159,12 @@ class MetricsFile:
                 self.rows.append(row)
 
     def add(self, row: dict[str, Any]) -> None:
-        self.rows.append({k: row.get(k) for k in METRIC_KEYS})
+        self.rows.append({k: row.get(k) for k in METRIC_KEYS} | {k: row[k] for k in (LR_TRACE_KEY,) if k in row})
         if not self.enabled:
             return
         atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in self.rows))
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=METRIC_KEYS, lineterminator="\n")
+        w = csv.DictWriter(buf, fieldnames=METRIC_KEYS, lineterminator="\n", extrasaction="ignore")
         w.writeheader()
         w.writerows(self.rows)
         atomic_write_text(self.csv, buf.getvalue())

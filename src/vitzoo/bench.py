@@ -1,0 +1,301 @@
+"""Side-by-side throughput of a vitzoo model and its reference, in one process on the same input.
+
+Shared by ``vitzoo bench`` and ``benchmarks/bench_models.py``. The reference is timm's model of the same
+name with the *same weights* (its state dict loaded strictly into ours), or, for names timm lacks
+(T2T-ViT), the same model running the official implementation's attention arithmetic
+(``softmax((q @ k^T) * scale) @ v``, the N x N map materialised: models/t2t_vit.py of
+yitu-opensource/T2T-ViT), patched in for ``F.scaled_dot_product_attention`` during its calls only.
+
+Fairness: a warm-up per side, then rounds; each round times ``iters`` steps of each side, alternating
+which goes first, so drifting load (turbo, other jobs) hits both alike. Rates are medians over rounds;
+the ratio is the median of the per-round ratios ours / reference (paired: a load change between rounds
+cancels). ``clock="cpu"`` counts process CPU time instead of wall time (robust to a shared machine; use
+one thread, since idle OpenMP threads spin and would be counted).
+"""
+from __future__ import annotations
+
+import copy
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from vitzoo.models import create_model
+from vitzoo.precision import FP32, Precision, cpu_flags
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+FLAGS_SHOWN = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()  # host-device sync: time the kernels, not their launch
+
+
+def time_iters(fn: Callable, iters: int, device: torch.device, clock: str = "wall") -> float:
+    """Seconds for ``iters`` calls of ``fn`` on the given clock."""
+    now = CLOCKS[clock]
+    sync(device)
+    t0 = now()
+    for _ in range(iters):
+        fn()
+    sync(device)
+    return now() - t0
+
+
+def peak_memory(fn: Callable, device: torch.device) -> float | None:
+    """Peak CUDA memory (MiB) allocated during one call (weights included); None on CPU."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    sync(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def naive_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """The official T2T-ViT attention arithmetic: the (B, heads, N, N) map is materialised."""
+    attn = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if attn_mask is not None:
+        attn = attn + attn_mask
+    return attn.softmax(dim=-1) @ v
+
+
+@contextmanager
+def naive_attention():
+    """Swap ``F.scaled_dot_product_attention`` for :func:`naive_sdpa` (the reference's calls only)."""
+    fused = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = naive_sdpa
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = fused
+
+
+def build_pair(name: str, reference: str = "auto", **overrides) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+    """(ours, reference, label): timm's model with its weights copied into ours (``timm``), or for names
+    timm lacks (or ``official``) a copy of ours that runs the naive attention arithmetic."""
+    import timm  # optional for the rest of vitzoo, and slow to import
+
+    torch.manual_seed(0)
+    if reference == "timm" or (reference == "auto" and timm.is_model(name)):
+        ref = timm.create_model(name, pretrained=False, **overrides).eval()
+        ours = create_model(name, **overrides).eval()
+        missing, unexpected = ours.load_state_dict(ref.state_dict(), strict=False)
+        # non-persistent buffers of ours (e.g. BEiT's relative_position_index) are derived, not loaded
+        unexpected = [k for k in unexpected if not k.endswith("relative_position_index")]
+        if missing or unexpected:
+            raise ValueError(f"{name}: timm weights do not map onto ours: missing {missing[:4]}, "
+                             f"unexpected {unexpected[:4]}")
+        return ours, ref, "timm"
+    ours = create_model(name, **overrides).eval()
+    return ours, copy.deepcopy(ours), "official"
+
+
+def machine_info() -> dict:
+    """What the figures depend on: CPU model and its relevant flags, threads, torch/timm versions."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = cpu_flags()
+    info = {"cpu": model or platform.processor() or platform.machine(),
+            "cpu_flags": [f for f in FLAGS_SHOWN if f in flags], "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    try:
+        import timm
+
+        info["timm"] = timm.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return info
+
+
+def count_gflops(model: torch.nn.Module, input_size, device: torch.device) -> float:
+    """GFLOPs of one image's forward, counted by torch's FLOP counter on the model (not a table)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, *input_size, device=device)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(x)
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, iters: int = 3,
+                clock: str = "wall") -> float:
+    """This machine's measured matmul rate (GFLOP/s) for ``dtype``: best of ``iters`` n x n products, on
+    the clock (and with the threads) the models are timed with."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b  # warm-up
+    best = min(time_iters(lambda: a @ b, 1, device, clock) for _ in range(iters))
+    return 2 * n**3 / best / 1e9
+
+
+def infer_fn(model, x, precision: Precision, device, naive: bool = False) -> Callable:
+    x = precision.cast_input(x)
+
+    def run():
+        with torch.inference_mode(), precision.context(device), (naive_attention() if naive else nullcontext()):
+            return model(x)
+
+    return run
+
+
+def train_fn(model, x, y, precision: Precision, device, naive: bool = False) -> Callable:
+    """One training step (forward, CE loss, backward, AdamW step), as a plain training loop does it."""
+    model.train()
+    fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **fused)
+
+    def run():
+        with precision.context(device), (naive_attention() if naive else nullcontext()):
+            out = model(x)
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            loss = F.cross_entropy(out.float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return run
+
+
+def interleaved(fns: dict[str, Callable], *, batch: int, rounds: int, iters: int, warmup: int,
+                device: torch.device, clock: str = "wall") -> dict[str, list[float]]:
+    """Per-round img/s of each function, the order alternating between rounds."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    keys = list(fns)
+    rates: dict[str, list[float]] = {k: [] for k in keys}
+    for r in range(rounds):
+        for key in (keys if r % 2 == 0 else keys[::-1]):
+            rates[key].append(batch * iters / time_iters(fns[key], iters, device, clock))
+    return rates
+
+
+def bench_model(name: str, *, mode: str = "infer", batch: int = 8, img_size: int | None = None,
+                ours_precision: Precision = FP32, ref_precision: Precision = FP32, against: str = "auto",
+                device: torch.device | str = "cpu", rounds: int = 5, iters: int = 1, warmup: int = 1,
+                clock: str = "wall", compile: bool = False, peaks: dict | None = None,
+                decide: Callable[[torch.nn.Module], Precision] | None = None) -> dict:
+    """One row: params, GFLOPs/image, img/s and ms/step of ours (and of the reference with the ratio).
+
+    ``decide``: called with our fp32 model to pick its precision (the policy measures the model), else
+    ``ours_precision``. ``peaks``: {dtype: matmul GFLOP/s} measured in this run, for the fraction of peak.
+    """
+    device = torch.device(device)
+    overrides = {"img_size": img_size} if img_size else {}
+    if against == "none":
+        torch.manual_seed(0)
+        ours, ref, label = create_model(name, **overrides).eval(), None, None
+    else:
+        ours, ref, label = build_pair(name, against, **overrides)
+    ours = ours.to(device)
+    size = tuple(ours.data_config["input_size"])
+    torch.manual_seed(1)
+    x = torch.randn(batch, *size, device=device)
+    y = torch.randint(0, ours.num_classes, (batch,), device=device)
+    naive = label == "official"
+    diff = None
+    if ref is not None:
+        ref = ref.to(device)
+        with torch.inference_mode():  # fp32: the same function? (naive attention for the reference only)
+            with naive_attention() if naive else nullcontext():
+                ref_out = ref(x[:2]).float()
+            diff = (ours(x[:2]).float() - ref_out).abs().max().item()
+    gflops = count_gflops(ours, size, device)
+    params = sum(p.numel() for p in ours.parameters())
+    if decide is not None:
+        ours_precision = decide(ours)
+    if mode == "infer":
+        ours = ours_precision.cast_model(ours)
+        ref = ref_precision.cast_model(ref) if ref is not None else None
+    if compile:
+        ours = torch.compile(ours)
+        ref = torch.compile(ref) if ref is not None else None
+    make = infer_fn if mode == "infer" else (lambda m, x, p, d, naive=False: train_fn(m, x, y, p, d, naive))
+    fns = {"ours": make(ours, x, ours_precision, device)}
+    if ref is not None:
+        fns["ref"] = make(ref, x, ref_precision, device, naive)
+    rates = interleaved(fns, batch=batch, rounds=rounds, iters=iters, warmup=warmup, device=device, clock=clock)
+    ours_rate = statistics.median(rates["ours"])
+    step_flops = gflops * (1 if mode == "infer" else 3)  # backward ~ 2x forward
+    dtype = ours_precision.weights or ours_precision.autocast or torch.float32
+    peak = (peaks or {}).get(dtype)
+    row = {"name": name, "mode": mode, "batch": batch, "img_size": size[-1], "device": str(device),
+           "params_m": params / 1e6, "gflops": gflops, "ours_precision": ours_precision.name,
+           "ours_img_s": ours_rate, "ours_ms_step": 1000 * batch / ours_rate,
+           "peak_fraction": step_flops * ours_rate / peak if peak else None,
+           "ours_peak_mib": peak_memory(fns["ours"], device), "ours_rounds": rates["ours"], "compile": compile}
+    if ref is not None:
+        row.update({"reference": label, "ref_precision": ref_precision.name,
+                    "ref_img_s": statistics.median(rates["ref"]), "ref_rounds": rates["ref"],
+                    "ratio": statistics.median(o / r for o, r in zip(rates["ours"], rates["ref"])),
+                    "max_abs_diff_fp32": diff, "ref_peak_mib": peak_memory(fns["ref"], device)})
+    return row
+
+
+def short(precision_name: str) -> str:
+    """'bf16 weights (auto: ...)' -> 'bf16 weights'."""
+    return precision_name.split(" (")[0]
+
+
+def format_table(rows: list[dict]) -> str:
+    """A markdown table, one row per model and setting."""
+    head = ["name", "mode", "batch", "size", "params (M)", "GFLOPs/img", "ours", "ours img/s", "ms/step",
+            "% peak"]
+    if any("reference" in r for r in rows):
+        head += ["reference", "ref img/s", "ratio", "max\\|diff\\| fp32"]
+    if any(r["ours_peak_mib"] is not None for r in rows):
+        head += ["peak MiB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        cells = [r["name"], r["mode"], str(r["batch"]), str(r["img_size"]), f"{r['params_m']:.1f}",
+                 f"{r['gflops']:.2f}", short(r["ours_precision"]), f"{r['ours_img_s']:.1f}",
+                 f"{r['ours_ms_step']:.0f}", f"{100 * r['peak_fraction']:.0f}%" if r["peak_fraction"] else "-"]
+        if "reference" in head:
+            cells += [f"{r['reference']} {short(r['ref_precision'])}", f"{r['ref_img_s']:.1f}",
+                      f"{r['ratio']:.2f}x", f"{r['max_abs_diff_fp32']:.1e}"] if "reference" in r else ["-"] * 4
+        if "peak MiB" in head:
+            cells += [f"{r['ours_peak_mib']:.0f}" if r["ours_peak_mib"] is not None else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_rows(rows: list[dict], path: str) -> None:
+    """A bar chart of img/s per row, ours beside the reference, the ratio above each pair."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['name']}\nb{r['batch']} {r['img_size']}px" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(rows)), 3.6))
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r["ours_img_s"] for r in rows], 0.4, label="vitzoo")
+    ax.bar([x + 0.2 for x in xs], [r.get("ref_img_s", 0.0) for r in rows], 0.4, label="reference")
+    for x, r in zip(xs, rows):
+        if "ratio" in r:
+            ax.text(x, max(r["ours_img_s"], r["ref_img_s"]), f"{r['ratio']:.2f}x", ha="center", va="bottom")
+    ax.set_xticks(list(xs), labels, fontsize=7)
+    ax.set_ylabel(f"img/s ({rows[0]['mode']})")
+    ax.set_ylim(0, 1.25 * max(max(r["ours_img_s"], r.get("ref_img_s", 0.0)) for r in rows))  # room for labels
+    ax.legend(loc="upper left", ncols=2, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

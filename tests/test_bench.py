@@ -1,0 +1,57 @@
+"""`vitzoo bench` runs, prints the machine and a ratio, and writes JSON (correctness only: no speed claims)."""
+from __future__ import annotations
+
+import json
+
+import torch
+import torch.nn.functional as F
+
+from vitzoo.bench import naive_attention, naive_sdpa
+from vitzoo.cli import main as cli
+
+
+def test_bench_infer_against_timm_prints_ratio(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert cli(["bench", "--model", "deit_tiny_patch16_224", "--img-size", "64", "--batch-size", "1",
+                "--rounds", "2", "--warmup", "0", "--precision", "fp32", "--threads", "1", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("# ") and "torch " in text and "matmul peak" in text
+    row = json.loads(out.read_text())["results"][0]
+    assert row["reference"] == "timm" and row["ratio"] > 0 and row["max_abs_diff_fp32"] < 1e-4
+    assert row["gflops"] > 0 and len(row["ours_rounds"]) == len(row["ref_rounds"]) == 2
+    assert f"{row['ratio']:.2f}x" in text and "| deit_tiny_patch16_224 | infer |" in text
+
+
+def test_bench_train_mode_and_official_reference(capsys):
+    assert cli(["bench", "--model", "t2t_vit_t_14", "--img-size", "64", "--batch-size", "2", "--mode", "train",
+                "--rounds", "1", "--warmup", "0", "--precision", "bf16", "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "| t2t_vit_t_14 | train |" in text and "official fp32" in text and "bf16 autocast" in text
+    row = next(line for line in text.splitlines() if line.startswith("| t2t_vit_t_14"))
+    assert 0 < float(row.rstrip(" |").rsplit("|", 1)[-1]) < 1e-4  # fused vs naive attention: close, not equal
+
+
+def test_bench_scaling_lists_and_plot(tmp_path, capsys):
+    png = tmp_path / "b.png"
+    assert cli(["bench", "--model", "deit_tiny_patch16_224", "--img-size", "32,48", "--batch-size", "1,2",
+                "--against", "none", "--rounds", "1", "--warmup", "0", "--precision", "fp32", "--threads", "1",
+                "--plot", str(png)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| deit_tiny")]
+    assert [r.split(" | ")[2:4] for r in rows] == [["1", "32"], ["2", "32"], ["1", "48"], ["2", "48"]]
+    assert png.stat().st_size > 1000
+
+
+def test_bench_rejects_unknown_model(capsys):
+    assert cli(["bench", "--model", "deit_tiny_patch16_224,nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert cli(["bench", "--model", "deit_tiny_patch16_224", "--batch-size", "8,x"]) == 2
+
+
+def test_naive_attention_matches_fused():
+    q, k, v = torch.randn(3, 2, 2, 5, 8).unbind(0)
+    fused = F.scaled_dot_product_attention(q, k, v)
+    with naive_attention():
+        assert F.scaled_dot_product_attention is naive_sdpa
+        torch.testing.assert_close(F.scaled_dot_product_attention(q, k, v), fused)
+    assert F.scaled_dot_product_attention is not naive_sdpa
+

@@ -1,0 +1,224 @@
+"""The precision policy (``vitzoo.precision``): what ``auto`` chooses on which hardware (units mocked),
+that the choice is printed once, and accuracy guards on a model trained here: bf16 evaluation against
+fp32, and the int8 ONNX export (loads, agrees with fp32, ``eval-onnx`` reports the change)."""
+from __future__ import annotations
+
+import ast
+import json
+import re
+
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vitzoo import precision as P
+from vitzoo.checkpoint import save_checkpoint
+from vitzoo.cli import main as cli
+from vitzoo.data import build_eval_transform, list_images, load_image, make_shapes_dataset
+from vitzoo.deploy.onnx_runtime import create_session, session_metadata
+from vitzoo.deploy.quantize import compare_sessions
+from vitzoo.engine.loop import evaluate
+from vitzoo.models import create_model
+
+CPU = torch.device("cpu")
+TINY = {"img_size": 32, "patch_size": 4, "depth": 2, "embed_dim": 48, "num_heads": 3}
+
+
+@pytest.fixture(autouse=True)
+def fresh_policy(monkeypatch):
+    """Each test decides anew (the policy caches one decision per model and process)."""
+    monkeypatch.setattr(P, "_decided", {})
+
+
+def _mock_cpu(monkeypatch, flags: set[str], speedup: float = 2.0):
+    monkeypatch.setattr(P, "cpu_flags", lambda: frozenset(flags))
+    calls = []
+
+    def measured(model, device, **kw):
+        calls.append(model)
+        return speedup
+
+    monkeypatch.setattr(P, "measure_bf16_speedup", measured)
+    return calls
+
+
+def test_auto_on_cpu_without_bf16_units_is_fp32(monkeypatch, capsys):
+    calls = _mock_cpu(monkeypatch, {"avx2", "avx512f"})
+    model = create_model("deit_tiny_patch16_224")
+    prec = P.inference_precision("auto", CPU, model)
+    assert prec.weights is None and prec.autocast is None and not calls  # nothing to measure
+    assert "no bf16 units" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags", [{"avx512_bf16"}, {"amx_bf16", "amx_tile"}])
+def test_auto_on_bf16_cpu_picks_bf16_when_measured_faster(monkeypatch, capsys, flags):
+    calls = _mock_cpu(monkeypatch, flags, speedup=1.8)
+    model = create_model("deit_tiny_patch16_224")
+    prec = P.inference_precision("auto", CPU, model)
+    assert prec.weights == torch.bfloat16 and prec.autocast is None and len(calls) == 1
+    assert P.inference_precision("auto", CPU, model) is prec and len(calls) == 1  # measured once
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("precision: bf16 weights") and "1.80x" in err[0]  # printed once
+
+
+def test_auto_keeps_fp32_when_bf16_is_not_faster_or_model_is_tiny(monkeypatch):
+    calls = _mock_cpu(monkeypatch, {"avx512_bf16"}, speedup=1.02)
+    assert P.inference_precision("auto", CPU, create_model("deit_tiny_patch16_224"), announce=False).weights is None
+    assert len(calls) == 1
+    tiny = create_model("deit_tiny_patch16_224", **TINY)
+    assert P.approx_flops(tiny) < P.MIN_AUTO_FLOPS  # too short a forward to time: fp32, no measurement
+    assert P.inference_precision("auto", CPU, tiny, announce=False).weights is None and len(calls) == 1
+
+
+def test_explicit_choices_and_config_mapping(monkeypatch):
+    _mock_cpu(monkeypatch, set())
+    assert P.inference_precision("bf16", CPU, announce=False).weights == torch.bfloat16  # asked: no check
+    assert P.inference_precision("fp32", CPU, announce=False).weights is None
+    assert P.inference_precision("fp16", CPU, announce=False).autocast == torch.float16
+    assert [P.config_precision_choice(*a) for a in (("O0", "bf16"), ("O1", "auto"), ("O3", "fp16"))] == [
+        "fp32", "auto", "fp16"]
+    with pytest.raises(P.UserError):
+        P.inference_precision("int4", CPU)
+
+
+def test_real_cpu_flags_and_measurement_run():
+    assert isinstance(P.cpu_flags(), frozenset)
+    tiny = create_model("deit_tiny_patch16_224", **TINY).eval()
+    assert P.measure_bf16_speedup(tiny, CPU, rounds=1) > 0 and not tiny.training
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny DeiT trained for a few epochs on generated shapes (so its logits are those of a model that
+    learned, not of random weights), its checkpoint and the validation images."""
+    root = tmp_path_factory.mktemp("prec")
+    ds = make_shapes_dataset(root / "ds", num_train=200, num_val=60, size=32, num_classes=4)
+    torch.manual_seed(0)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = create_model("deit_tiny_patch16_224", num_classes=4, **TINY)
+    t = build_eval_transform(model.data_config)
+    classes = sorted(p.name for p in (ds / "train").iterdir())
+
+    def load(split):
+        xs, ys = [], []
+        for label, c in enumerate(classes):
+            for p in list_images(ds / split / c):
+                xs.append(t(load_image(p)))
+                ys.append(label)
+        return torch.stack(xs), torch.tensor(ys)
+
+    (xt, yt), (xv, yv) = load("train"), load("val")
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for _ in range(15):
+        for i in torch.randperm(len(xt)).split(25):
+            opt.zero_grad()
+            F.cross_entropy(model(xt[i]), yt[i]).backward()
+            opt.step()
+    torch.set_num_threads(n)
+    model.eval()
+    dc = {k: list(v) if isinstance(v, tuple) else v for k, v in model.data_config.items()}
+    meta = {"arch": model.arch, "model_kwargs": model.model_kwargs, "num_classes": 4, "class_names": classes,
+            "data_config": dc}
+    ckpt = root / "ck.pt"
+    save_checkpoint(ckpt, {"model": model.state_dict(), "meta": meta})
+    return {"model": model, "xv": xv, "yv": yv, "ds": ds, "ckpt": ckpt}
+
+
+def test_bf16_accuracy_guard(trained):
+    """bf16 eval top-1 within 0.2 points of fp32 (issue 12). With N = 60 validation images one image is
+    1.67 points, so the check that can be made here is stronger and stated as such: at most one of the
+    N predictions may differ (|top-1 change| <= 1/N), and the logits' max abs difference is reported."""
+    model, xv, yv = trained["model"], trained["xv"], trained["yv"]
+    loader = [(xv[i:i + 20], yv[i:i + 20]) for i in range(0, len(xv), 20)]
+    fp32 = evaluate(model, loader, CPU)
+    assert fp32["Top1-Acc"] >= 0.5  # well above chance (0.25): the guard compares real predictions
+    bf16 = P.weights_precision(torch.bfloat16, "test")
+    low = bf16.cast_model(create_model("deit_tiny_patch16_224", num_classes=4, **TINY))
+    low.load_state_dict(model.state_dict())
+    low.eval()
+    got = evaluate(low, loader, CPU, precision=bf16)
+    with torch.inference_mode():
+        a, b = model(xv), low(bf16.cast_input(xv)).float()
+    diff = (a - b).abs().max().item()
+    changed = int((a.argmax(1) != b.argmax(1)).sum())
+    print(f"bf16 vs fp32 on {len(xv)} images: top-1 {got['Top1-Acc']:.4f} vs {fp32['Top1-Acc']:.4f}, "
+          f"{changed} prediction(s) changed, logits max|diff| {diff:.4f} (logit range "
+          f"{a.min().item():.2f}..{a.max().item():.2f})")
+    assert changed <= 1 and abs(got["Top1-Acc"] - fp32["Top1-Acc"]) <= 1 / len(xv) + 1e-9
+    assert diff < 0.05 * a.abs().max().item()  # bf16 keeps ~3 significant digits
+
+
+def test_infer_precision_flag(trained, tmp_path, capsys):
+    val = trained["ds"] / "val" / min(p.name for p in (trained["ds"] / "val").iterdir())
+    out32, out16 = tmp_path / "a.json", tmp_path / "b.json"
+    assert cli(["infer", str(val), "--checkpoint", str(trained["ckpt"]), "--output", str(out32),
+                "--precision", "fp32", "--device", "cpu"]) == 0
+    assert "precision: fp32 (asked for)" in capsys.readouterr().err
+    assert cli(["infer", str(val), "--checkpoint", str(trained["ckpt"]), "--output", str(out16),
+                "--precision", "bf16", "--device", "cpu"]) == 0
+    assert "precision: bf16 weights (asked for)" in capsys.readouterr().err
+    a, b = json.loads(out32.read_text()), json.loads(out16.read_text())
+    assert a.keys() == b.keys() and sum(a[k] != b[k] for k in a) <= 1
+
+
+def test_infer_loader_workers_give_the_same_predictions(trained, tmp_path, capsys):
+    """Decoding in loader workers (batches in order, bad files split off) = decoding in the main process."""
+    val = trained["ds"] / "val"
+    (val / "broken.png").write_bytes(b"not a png")
+    outs = []
+    for workers in ("0", "2"):
+        out = tmp_path / f"w{workers}.json"
+        assert cli(["infer", str(val), "--recursive", "--checkpoint", str(trained["ckpt"]), "--output", str(out),
+                    "--batch-size", "7", "--num-workers", workers, "--precision", "fp32", "--device", "cpu"]) == 0
+        outs.append(json.loads(out.read_text()))
+        assert "broken.png" in capsys.readouterr().err
+    assert outs[0] == outs[1] and len(outs[0]) == 60
+    (val / "broken.png").unlink()
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_export_int8_loads_agrees_and_eval_onnx_reports_change(trained, tmp_path, capsys, mode):
+    out = tmp_path / "m.onnx"
+    calib = ["--calibration-data", str(trained["ds"] / "train"), "--calibration-images", "40"]
+    assert cli(["export", "--checkpoint", str(trained["ckpt"]), "--output", str(out), "--quantize", "int8",
+                "--quantize-mode", mode, *(calib if mode == "static" else [])]) == 0
+    text = capsys.readouterr().out
+    assert (tmp_path / "m.fp32.onnx").is_file() and f"int8 {mode}" in text
+    int8, fp32 = create_session(out, "CPU"), create_session(tmp_path / "m.fp32.onnx", "CPU")
+    assert session_metadata(int8)["quantization"] == f"int8 {mode}"
+    assert any("QuantizeLinear" in n.op_type or "Integer" in n.op_type
+               for n in onnx.load(out).graph.node)  # really int8 arithmetic
+    cmp = compare_sessions(int8, fp32, trained["xv"].numpy())
+    print(f"int8 {mode} vs fp32 on 60 images: top-1 agreement {cmp['top1_agree']:.3f}, "
+          f"max|diff| {cmp['max_abs_diff']:.3f} (max |logit| {cmp['max_abs_logit']:.2f})")
+    assert cmp["top1_agree"] >= 0.9 and cmp["max_abs_diff"] < 0.25 * cmp["max_abs_logit"]
+    assert cli(["eval-onnx", str(trained["ds"] / "val"), "--onnx-path", str(out), "-m", "CPU",
+                "--num-workers", "0"]) == 0
+    assert re.search(r"vs .*m\.fp32\.onnx on the same 60 images: top-1 [\d.]+ -> [\d.]+ \([-+]\d+\.\d\d points\)",
+                     capsys.readouterr().out)
+
+
+def test_training_auto_on_cpu_follows_the_bf16_units(monkeypatch):
+    _mock_cpu(monkeypatch, {"avx512_bf16"})
+    prec = P.resolve_precision("O1", "auto", CPU)
+    assert prec.autocast == torch.bfloat16 and prec.weights is None and "avx512_bf16" in prec.name
+    assert P.resolve_precision("O0", "auto", CPU) is P.FP32
+    _mock_cpu(monkeypatch, {"avx2"})
+    prec = P.resolve_precision("O2", "auto", CPU)
+    assert prec.autocast is None and prec.weights is None and "without bf16 units" in prec.name
+    assert P.resolve_precision("O1", "bf16", CPU).autocast == torch.bfloat16  # asked for: always
+
+
+def test_eval_maps_the_config_onto_the_policy(trained, capsys):
+    base = ["eval", "--dataset", "folder", "--data_path", str(trained["ds"]), "--pretrained", str(trained["ckpt"]),
+            "--batch_size", "20", "--num_workers", "0", "--device", "cpu"]
+    got = {}
+    for extra in (["--amp_level", "O0"], ["--amp_dtype", "bf16"]):
+        assert cli(base + extra) == 0
+        cap = capsys.readouterr()
+        got[extra[-1]] = ast.literal_eval(cap.out.split("eval results: ")[1].strip())
+        assert ("precision: fp32 (asked for)" if extra[-1] == "O0" else "precision: bf16 weights (asked for)") \
+            in cap.err
+    assert abs(got["O0"]["Top1-Acc"] - got["bf16"]["Top1-Acc"]) <= 1 / 60 + 1e-9
