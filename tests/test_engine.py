@@ -27,14 +27,7 @@ from vitzoo.engine.scaling import FixedLossScaler
 from vitzoo.engine.schedule import LRScheduler
 from vitzoo.errors import UserError
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread avoids spin contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_vit(**kw):

@@ -19,12 +19,7 @@ TINY = {"patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 3}
 LR, MIN_LR, WARMUP_LR = 2e-3, 1e-5, 1e-6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

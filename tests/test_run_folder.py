@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from vitzoo import demo
 from vitzoo.checkpoint import RunFolders
@@ -27,12 +26,7 @@ TINY = ["--model", "deit_tiny_patch16_224", "--model_overrides", "{patch_size: 8
         "--cutmix", "0", "--ckpt_save_every_seconds", "0", "--seed", "0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

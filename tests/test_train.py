@@ -19,13 +19,7 @@ from vitzoo.errors import UserError
 TINY = "{patch_size: 4, depth: 2, embed_dim: 48, num_heads: 3}"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine run ~5x faster with one intra-op thread (no spin contention)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
