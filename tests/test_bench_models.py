@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -56,7 +57,10 @@ def test_explicit_flags_win_over_the_preset(bench, monkeypatch):
 
 def test_make_bench_runs_the_quick_set_and_full_with_a_flag():
     def command(*args: str) -> str:
-        out = subprocess.run(["make", "-n", "bench", *args], cwd=ROOT, capture_output=True, text=True, check=True)
+        # under `make test` this make is a sub-make: no "Leaving directory" lines, no inherited flags
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+        out = subprocess.run(["make", "--no-print-directory", "-n", "bench", *args], cwd=ROOT, env=env,
+                             capture_output=True, text=True, check=True)
         return out.stdout.strip().splitlines()[-1]
 
     assert command().split()[-1] == "benchmarks/bench_models.py"
