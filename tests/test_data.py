@@ -29,6 +29,7 @@ from vitzoo.data import (
     resolve_data_config,
     set_epoch,
 )
+from vitzoo.data.loader import usable_cpus
 from vitzoo.errors import UserError
 
 
@@ -392,3 +393,9 @@ def test_augmentation_draws_belong_to_the_sample(folder, workers):
     (a, after_a), (b, after_b) = epoch_batches(0), epoch_batches(workers)
     torch.manual_seed(0)
     assert torch.equal(a, b) and after_a == after_b == torch.rand(1).item()
+
+
+def test_workers_capped_at_the_usable_cpus(folder):
+    """More loader workers than CPUs only compete for them (and torch warns): capped, same batches."""
+    cfg = make_cfg(data_path=str(folder), num_workers=usable_cpus() + 6, batch_size=2)
+    assert build_loader(cfg, build_dataset(cfg, "train"), "train").num_workers == usable_cpus()

@@ -116,7 +116,7 @@ def test_kill9_twice_then_resume_auto_is_exact(data, reference, tmp_path):
     assert_identical(final_weights(out), reference)
 
 
-@pytest.mark.parametrize("workers", [0, 4])
+@pytest.mark.parametrize("workers", [0, 1, 4])  # 4: capped at the usable CPUs (2 here)
 def test_weights_do_not_depend_on_the_number_of_workers(data, reference, tmp_path, workers):
     res = run(train_args(data, tmp_path / "run", workers=workers))
     assert res.returncode == 0, res.stderr[-2000:]

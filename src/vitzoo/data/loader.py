@@ -12,6 +12,8 @@ that copy found to the batch, and :class:`Loader` strips them off and records th
 
 from __future__ import annotations
 
+import logging
+import os
 import random
 import signal
 from collections.abc import Iterator
@@ -26,6 +28,8 @@ from vitzoo.config import RunConfig
 from vitzoo.data.datasets import SampleKey, base_dataset
 from vitzoo.data.transforms import build_eval_transform, build_train_transform
 from vitzoo.errors import UserError
+
+log = logging.getLogger("vitzoo")
 
 
 class OrderedSplitSampler(Sampler[int]):
@@ -92,6 +96,14 @@ def relay_collate(batch: list) -> tuple:
         if hasattr(ds, "drain_pending_bad"):
             bad = ds.drain_pending_bad()
     return x, y, bad
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which SLURM and taskset narrow), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return max(1, os.cpu_count() or 1)
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -171,7 +183,10 @@ def build_loader(
         sampler = OrderedSplitSampler(dataset, world, rank)
     if train:
         sampler = SeededSampler(sampler, seed, rank)
-    workers = cfg.num_workers
+    workers = min(cfg.num_workers, usable_cpus())
+    if workers < cfg.num_workers and train:
+        log.info("num_workers %d -> %d: this process may use %d CPU(s); more workers only compete for them "
+                 "(the batches do not depend on the number of workers)", cfg.num_workers, workers, workers)
     pin = cfg.pin_mem and torch.cuda.is_available()
     loader = Loader(
         dataset,
