@@ -74,19 +74,30 @@ def read_pdparams(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return arrays
 
 
-_RENAME = [(r"^patch_embedding\.patch_embedding\.", "patch_embed.proj."), (r"^position_embedding$", "pos_embed"),
-           (r"^encoder\.layers\.(\d+)\.attn_norm\.", r"blocks.\1.norm1."),
-           (r"^encoder\.layers\.(\d+)\.mlp_norm\.", r"blocks.\1.norm2."),
-           (r"^encoder\.layers\.(\d+)\.attn\.out\.", r"blocks.\1.attn.proj."),
-           (r"^encoder\.layers\.(\d+)\.", r"blocks.\1."), (r"^encoder\.encoder_norm\.", "norm."),
-           (r"^classifier_dist\.", "head_dist."), (r"^classifier\.", "head.")]
+# PaddleViT DeiT name prefix <-> vitzoo's, in matching order ("{i}" is a block index); both directions use it
+_NAMES = [("patch_embedding.patch_embedding.", "patch_embed.proj."), ("position_embedding", "pos_embed"),
+          ("encoder.layers.{i}.attn_norm.", "blocks.{i}.norm1."), ("encoder.layers.{i}.mlp_norm.", "blocks.{i}.norm2."),
+          ("encoder.layers.{i}.attn.out.", "blocks.{i}.attn.proj."), ("encoder.layers.{i}.", "blocks.{i}."),
+          ("encoder.encoder_norm.", "norm."), ("classifier_dist.", "head_dist."), ("classifier.", "head.")]
+
+
+def _rules(forward: bool) -> list[tuple[str, str]]:
+    """(regex, replacement) pairs from :data:`_NAMES`, Paddle -> vitzoo or the way back."""
+    rules = []
+    for paddle, ours in _NAMES:
+        src, dst = (paddle, ours) if forward else (ours, paddle)
+        pattern = "^" + re.escape(src).replace(re.escape("{i}"), r"(\d+)") + ("" if src.endswith(".") else "$")
+        rules.append((pattern, dst.replace("{i}", r"\1")))
+    return rules
+
+
 _LINEAR = re.compile(r"(attn\.(qkv|proj)|mlp\.fc[12]|^head(_dist)?)\.weight$")
 
 
 def to_state_dict(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     sd = {}
     for key, arr in arrays.items():
-        for pattern, repl in _RENAME:
+        for pattern, repl in _rules(forward=True):
             key = re.sub(pattern, repl, key)
         t = torch.from_numpy(np.array(arr, dtype=np.float32))
         sd[key] = t.T.contiguous() if _LINEAR.search(key) else t  # Paddle Linear: (in, out)
@@ -94,18 +105,12 @@ def to_state_dict(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 
 def from_state_dict(model: nn.Module) -> dict[str, np.ndarray]:
-    inverse = [(r"^patch_embed\.proj\.", "patch_embedding.patch_embedding."), (r"^pos_embed$", "position_embedding"),
-               (r"^blocks\.(\d+)\.norm1\.", r"encoder.layers.\1.attn_norm."),
-               (r"^blocks\.(\d+)\.norm2\.", r"encoder.layers.\1.mlp_norm."),
-               (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layers.\1.attn.out."),
-               (r"^blocks\.(\d+)\.", r"encoder.layers.\1."), (r"^norm\.", "encoder.encoder_norm."),
-               (r"^head_dist\.", "classifier_dist."), (r"^head\.", "classifier.")]
     out = {}
     for key, value in model.state_dict().items():
         arr = value.detach().cpu()
         if _LINEAR.search(key):
             arr = arr.T
-        for pattern, repl in inverse:
+        for pattern, repl in _rules(forward=False):
             key = re.sub(pattern, repl, key)
         out[key] = np.ascontiguousarray(arr.numpy())
     return out
