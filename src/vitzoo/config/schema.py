@@ -22,7 +22,8 @@ from vitzoo.config.types import Kind, kind_of
 
 SECTIONS = {"model": "Model", "data": "Dataset and loader", "aug": "Augmentation (train)",
             "optim": "Optimizer and schedule", "precision": "Precision", "ema": "EMA",
-            "distill": "Distillation (DeiT)", "run": "Run, checkpoints and logs"}
+            "distill": "Distillation (DeiT)", "mim": "Masked image modeling (vitzoo pretrain) and tokenizers",
+            "run": "Run, checkpoints and logs"}
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,10 @@ class RunConfig:
     compile: bool = option("model", False, "torch.compile the model (MindSpore pynative_mode: false)")
     channels_last: bool = option("model", False, "channels-last memory format for the input/patch conv")
     # ----- data
-    dataset: str = option("data", "folder", "reader: folder (ImageNet-style) | cifar10 | cifar100 (any case; "
-                          "ImageNet = folder)", "data_set", choices=("folder", "cifar10", "cifar100"),
-                          names=DATASET_NAMES)
+    dataset: str = option("data", "folder", "reader: folder (ImageNet-style; pretrain: any folder tree, labels "
+                          "ignored) | cifar10 | cifar100 | webdataset (tar shards: a brace pattern, folder, "
+                          "or URL) (any case; ImageNet = folder)", "data_set",
+                          choices=("folder", "cifar10", "cifar100", "webdataset"), names=DATASET_NAMES)
     data_path: str = option("data", "", "dataset root (folder: holds train_dir/val_dir; CIFAR: the .bin "
                             "folder)", "data_url")
     val_data_path: str = option("data", "", "separate validation root ('' = data_path)")
@@ -182,6 +184,35 @@ class RunConfig:
     distillation_tau: float = option("distill", 1.0, "soft distillation temperature", rule=">= 0")
     teacher_model: str = option("distill", "regnety_160", "teacher: zoo, timm or torchvision model name")
     teacher_path: str = option("distill", "", "teacher weights file (local)")
+    # ----- masked image modeling (BEiT pre-training) and tokenizers
+    mim_target: str = option("mim", "dall-e", "what masked patches predict: dall-e (the DALL-E dVAE's visual "
+                             "tokens) | tokenizer (a `vitzoo train-tokenizer` run's tokens) | pixels (normalised "
+                             "patch pixels, as MAE/SimMIM)", "discrete_vae_type",
+                             choices=("dall-e", "tokenizer", "pixels"),
+                             names={"dalle": "dall-e", "dall_e": "dall-e", "customized": "tokenizer",
+                                    "vqvae": "tokenizer", "pixel": "pixels"})
+    tokenizer_path: str = option("mim", "", "tokenizer weights: the DALL-E encoder (.safetensors from "
+                                 "`vitzoo convert encoder.pkl`) or a train-tokenizer run's file",
+                                 "discrete_vae_weight_path")
+    mask_ratio: float = option("mim", 0.4, "fraction of patches masked (BEiT: 75 of 196 = 0.38)",
+                               rule="(0, 1)")
+    min_mask_patches: int = option("mim", 16, "smallest masked block, in patches (BEiT: 16)",
+                                   "min_mask_patches_per_block", rule=">= 1")
+    max_mask_patches: int | None = option("mim", None, "largest masked block; null = the number to mask",
+                                          "max_mask_patches_per_block", rule=">= 1")
+    mask_aspect: float = option("mim", 0.3, "block aspect ratio range [mask_aspect, 1/mask_aspect] "
+                                "(BEiT: 0.3)", "min_mask_aspect", rule="(0, 1]")
+    second_input_size: int | None = option("mim", None, "tokenizer view size; null = patch grid x the "
+                                           "tokenizer's downsampling (224 px, patch 16, DALL-E: 112)",
+                                           rule="> 0")
+    second_interpolation: str = option("mim", "lanczos", "tokenizer view resize (BEiT: lanczos)",
+                                       choices=("bicubic", "bilinear", "lanczos", "nearest"))
+    norm_pix_loss: bool = option("mim", True, "pixels target: normalise each patch by its mean/std (MAE)")
+    tokenizer_type: str = option("mim", "vqvae", "train-tokenizer: vqvae (vector quantiser) | dvae "
+                                 "(Gumbel-softmax discrete VAE, as DALL-E)", choices=("vqvae", "dvae"))
+    codebook_size: int = option("mim", 1024, "train-tokenizer: visual vocabulary size (DALL-E: 8192)",
+                                rule=">= 2")
+    tokenizer_width: int = option("mim", 64, "train-tokenizer: channels of the first conv stage", rule=">= 1")
     # ----- run
     seed: int = option("run", 0, "random seed (rank is added per process)")
     device: str = option("run", "auto", "auto | cuda | cuda:N | cpu (MindSpore device_target GPU/CPU)")
