@@ -141,10 +141,11 @@ def draw_attention(image: torch.Tensor, heat: torch.Tensor, title: str, path: st
 # One panel per group of metrics; each entry: (title, y label, [(key, label, line style)]).
 CURVE_PANELS = (
     ("loss", "loss", [("train_loss", "train", "-"), ("val_loss", "val", "--")]),
-    ("accuracy", "accuracy (%)", [("val_top1", "val top-1", "-"), ("val_top5", "val top-5", "--")]),
+    ("accuracy", "accuracy (%)", [("val_top1", "val top-1", "-"), ("val_top5", "val top-5", "--"),
+                                  ("val_mim_acc", "val masked-token", ":")]),
     ("learning rate", "lr", [("lr", "lr", "-")]),
 )
-ACCURACY_KEYS = ("val_top1", "val_top5")
+ACCURACY_KEYS = ("val_top1", "val_top5", "val_mim_acc")
 
 
 def _series(rows: list[dict], key: str, x_key: str) -> tuple[list[float], list[float]]:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # the config is above this layer; only its type is named here
 
 
 CKPT_RE = re.compile(r"^ckpt_e(?P<epoch>\d+)_s(\d+)\.pth$")
-BEST_RE = re.compile(r"^best_top1_(\d+\.\d+)_e(?P<epoch>\d+)_s(\d+)\.pth$")
+BEST_RE = re.compile(r"^best_top1_(-?\d+\.\d+)_e(?P<epoch>\d+)_s(\d+)\.pth$")
 # What `vitzoo train` writes besides checkpoints (names of reporting.MetricsFile / setup_logger,
 # data.report_bad_files, TensorBoard) and atomic_write's temporary files: all --overwrite may delete.
 METRICS_FILES = ("metrics.jsonl", "metrics.csv")

@@ -7,6 +7,7 @@ EMA (a copy of those weights).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,14 +96,20 @@ def build_data(cfg: RunConfig, model: nn.Module, world: int, log: logging.Logger
 
 
 def build_step(cfg: RunConfig, model: nn.Module, data: TrainData, device: torch.device, precision: Precision,
-               world: int, log: logging.Logger) -> tuple[TrainStep, nn.Module]:
-    """The training step (optimiser, schedule, loss, scaler, EMA, DDP) and the network to evaluate."""
+               world: int, log: logging.Logger, *, criterion: Callable | None = None,
+               forward: Callable | None = None) -> tuple[TrainStep, nn.Module]:
+    """The training step (optimiser, schedule, loss, scaler, EMA, DDP) and the network to evaluate.
+
+    ``criterion`` / ``forward``: another task's loss and forward (pre-training); default classification.
+    """
     lr = cfg.scaled_lr(world)
-    warn_about_schedule(cfg, lr, log)
+    warn_about_schedule(cfg, lr, log, augmenting=criterion is None)
     optimizer = build_optimizer(cfg, model, lr)
-    teacher = None
-    if cfg.distillation_type != "none":
-        teacher = build_teacher(cfg.teacher_model, cfg.teacher_path, cfg.num_classes, device)
+    if criterion is None:
+        teacher = None
+        if cfg.distillation_type != "none":
+            teacher = build_teacher(cfg.teacher_model, cfg.teacher_path, cfg.num_classes, device)
+        criterion = build_criterion(cfg, data.mixup is not None, teacher)
     log.info("optimizer %s lr %.4g (base %.4g x global batch %d / 512%s), schedule %s", cfg.opt, lr, cfg.lr,
              cfg.global_batch(world), ", unscaled" if cfg.unscale_lr else "", cfg.sched)
     net: nn.Module = torch.compile(model) if cfg.compile else model
@@ -113,7 +120,7 @@ def build_step(cfg: RunConfig, model: nn.Module, data: TrainData, device: torch.
     if cfg.model_ema:  # a copy of the (broadcast) weights
         ema = ModelEma(model, cfg.model_ema_decay, "cpu" if cfg.model_ema_force_cpu else None)
     step = TrainStep(
-        model=net, criterion=build_criterion(cfg, data.mixup is not None, teacher), optimizer=optimizer,
+        model=net, criterion=criterion, forward=forward, optimizer=optimizer,
         device=device, precision=precision,
         scheduler=build_scheduler(cfg, optimizer, lr, data.updates_per_epoch),
         scaler=build_scaler(precision, device, cfg.is_dynamic_loss_scale, cfg.loss_scale), mixup=data.mixup,
@@ -122,8 +129,9 @@ def build_step(cfg: RunConfig, model: nn.Module, data: TrainData, device: torch.
     return step, eval_net
 
 
-def warn_about_schedule(cfg: RunConfig, lr: float, log: logging.Logger) -> None:
-    """One line each for the schedule choices that quietly hurt short runs."""
+def warn_about_schedule(cfg: RunConfig, lr: float, log: logging.Logger, augmenting: bool = True) -> None:
+    """One line each for the schedule choices that quietly hurt short runs (``augmenting``: the task uses
+    the classification recipe's mixup / auto-augment / erasing)."""
     ramps = cfg.warmup_epochs + cfg.cooldown_epochs
     if cfg.epochs and ramps > cfg.epochs / 3:
         log.warning("warmup_epochs %d + cooldown_epochs %d take %d of %d epochs: the full lr is reached "
@@ -131,7 +139,7 @@ def warn_about_schedule(cfg: RunConfig, lr: float, log: logging.Logger) -> None:
                     ramps, cfg.epochs)
     heavy = [k for k, on in (("mixup", cfg.mixup > 0), ("cutmix", cfg.cutmix > 0), ("aa", cfg.aa != "none"),
                              ("reprob", cfg.reprob > 0)) if on]
-    if cfg.epochs < 30 and heavy:
+    if cfg.epochs < 30 and heavy and augmenting:
         # measured on 1,437 digit images, 15 epochs: 41% with the DeiT recipe, 68% with these off
         log.warning("%d epochs with the DeiT recipe's regularisation (%s on): made for 300 ImageNet epochs, "
                     "it usually costs accuracy on a short run; set them to 0 / none to compare",

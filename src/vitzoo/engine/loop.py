@@ -35,7 +35,7 @@ class TrainStep:
     """Everything an optimiser update touches, built once per run (the trainer) or per test."""
 
     model: nn.Module
-    criterion: Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor]  # DistillationLoss(inputs, out, y)
+    criterion: Callable[[Any, Any, Any], torch.Tensor]  # DistillationLoss(inputs, out, y)
     optimizer: torch.optim.Optimizer
     device: torch.device
     precision: Precision = FP32
@@ -47,6 +47,8 @@ class TrainStep:
     ema: Any = None
     nonfinite_policy: str = "skip"
     channels_last: bool = False
+    # outputs = forward(model, x, y); None = model(x). Pre-training passes the mask and computes targets
+    forward: Callable[[nn.Module, Any, Any], Any] | None = None
 
 
 @dataclass
@@ -96,7 +98,7 @@ def iter_updates(step: TrainStep, loader: Iterable, *, epoch: int = 0, start_bat
         x, y = _prepare(step, x, y)
         boundary = (i + 1) % step.update_freq == 0
         window.append(_forward_backward(step, x, y, sync_grads=boundary))
-        samples += x.shape[0]
+        samples += y.shape[0]
         if not boundary:
             continue
         skipped = _update(step, any(not math.isfinite(v) for v in window), epoch, global_step)
@@ -110,9 +112,12 @@ def iter_updates(step: TrainStep, loader: Iterable, *, epoch: int = 0, start_bat
         yield UpdateInfo(epoch, i + 1, global_step, mean, len(good), lr, skipped, samples)
 
 
-def _prepare(step: TrainStep, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    x = x.to(step.device, non_blocking=True)
+def _prepare(step: TrainStep, x: Any, y: torch.Tensor) -> tuple[Any, torch.Tensor]:
     y = y.to(step.device, non_blocking=True)
+    if not isinstance(x, torch.Tensor):  # a sample of several parts (pre-training: images, view, mask)
+        first, *rest = (t.to(step.device, non_blocking=True) for t in x)
+        return (step.precision.cast_input(first), *rest), y
+    x = x.to(step.device, non_blocking=True)
     if step.mixup is not None:
         x, y = step.mixup(x, y)
     if step.channels_last:
@@ -127,7 +132,7 @@ def _forward_backward(step: TrainStep, x: torch.Tensor, y: torch.Tensor, sync_gr
     sync = nullcontext() if sync_grads or not hasattr(model, "no_sync") else model.no_sync()
     with sync:
         with step.precision.context(step.device):
-            outputs = model(x)
+            outputs = step.forward(model, x, y) if step.forward is not None else model(x)
             loss = step.criterion(x, outputs, y)  # fp32: the losses upcast the logits
         value = loss.item()  # host sync: the non-finite guard needs it (DeiT engine.py does too)
         scaled = loss / step.update_freq

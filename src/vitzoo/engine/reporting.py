@@ -22,8 +22,8 @@ import torch
 from vitzoo.checkpoint import atomic_write_text
 from vitzoo.engine import dist
 
-METRIC_KEYS = ("epoch", "step", "train_loss", "lr", "val_loss", "val_top1", "val_top5", "img_per_sec", "time",
-               "skipped_steps")
+METRIC_KEYS = ("epoch", "step", "train_loss", "lr", "val_loss", "val_top1", "val_top5", "val_mim_acc",
+               "img_per_sec", "time", "skipped_steps")  # val_mim_acc: masked-token accuracy (pretrain)
 # metrics.jsonl only (a list does not fit a CSV cell): [[global step, lr], ...] sampled over the epoch, so
 # `vitzoo plot` draws warmup and the schedule's shape, not one lr per epoch
 LR_TRACE_KEY = "lr_steps"
@@ -128,6 +128,7 @@ class EpochStats:
         """This epoch's line of metrics.jsonl (keys: METRIC_KEYS)."""
         return {"epoch": epoch, "step": step, "train_loss": self.loss, "lr": lr, "val_loss": metrics.get("Loss"),
                 "val_top1": metrics.get("Top1-Acc"), "val_top5": metrics.get("Top5-Acc"),
+                "val_mim_acc": metrics.get("MIM-Acc"),
                 "img_per_sec": self.img_per_sec, "time": self.seconds, "skipped_steps": self.skipped,
                 LR_TRACE_KEY: evenly_spaced(self.lr_trace, LR_TRACE_POINTS)}
 

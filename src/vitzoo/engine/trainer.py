@@ -26,9 +26,9 @@ from vitzoo.checkpoint import (
 from vitzoo.config import RunConfig
 from vitzoo.data import loader_from_batch, report_bad_files, set_epoch
 from vitzoo.engine import dist
-from vitzoo.engine.build import build_data, build_model, build_step
+from vitzoo.engine.build import TrainData, build_data, build_model, build_step
 from vitzoo.engine.dist import unwrap
-from vitzoo.engine.loop import NonFiniteLossError, UpdateInfo, evaluate, format_eval, iter_updates
+from vitzoo.engine.loop import NonFiniteLossError, TrainStep, UpdateInfo, evaluate, format_eval, iter_updates
 from vitzoo.engine.preempt import Preempted, StopRequest
 from vitzoo.engine.reporting import EpochStats, MetricsFile, Progress, Tensorboard, close_logger, setup_logger
 from vitzoo.engine.seeding import rng_state, seed_everything, set_rng_state
@@ -48,7 +48,7 @@ class Position:
 class Trainer:
     def __init__(self, cfg: RunConfig) -> None:
         # one run per folder, decided before anything is written: refuse an earlier run, or clear it
-        RunFolders.of(cfg).check_fresh(cfg.resume, cfg.overwrite, keep=(cfg.pretrained, cfg.teacher_path))
+        RunFolders.of(cfg).check_fresh(cfg.resume, cfg.overwrite, keep=(cfg.pretrained, cfg.teacher_path, cfg.tokenizer_path))
         self.cfg = cfg
         self.rank, self.world, _, self.device = dist.init_distributed(cfg.device, cfg.dist_timeout)
         self.main = self.rank == 0
@@ -63,17 +63,40 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         seed_everything(cfg.seed)  # same init everywhere; DDP broadcasts rank 0's anyway
         self.precision = resolve_precision(cfg.amp_level, cfg.amp_dtype, self.device)
-        self.model = build_model(cfg, self.device, self.precision)
+        self.model = self.build_model()
         self.log.info("model %s: %.2fM parameters, %s, device %s, %d process(es)", cfg.model,
                       sum(p.numel() for p in self.model.parameters()) / 1e6, self.precision.name, self.device,
                       self.world)
         seed_everything(cfg.seed + self.rank)  # DeiT: seed + rank for data and dropout streams
-        self.data = build_data(cfg, self.model, self.world, self.log)
-        self.step, self.eval_net = build_step(cfg, self.model, self.data, self.device, self.precision,
-                                              self.world, self.log)
+        self.data = self.build_data()
+        self.step, self.eval_net = self.build_step()
         self.metrics = MetricsFile(self.folders.logs, self.main)
         self.tb = Tensorboard(self.folders.tensorboard, self.main, self.log)
         self.last_ckpt: Path | None = None
+
+    # ------------------------------------------------------------------------------ the task
+    # Classification here; a subclass trains another task with the same loop, checkpoints and resume
+    # (vitzoo.mim.pretrainer: BEiT's masked image modeling) by replacing these five.
+    def build_model(self) -> torch.nn.Module:
+        return build_model(self.cfg, self.device, self.precision)
+
+    def build_data(self) -> TrainData:
+        return build_data(self.cfg, self.model, self.world, self.log)
+
+    def build_step(self) -> tuple[TrainStep, torch.nn.Module]:
+        return build_step(self.cfg, self.model, self.data, self.device, self.precision, self.world, self.log)
+
+    task = "classify"  # recorded in checkpoints: a pretrained file of another task starts at epoch 0
+    score_name = "top-1"
+
+    def score(self, metrics: dict[str, Any]) -> float:
+        """The validation number that ranks checkpoints (best-N) and drives the plateau schedule."""
+        return float(metrics["Top1-Acc"])
+
+    def meta(self) -> dict[str, Any]:
+        """What the checkpoint's meta records besides the model's own description."""
+        return {"task": self.task, "num_classes": self.cfg.num_classes, "class_names": self.data.class_names,
+                "data_config": self.data.data_config, "config": self.cfg.to_dict()}
 
     # ------------------------------------------------------------------------------ the run
     def fit(self) -> dict[str, Any]:
@@ -173,7 +196,7 @@ class Trainer:
         metrics: dict[str, Any] = {}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             metrics = self.evaluate()
-            self.step.scheduler.step_epoch(metrics["Top1-Acc"])
+            self.step.scheduler.step_epoch(self.score(metrics))
         self.tb.epoch(pos.global_step, stats, metrics)
         self.metrics.add(stats.row(epoch + 1, pos.global_step, self.step.scheduler.get_lr(), metrics))
         pos.epoch, pos.batch = epoch + 1, 0
@@ -196,8 +219,7 @@ class Trainer:
     def run_state(self, pos: Position, metrics: dict | None = None, rng: dict | None = None) -> RunState:
         """The whole run at ``pos`` as one object (what a checkpoint holds)."""
         model = unwrap(self.model)
-        meta = model_meta(model, num_classes=self.cfg.num_classes, class_names=self.data.class_names,
-                          data_config=self.data.data_config, config=self.cfg.to_dict())
+        meta = model_meta(model, **self.meta())
         step = self.step
         return RunState(model=model.state_dict(), meta=meta, ema=step.ema.state_dict() if step.ema else None,
                         optimizer=step.optimizer.state_dict(), scheduler=step.scheduler.state_dict(),
@@ -218,10 +240,10 @@ class Trainer:
     def save_best(self, pos: Position, metrics: dict) -> Path | None:
         if not self.main:
             return None
-        top1 = float(metrics["Top1-Acc"])
-        path = self.store.save_if_best(self.run_state(pos, metrics), top1)
+        score = self.score(metrics)
+        path = self.store.save_if_best(self.run_state(pos, metrics), score)
         if path is not None and self.store.best()[1] == path:
-            self.log.info("new best top-1 %.4f: %s", top1, path)
+            self.log.info("new best %s %.4f: %s", self.score_name, score, path)
         return path
 
     def _restore(self) -> Position:
@@ -241,7 +263,8 @@ class Trainer:
         start = cfg.start_epoch
         if cfg.pretrained and not cfg.exclude_epoch_state:
             meta = load_checkpoint(cfg.pretrained).get("meta") or {}
-            start = max(start, int(meta.get("epoch", 0) or 0))
+            if meta.get("task", "classify") == self.task:  # a pre-training's epochs are not this run's
+                start = max(start, int(meta.get("epoch", 0) or 0))
         pos = Position(start, start * self.data.updates_per_epoch, 0)
         if start:
             self.step.scheduler.load_state_dict({"num_updates": pos.global_step})
@@ -292,9 +315,9 @@ class Trainer:
         dist.cleanup()
 
 
-def train(cfg: RunConfig) -> dict[str, Any]:
-    """Run a whole training from ``cfg``; returns :meth:`Trainer.fit`'s summary."""
-    trainer = Trainer(cfg)
+def train(cfg: RunConfig, trainer_cls: type[Trainer] = Trainer) -> dict[str, Any]:
+    """Run a whole training from ``cfg`` (the task of ``trainer_cls``); returns :meth:`Trainer.fit`'s summary."""
+    trainer = trainer_cls(cfg)
     try:
         return trainer.fit()
     finally:

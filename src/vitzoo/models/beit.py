@@ -192,7 +192,10 @@ class BEiT(ZooModel):
                 if n in ("cls_token", "pos_embed") or n.endswith("relative_position_bias_table")}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x)  # (B, N, D)
+        return self.encode(self.patch_embed(x))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch tokens (B, N, D) -> normed tokens (B, 1 + N, D): class token, position, blocks, norm."""
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + N, D)
         if self.pos_embed is not None:
             x = x + self.pos_embed

@@ -11,6 +11,7 @@ import dataclasses
 import fnmatch
 import importlib
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -89,13 +90,15 @@ def _coerce(name: str, key: str, value: Any, default: Any) -> Any:
 
 
 def build_model(name: str, num_classes: int = 1000, img_size: int | None = None,
-                **overrides: Any) -> nn.Module:
+                model_cls: Callable[[Any], nn.Module] | None = None, **overrides: Any) -> nn.Module:
     """Build a registered model with fresh weights.
 
     Args:
         name: a name from :func:`list_models`.
         num_classes: classifier width.
         img_size: input resolution.
+        model_cls: builds the module from the variant's config instead of the family class (a subclass
+            with extra parts, e.g. BEiT's pre-training model around the same encoder).
         **overrides: any field of the family's config (``embed_dim=96, depth=6, patch_size=4``, ...).
     """
     kwargs = dict(overrides, num_classes=num_classes)
@@ -104,7 +107,7 @@ def build_model(name: str, num_classes: int = 1000, img_size: int | None = None,
     entry = get_entry(name)
     cfg = build_config(name, **kwargs)
     try:
-        model = entry.model_cls(cfg)
+        model = (model_cls or entry.model_cls)(cfg)
     except ValueError as e:  # inconsistent sizes (heads vs width, image vs patch)
         raise ConfigError(f"{name}: {e}") from e
     model.arch = name

@@ -6,8 +6,9 @@ configured no logging, so an API user sees it too):
 
 * a classifier of another width (``head`` / ``head_dist``), or none (a headless backbone, e.g. Hugging
   Face ``ViTModel``): the model's fresh head kept;
-* parts a classifier has no use for: BEiT's MIM ``mask_token`` / ``lm_head``, the ViT-21k ``pre_logits``
-  layer: dropped when the model has none;
+* parts a classifier has no use for: BEiT's MIM ``mask_token`` / ``lm_head`` (and its final ``norm``
+  when the model pools the patch tokens through a fresh ``fc_norm``), the ViT-21k ``pre_logits`` layer:
+  dropped when the model has none;
 * BEiT's one shared relative-position table (pre-training) for a model with a table per block
   (fine-tuning): copied into every block, as unilm's ``run_class_finetuning.py`` does;
 * the image size: absolute position tables are resized bicubically (class/dist tokens kept; timm's
@@ -35,7 +36,14 @@ def adapt_state_dict(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str,
     """Fit a state dict of the same architecture (maybe another head / resolution) to ``model``."""
     target = model.state_dict()
     dropped = [k for k in sd if k.startswith(_PRETRAIN_ONLY) and k not in target]
+    if "fc_norm.weight" in target and "norm.weight" not in target and "fc_norm.weight" not in sd:
+        # BEiT pre-training's final norm (class token) meets a mean-pooling model with a fresh fc_norm:
+        # unilm's fine-tuning leaves it unused the same way
+        dropped += [k for k in ("norm.weight", "norm.bias") if k in sd]
     out = {k: v for k, v in sd.items() if k not in dropped}
+    if "norm.weight" in dropped:
+        out.update({k: target[k] for k in ("fc_norm.weight", "fc_norm.bias")})
+        log.info("mean pooling: the pre-training norm dropped, fc_norm starts fresh (as unilm's fine-tuning)")
     if _SHARED_TABLE in out and _SHARED_TABLE not in target:
         table = out.pop(_SHARED_TABLE)
         out.update({k: table.clone() for k in target if k.endswith(_BLOCK_TABLE)})

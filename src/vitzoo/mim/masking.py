@@ -1,0 +1,61 @@
+"""BEiT's blockwise masking (Bao et al., arXiv:2106.08254, Algorithm 1).
+
+Masked positions come in rectangular blocks rather than scattered patches: a block of random area
+(``min_patches`` up to what is left to mask) and random aspect ratio (log-uniform in
+[``min_aspect``, 1 / ``min_aspect``]) is placed at random; blocks are added until about ``num_masked``
+patches are masked. Blocks make the task harder than independent patches, whose neighbours give the
+answer away by interpolation. The draws follow unilm's ``masking_generator.py`` one for one (python's
+``random``), so a seeded state gives the same mask as the authors' code (benchmarks/parity_beit_pretrain.py);
+the sample's seeded augmentation (``vitzoo.data.seeded_augmentation``) makes it reproducible across workers.
+"""
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+
+
+class BlockMaskGenerator:
+    """``__call__() -> (h, w) bool tensor``, True = masked."""
+
+    def __init__(self, grid: tuple[int, int], num_masked: int, min_patches: int = 16,
+                 max_patches: int | None = None, min_aspect: float = 0.3):
+        self.height, self.width = grid
+        self.num_masked = num_masked
+        self.min_patches = min_patches
+        self.max_patches = num_masked if max_patches is None else max_patches
+        self.log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
+
+    @classmethod
+    def from_ratio(cls, grid: tuple[int, int], ratio: float, min_patches: int, max_patches: int | None,
+                   min_aspect: float) -> BlockMaskGenerator:
+        return cls(grid, round(ratio * grid[0] * grid[1]), min_patches, max_patches, min_aspect)
+
+    def __call__(self) -> torch.Tensor:
+        mask = torch.zeros(self.height, self.width, dtype=torch.bool)
+        count = 0
+        while count < self.num_masked:
+            added = self._add_block(mask, min(self.num_masked - count, self.max_patches))
+            if added == 0:  # no block fits any more (small grids): stop short, as unilm does
+                break
+            count += added
+        return mask
+
+    def _add_block(self, mask: torch.Tensor, max_new: int) -> int:
+        """Try (10 times) to place one block adding 1..max_new masked patches; return how many it added."""
+        for _ in range(10):
+            area = random.uniform(self.min_patches, max_new)
+            aspect = math.exp(random.uniform(*self.log_aspect))
+            h = int(round(math.sqrt(area * aspect)))
+            w = int(round(math.sqrt(area / aspect)))
+            if w >= self.width or h >= self.height:
+                continue
+            top = random.randint(0, self.height - h)
+            left = random.randint(0, self.width - w)
+            window = mask[top:top + h, left:left + w]
+            new = h * w - int(window.sum())
+            if 0 < new <= max_new:
+                window.fill_(True)
+                return new
+        return 0
