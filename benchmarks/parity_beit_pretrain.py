@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from vitzoo.mim.masking import BlockMaskGenerator
 from vitzoo.models.beit_mim import build_mim_model
 
-SIZES = {"base": dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12),
-         "tiny": dict(img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=3)}
+SIZES = {"base": {"img_size": 224, "patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12},
+         "tiny": {"img_size": 64, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3}}
 
 
 def main() -> int:
@@ -34,8 +34,8 @@ def main() -> int:
     sys.path.insert(0, args.unilm)
     if not hasattr(np, "int"):  # unilm's MaskingGenerator uses np.int (removed in numpy 1.24)
         np.int = int
-    import masking_generator  # noqa: PLC0415 (unilm's code, only importable from that folder)
-    import modeling_pretrain  # noqa: PLC0415
+    import masking_generator
+    import modeling_pretrain
 
     size = SIZES[args.size]
     grid = size["img_size"] // size["patch_size"]

@@ -206,3 +206,34 @@ def test_torchrun_signal_to_one_rank_stops_all_and_resumes_exactly(data, tmp_pat
                          capture_output=True, text=True, timeout=600, check=False)
     assert res.returncode == 0, res.stderr[-2000:]
     assert_identical(final_weights(out), reference)
+
+
+# ------------------------------------------------------------------------------------ pre-training
+def pretrain_args(data: Path, out: Path, *extra: str, workers: int = 2) -> list[str]:
+    """BEiT masked image modeling (pixels target) with its crop / jitter / flip / block-mask draws."""
+    return ["pretrain", "--model", "beit_base_patch16_224", "--model_overrides", TINY,
+            "--input_size", "32", "--mim_target", "pixels", "--min_mask_patches", "2", "--mask_ratio", "0.3", "--data_path", str(data),
+            "--output_dir", str(out), "--batch_size", "8", "--num_workers", str(workers), "--amp_level", "O0",
+            "--device", "cpu", "--epochs", "2", "--warmup_epochs", "1", "--lr", "2e-3", "--unscale_lr", "true",
+            "--drop_path", "0.1", "--ckpt_save_every_step", "2", "--ckpt_save_every_seconds", "0",
+            "--print_loss_every", "1", "--seed", "0", *extra]
+
+
+def test_pretrain_sigterm_then_kill9_resume_exactly_and_workers_do_not_matter(data, tmp_path):
+    """The reference runs in one process; the interrupted run with 2 workers must end bit-identical."""
+    res = run(pretrain_args(data, tmp_path / "ref", workers=0))
+    assert res.returncode == 0, res.stderr[-2000:]
+    reference = final_weights(tmp_path / "ref")
+    out = tmp_path / "run"
+    proc = start(pretrain_args(data, out))
+    wait_for_updates(proc, 5)  # mid-epoch 1 (12 updates per epoch)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_PREEMPTED and "resume with: vitzoo pretrain" in err, err[-2000:]
+    proc = start(pretrain_args(data, out, "--resume", "auto"))
+    wait_for_updates(proc, 9)  # into epoch 2
+    proc.kill()
+    proc.communicate(timeout=60)
+    res = run(pretrain_args(data, out, "--resume", "auto"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert_identical(final_weights(out), reference)

@@ -16,6 +16,7 @@ from vitzoo.version import __version__
 COMMANDS = {
     "models": ("vitzoo.cli.models", "list registered models (with parameter counts)"),
     "train": ("vitzoo.cli.train", "train a model from a YAML config (+ --key value overrides)"),
+    "pretrain": ("vitzoo.cli.pretrain", "BEiT masked-image-modeling pre-training on unlabeled images"),
     "eval": ("vitzoo.cli.eval", "evaluate a checkpoint on the validation set"),
     "infer": ("vitzoo.cli.infer", "predict classes of an image or a folder of images, write JSON"),
     "export": ("vitzoo.cli.export", "export a checkpoint to ONNX / TorchScript / torch.export"),

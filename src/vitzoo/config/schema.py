@@ -23,7 +23,7 @@ from vitzoo.config.types import Kind, kind_of
 SECTIONS = {"model": "Model", "data": "Dataset and loader", "aug": "Augmentation (train)",
             "optim": "Optimizer and schedule", "precision": "Precision", "ema": "EMA",
             "distill": "Distillation (DeiT)", "mim": "Masked image modeling (vitzoo pretrain) and tokenizers",
-            "run": "Run, checkpoints and logs"}
+            "probe": "Representation probes (vitzoo linprobe, vitzoo knn)", "run": "Run, checkpoints and logs"}
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,8 @@ class RunConfig:
     eval_batch_size: int | None = option("data", None, "validation batch size; null = batch_size", rule="> 0")
     bad_image_policy: str = option("data", "skip", "unreadable image: skip (count, report) | error",
                                    choices=("skip", "error"))
+    shard_shuffle_buffer: int = option("data", 2000, "streamed (URL) WebDataset shards: samples each loader "
+                                       "worker shuffles among (local shards are shuffled exactly)", rule=">= 1")
     repeated_aug: bool = option("data", False, "repeated-augmentation sampler (DeiT recipe)")
     imagenet_default_mean_and_std: bool | None = option("data", None, "true = ImageNet mean/std, false = "
                                                         "0.5/0.5 (BEiT); null = the model's own")
@@ -213,6 +215,19 @@ class RunConfig:
     codebook_size: int = option("mim", 1024, "train-tokenizer: visual vocabulary size (DALL-E: 8192)",
                                 rule=">= 2")
     tokenizer_width: int = option("mim", 64, "train-tokenizer: channels of the first conv stage", rule=">= 1")
+    # ----- representation probes (frozen encoder; features cached once per split)
+    probe_block: int | None = option("probe", None, "block whose output tokens are the feature (0-based; "
+                                     "null = the last, through the model's final norm)", rule=">= 0")
+    probe_pool: str = option("probe", "auto", "feature pooling: cls (class token) | mean (patch tokens, "
+                             "BEiT's probe) | auto (the model's own)", choices=("auto", "cls", "mean"))
+    probe_epochs: int = option("probe", 100, "linprobe: epochs over the cached train features", rule=">= 1")
+    probe_lr: float = option("probe", 0.1, "linprobe: peak lr of SGD (momentum 0.9, cosine to 0, no weight "
+                             "decay), not scaled by the batch", rule="> 0")
+    probe_batch_size: int = option("probe", 256, "linprobe: feature vectors per step (images are encoded "
+                                   "in eval_batch_size batches)", rule=">= 1")
+    knn_k: int = option("probe", 20, "knn: neighbours that vote (DINO: 20)", rule=">= 1")
+    knn_t: float = option("probe", 0.07, "knn: temperature of the exp(cosine / T) vote weights (DINO: 0.07)",
+                          rule="> 0")
     # ----- run
     seed: int = option("run", 0, "random seed (rank is added per process)")
     device: str = option("run", "auto", "auto | cuda | cuda:N | cpu (MindSpore device_target GPU/CPU)")

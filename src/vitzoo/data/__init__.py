@@ -1,4 +1,4 @@
-"""Data pipeline: datasets (folders, CIFAR binary), the DeiT/T2T/BEiT transforms, loaders, a generated set.
+"""Data pipeline: datasets (folders, CIFAR binary, unlabeled image trees, WebDataset shards), the DeiT/T2T/BEiT transforms, loaders, a generated set.
 
 Typical use (the trainer)::
 
@@ -30,12 +30,14 @@ from vitzoo.data.transforms import (
     build_train_transform,
     resolve_data_config,
 )
+from vitzoo.data.unlabeled import ImageTreeDataset, build_unlabeled_dataset
 
 __all__ = [
     "IMG_EXTENSIONS",
     "SHAPES",
     "CifarBinaryDataset",
     "ImageFolderDataset",
+    "ImageTreeDataset",
     "Loader",
     "OrderedSplitSampler",
     "build_dataset",
@@ -43,6 +45,7 @@ __all__ = [
     "build_loader",
     "build_mixup",
     "build_train_transform",
+    "build_unlabeled_dataset",
     "check_split_data",
     "list_images",
     "load_image",

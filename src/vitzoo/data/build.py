@@ -8,6 +8,7 @@ from pathlib import Path
 from vitzoo.config import RunConfig
 from vitzoo.data.cifar import CIFAR_FORMATS, CifarBinaryDataset, cifar_files
 from vitzoo.data.datasets import BaseDataset, ImageFolderDataset
+from vitzoo.data.shards import build_shard_dataset, shard_sources
 from vitzoo.data.transforms import build_eval_transform, build_train_transform, resolve_data_config
 from vitzoo.errors import UserError
 
@@ -39,6 +40,11 @@ def _train_classes(cfg: RunConfig) -> list[str] | None:
 def check_split_data(cfg: RunConfig, split: str) -> Path:
     """The folder (or CIFAR file) ``split`` reads, checked to exist without reading it: a command calls
     this before it loads weights or starts processes, so a wrong path fails at once."""
+    if cfg.dataset == "webdataset":
+        found = shard_sources(cfg, split)
+        if found is None:
+            raise UserError(f"no validation shards: set val_data_path, or put them in {cfg.data_path}/{cfg.val_dir}")
+        return Path(found[0][0])
     root = _split_root(cfg, split)
     if cfg.dataset != "folder":
         return cifar_files(cfg.dataset, root, split, bool(split == "val" and cfg.val_data_path))[0]
@@ -67,6 +73,10 @@ def build_dataset(
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     kind, policy = cfg.dataset, cfg.bad_image_policy
+    if kind == "webdataset":
+        check_split_data(cfg, split)  # (the error for absent validation shards)
+        shard_ds = build_shard_dataset(cfg, split, classes=classes)
+        return finish_dataset(cfg, split, shard_ds, transform, data_config)
     root = _split_root(cfg, split)
     if kind == "folder":
         ds: BaseDataset = ImageFolderDataset(
@@ -81,8 +91,14 @@ def build_dataset(
         dirs = (files[0].parent, root, Path(cfg.data_path or "."))
         names = next((d / name_file for d in dirs if (d / name_file).is_file()), None)
         ds = CifarBinaryDataset(files, kind, names_file=names)
-    num = cfg.train_num_samples if split == "train" else cfg.val_num_samples
-    ds.select_subset(num, cfg.seed + (0 if split == "train" else 1))
+    return finish_dataset(cfg, split, ds, transform, data_config)
+
+
+def finish_dataset(cfg: RunConfig, split: str, ds, transform: Callable | None, data_config: dict | None):
+    """The seeded subset and the transform (a streamed set's length is its num_samples already)."""
+    if isinstance(ds, BaseDataset):
+        num = cfg.train_num_samples if split == "train" else cfg.val_num_samples
+        ds.select_subset(num, cfg.seed + (0 if split == "train" else 1))
     if transform is None:
         data_config = data_config or resolve_data_config(cfg, None)
         transform = (

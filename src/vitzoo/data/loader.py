@@ -12,6 +12,7 @@ that copy found to the batch, and :class:`Loader` strips them off and records th
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import random
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from timm.data.distributed_sampler import RepeatAugSampler
-from torch.utils.data import DataLoader, Sampler, default_collate, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, Sampler, default_collate, get_worker_info
 
 from vitzoo.config import RunConfig
 from vitzoo.data.datasets import SampleKey, base_dataset
@@ -170,6 +171,8 @@ def build_loader(
     seed = cfg.seed
     train = split == "train"
     batch_size = cfg.batch_size if train else cfg.eval_batch
+    if isinstance(dataset, IterableDataset):
+        return _streamed_loader(cfg, dataset, train, batch_size, world, rank)
     if train and cfg.repeated_aug:
         # DeiT's RASampler: 3 augmented copies of each image per epoch, spread over ranks; the epoch is
         # cut back to len(dataset) / world samples per rank, so epochs keep their length.
@@ -209,10 +212,27 @@ def build_loader(
     return loader
 
 
+def _streamed_loader(cfg: RunConfig, dataset: Any, train: bool, batch_size: int, world: int, rank: int) -> Loader:
+    """The loader of a streamed (iterable) dataset, e.g. shards from URLs: it splits, shuffles and seeds
+    itself (:mod:`vitzoo.data.shard_stream`), so no sampler. Workers are not persistent: each epoch's
+    workers must take a fresh copy of the dataset, which carries the epoch."""
+    dataset.plan(batch_size, world, rank)
+    workers = min(cfg.num_workers, usable_cpus())
+    loader = Loader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=relay_collate,
+                    pin_memory=cfg.pin_mem and torch.cuda.is_available(), drop_last=train,
+                    worker_init_fn=_seed_worker, prefetch_factor=2 if workers > 0 else None)
+    if train and len(loader) == 0:
+        raise UserError(f"the streamed train set has {len(dataset)} samples per process, fewer than one "
+                        f"batch of {batch_size}; raise train_num_samples or lower batch_size")
+    return loader
+
+
 def set_epoch(loader: Any, epoch: int) -> None:
-    """Tell the loader's sampler which epoch it is (reshuffles deterministically)."""
+    """Tell the loader's sampler (or streamed dataset) which epoch it is (reshuffles deterministically)."""
     if hasattr(getattr(loader, "sampler", None), "set_epoch"):
         loader.sampler.set_epoch(epoch)
+    if hasattr(getattr(loader, "dataset", None), "set_epoch"):
+        loader.dataset.set_epoch(epoch)
 
 
 class _SkipBatches:
@@ -234,6 +254,15 @@ def loader_from_batch(loader: Any, n: int) -> Any:
     """The same loader (class, workers, collate, generator) starting at batch ``n`` of this epoch."""
     if n <= 0:
         return loader
+    if isinstance(loader.dataset, IterableDataset):  # no batch sampler: the dataset skips (and re-reads)
+        dataset = copy.copy(loader.dataset)  # (shallow: bad_files stays shared with the original)
+        dataset.skip_batches = n
+        kw = {"batch_size": loader.batch_size, "drop_last": loader.drop_last, "num_workers": loader.num_workers,
+              "collate_fn": loader.collate_fn, "pin_memory": loader.pin_memory,
+              "worker_init_fn": loader.worker_init_fn}
+        if loader.num_workers > 0:
+            kw["prefetch_factor"] = loader.prefetch_factor
+        return type(loader)(dataset, **kw)
     kw = {"batch_sampler": _SkipBatches(loader.batch_sampler, n), "num_workers": loader.num_workers,
           "collate_fn": loader.collate_fn, "pin_memory": loader.pin_memory,
           "worker_init_fn": loader.worker_init_fn, "generator": loader.generator}

@@ -47,8 +47,8 @@ class BlockMaskGenerator:
         for _ in range(10):
             area = random.uniform(self.min_patches, max_new)
             aspect = math.exp(random.uniform(*self.log_aspect))
-            h = int(round(math.sqrt(area * aspect)))
-            w = int(round(math.sqrt(area / aspect)))
+            h = round(math.sqrt(area * aspect))
+            w = round(math.sqrt(area / aspect))
             if w >= self.width or h >= self.height:
                 continue
             top = random.randint(0, self.height - h)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import importlib
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
