@@ -549,7 +549,7 @@ def test_shipped_configs_load(path):
         assert cfg.teacher_model == "regnety_160" and cfg.teacher_path
     if stem.startswith("beit_large"):
         assert cfg.layer_scale_init_value == 1e-5 and (cfg.layer_decay == 0.75 or stem.endswith("_pt"))
-    if stem.endswith("_pt"):  # pre-training: the paper's masking and the DALL-E tokenizer's 112 px view
+    if stem.endswith("patch16_224_pt"):  # pre-training: the paper's masking and the DALL-E tokenizer's 112 px view
         assert (cfg.mim_target, cfg.second_input_size, cfg.min_mask_patches) == ("dall-e", 112, 16)
     if stem == "vit_base_patch16_224_cifar10":
         assert (cfg.dataset, cfg.opt, cfg.lr, cfg.batch_size, cfg.sched, cfg.epochs) == (

@@ -3,9 +3,11 @@
 SRC may be in any layout :mod:`vitzoo.models.convert` detects -- DeiT / timm ``.pth``, official T2T-ViT
 ``.pth.tar``, unilm BEiT ``.pth``, Google ViT ``.npz``, MindSpore ``.ckpt``, PaddleViT ``.pdparams``, a
 Hugging Face ``transformers`` or timm hub folder -- or a vitzoo checkpoint itself (e.g. to re-save as
-``.safetensors``). DST ending in ``.safetensors`` writes safetensors (meta in the header); ``--to
-mindspore|paddle`` (or DST ending in ``.ckpt`` / ``.pdparams``) writes the seed's layout; anything
-else a ``torch.save`` file loadable with ``weights_only=True``. The converted model is checked: it must load
+``.safetensors``). The DALL-E dVAE encoder (the released ``encoder.pkl``, read without running it, or a
+state dict of it) becomes a BEiT tokenizer file instead (:mod:`vitzoo.tokenizers.dall_e_convert`).
+DST ending in ``.safetensors`` writes safetensors (meta in the header); ``--to mindspore|paddle`` (or DST
+ending in ``.ckpt`` / ``.pdparams``) writes the seed's layout; anything else a ``torch.save`` file loadable
+with ``weights_only=True``. The converted model is checked: it must load
 strictly, and the written file, read back, must reproduce its logits (the max |diff| is printed).
 """
 from __future__ import annotations
@@ -17,13 +19,15 @@ import yaml
 from vitzoo.cli.helpfmt import HelpFormatter
 from vitzoo.errors import UserError
 from vitzoo.models.convert import WRITERS, convert_checkpoint
+from vitzoo.tokenizers.dall_e_convert import convert_dall_e, detect_dall_e
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vitzoo convert", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("src", metavar="SRC",
-                   help="checkpoint: .pth / .pth.tar / .npz / .ckpt / .pdparams / hub folder (or a vitzoo checkpoint)")
+                   help="checkpoint: .pth / .pth.tar / .npz / .ckpt / .pdparams / hub folder (or a vitzoo checkpoint), "
+                        "or DALL-E's encoder.pkl")
     p.add_argument("dst", metavar="DST", help="output: .pt / .pth / .safetensors (vitzoo), .ckpt or .pdparams")
     p.add_argument("--arch", "--model", default=None,
                    help="model name (see `vitzoo models`); required unless SRC is a vitzoo checkpoint")
@@ -54,6 +58,8 @@ def parse_overrides(items: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if detect_dall_e(args.src):
+        return convert_tokenizer(args.src, args.dst)
     info = convert_checkpoint(args.src, args.dst, arch=args.arch, num_classes=args.num_classes,
                               img_size=args.img_size, use_ema=args.use_ema,
                               overrides=parse_overrides(args.overrides), to=args.to,
@@ -63,4 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     for line in info["notes"]:
         print(f"  {line}")
     print(f"  checked: the written file reproduces the logits, max |diff| {info['max_diff']:.3g}")
+    return 0
+
+
+def convert_tokenizer(src: str, dst: str) -> int:
+    """The DALL-E encoder -> our tokenizer safetensors (model options such as --arch do not apply)."""
+    info = convert_dall_e(src, dst)
+    spec = info["spec"]
+    print(f"converted {src} ({info['layout']}) -> {info['path']}: DALL-E dVAE encoder tokenizer, vocab "
+          f"{spec.vocab_size}, n_hid {spec.n_hid}, {info['num_params']:,} parameters; checked: the written file "
+          f"reproduces the logits, max |diff| {info['max_diff']:.3g}")
     return 0
