@@ -107,6 +107,7 @@ def test_pretrain_then_fine_tune_and_probe_from_the_checkpoint(shapes, tmp_path,
     assert cli(pretrain_args(shapes, out)) == 0
     captured = capsys.readouterr()
     assert "eval results: {'Loss':" in captured.out + captured.err
+    assert (out / "pictures" / "epoch_001.png").stat().st_size > 1000  # inputs, masks, reconstructions
     ckpt = list_checkpoints(out / "checkpoints")[-1]
     meta = load_checkpoint(ckpt)["meta"]
     assert meta["task"] == "pretrain" and meta["mim"]["target"] == "pixels" and meta["arch"] == "beit_base_patch16_224"
@@ -164,3 +165,24 @@ def test_pretrain_curves_and_resume_continue_the_run(shapes, tmp_path):
 def test_masked_token_loss_is_cross_entropy_on_masked_positions_only():
     logits, labels = torch.randn(5, 7), torch.randint(0, 7, (5,))
     assert torch.equal(mim_criterion("tokens")(None, (logits, labels), None), F.cross_entropy(logits, labels))
+
+
+def test_pretrain_with_a_trained_tokenizer_reports_masked_token_accuracy(shapes, tmp_path, capsys):
+    tok = tmp_path / "tok"
+    assert cli(["train-tokenizer", "--data_path", str(shapes), "--input_size", "64", "--codebook_size", "16",
+                "--tokenizer_width", "8", "--epochs", "1", "--batch_size", "16", "--num_workers", "0",
+                "--output_dir", str(tok), "--device", "cpu"]) == 0
+    out = tmp_path / "pt"
+    assert cli(pretrain_args(shapes, out, "--mim_target", "tokenizer", "--tokenizer_path",
+                             str(tok / "tokenizer.safetensors"))) == 0
+    captured = capsys.readouterr()
+    assert "'MIM-Acc':" in captured.out + captured.err
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0.0 <= row["val_mim_acc"] <= 1.0
+    assert (out / "pictures" / "epoch_001.png").is_file()
+    ckpt = load_checkpoint(list_checkpoints(out / "checkpoints")[-1])
+    assert ckpt["model"]["lm_head.weight"].shape[0] == 16  # one output per visual token
+    # a tokenizer grid that does not fit the patch grid is one clear line
+    assert cli(pretrain_args(shapes, tmp_path / "bad", "--mim_target", "tokenizer", "--tokenizer_path",
+                             str(tok / "tokenizer.safetensors"), "--second_input_size", "48")) == 2
+    assert "token grid" in capsys.readouterr().err

@@ -237,3 +237,24 @@ def test_pretrain_sigterm_then_kill9_resume_exactly_and_workers_do_not_matter(da
     res = run(pretrain_args(data, out, "--resume", "auto"))
     assert res.returncode == 0, res.stderr[-2000:]
     assert_identical(final_weights(out), reference)
+
+
+@pytest.mark.slow
+def test_torchrun_pretrain_two_processes_resume_exactly(data, tmp_path):
+    """BEiT pre-training under torchrun (2 processes, gloo): SIGTERM to one rank stops both at one update,
+    and the resumed run ends identical to an uninterrupted 2-process run."""
+    ref = subprocess.run(_torchrun(pretrain_args(data, tmp_path / "ref", workers=1)), env=ENV,
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp_path / "run"
+    launcher = subprocess.Popen(_torchrun(pretrain_args(data, out, workers=1)), env=ENV, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    wait_for_updates(launcher, 3)
+    ranks = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True, check=False)
+    os.kill(int(ranks.stdout.split()[-1]), signal.SIGTERM)
+    _, err = launcher.communicate(timeout=180)
+    assert launcher.returncode != 0 and err.count("resume with: torchrun ... -m vitzoo pretrain") == 1, err[-3000:]
+    res = subprocess.run(_torchrun(pretrain_args(data, out, "--resume", "auto", workers=1)), env=ENV,
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert_identical(final_weights(out), final_weights(tmp_path / "ref"))

@@ -94,7 +94,7 @@ def upsample(heat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------- drawing
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)  # files only, no display (servers, CI)
@@ -110,7 +110,7 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt, bbox_inches="tight"))
     finally:
-        _pyplot().close(fig)
+        pyplot().close(fig)
     return path
 
 
@@ -120,7 +120,7 @@ def draw_attention(image: torch.Tensor, heat: torch.Tensor, title: str, path: st
 
     ``image``: (3, H, W) in [0, 1]; ``heat``: (H, W) in [0, 1] (already upsampled to the crop).
     """
-    plt = _pyplot()
+    plt = pyplot()
     img = image.permute(1, 2, 0).clamp(0, 1).cpu().numpy()
     hm = heat.cpu().numpy()
     fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.9))
@@ -185,7 +185,7 @@ def draw_curves(runs: dict[str, list[dict]], path: str | Path, keys: Sequence[st
     panel per key instead. Accuracies stored as fractions (<= 1, as ``evaluate`` returns them) are
     drawn in percent. Colours tell runs apart; line styles tell metrics apart.
     """
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     if keys:

@@ -93,6 +93,9 @@ class Trainer:
         """The validation number that ranks checkpoints (best-N) and drives the plateau schedule."""
         return float(metrics["Top1-Acc"])
 
+    def after_evaluate(self, epoch: int) -> None:
+        """Called after each validation (pictures of what the model does, for instance)."""
+
     def meta(self) -> dict[str, Any]:
         """What the checkpoint's meta records besides the model's own description."""
         return {"task": self.task, "num_classes": self.cfg.num_classes, "class_names": self.data.class_names,
@@ -197,6 +200,7 @@ class Trainer:
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             metrics = self.evaluate()
             self.step.scheduler.step_epoch(self.score(metrics))
+            self.after_evaluate(epoch + 1)
         self.tb.epoch(pos.global_step, stats, metrics)
         self.metrics.add(stats.row(epoch + 1, pos.global_step, self.step.scheduler.get_lr(), metrics))
         pos.epoch, pos.batch = epoch + 1, 0

@@ -16,15 +16,17 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import Dataset, IterableDataset, default_collate
 
 from vitzoo.data import build_loader, build_unlabeled_dataset, resolve_data_config
 from vitzoo.data.datasets import SampleKey
 from vitzoo.data.loader import mix_seed
 from vitzoo.engine.build import TrainData, build_step, model_kwargs
+from vitzoo.engine.dist import unwrap
 from vitzoo.engine.loop import TrainStep
 from vitzoo.engine.trainer import Trainer
 from vitzoo.errors import UserError
+from vitzoo.mim.pictures import draw_mim_examples
 from vitzoo.mim.targets import MIMTarget, build_target, second_view_size
 from vitzoo.mim.task import MIMForward, evaluate_mim, format_mim_eval, mim_criterion
 from vitzoo.mim.transforms import MIMTransform
@@ -33,6 +35,7 @@ from vitzoo.models.convert import load_pretrained
 from vitzoo.precision import resolve_precision
 
 DEFAULT_VAL_IMAGES = 256
+PICTURE_IMAGES = 6
 
 
 class FixedDraws(Dataset):
@@ -109,6 +112,20 @@ class Pretrainer(Trainer):
         metrics = evaluate_mim(net, self.data.val_loader, self.target, device, precision=precision)
         self.log.info(format_mim_eval(metrics))
         return metrics
+
+    def after_evaluate(self, epoch: int) -> None:
+        """``output_dir/pictures/epoch_NNN.png``: inputs, masks and what the model predicts (rank 0)."""
+        if not self.main:
+            return
+        fixed = self.data.val_loader.dataset
+        if isinstance(fixed, IterableDataset):
+            samples = [fixed_sample for fixed_sample, _ in zip(fixed, range(PICTURE_IMAGES))]
+        else:  # spread over the set (folders are sorted by class)
+            samples = [fixed[i] for i in torch.linspace(0, len(fixed) - 1, PICTURE_IMAGES).long().unique().tolist()]
+        batch = tuple(t.to(self.device) for t in default_collate(samples)[0])
+        path = self.folders.output / "pictures" / f"epoch_{epoch:03d}.png"
+        draw_mim_examples(unwrap(self.eval_net), batch, self.target, self.data.data_config, path,
+                          f"{self.cfg.model}, {self.target.name} target, epoch {epoch}")
 
     def score(self, metrics: dict[str, Any]) -> float:
         return float(metrics["MIM-Acc"]) if "MIM-Acc" in metrics else -float(metrics["Loss"])
