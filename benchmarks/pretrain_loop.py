@@ -4,10 +4,10 @@ What the README's "Pre-train on your own images" table reports, measured in one 
 
 1. ``vitzoo make-dataset shapes``: 3,000 train images (their labels unused until step 4) and 500 val images;
 2. ``vitzoo train-tokenizer`` (for the tokenizer target);
-3. ``vitzoo pretrain`` with each target (configs/beit_shapes_pt.yaml): normalised pixels, trained tokenizer;
+3. ``vitzoo pretrain`` with each target (configs/beit_shapes_pt.yaml): the trained tokenizer's tokens,
+   pixels, pixels normalised per patch (MAE's norm_pix_loss);
 4. ``vitzoo train`` on 300 labeled images (configs/beit_shapes_ft.yaml) from each pre-trained encoder and
-   from scratch, same epochs, lr and augmentation (layer-wise lr decay 0.75 for the pre-trained ones, as
-   BEiT fine-tunes; none from scratch, where it would only slow the early blocks);
+   from scratch: the same recipe, epochs, lr and augmentation for all;
 5. ``vitzoo linprobe`` and ``vitzoo knn`` of each pre-trained encoder and of a randomly initialised one.
 
 Writes OUT/summary.json and OUT/finetune_curves.png; a step whose output exists is not run again.
@@ -31,31 +31,36 @@ PT, FT = str(ROOT / "configs" / "beit_shapes_pt.yaml"), str(ROOT / "configs" / "
 
 
 def step(name: str, argv: list[str], done: Path) -> float:
-    """Run one vitzoo command unless ``done`` exists; return its seconds."""
-    if done.exists():
+    """Run one vitzoo command unless it finished before (``done``.done exists); return its seconds."""
+    marker = done.with_name(done.name + ".done")
+    if marker.exists():
         print(f"[{name}] done before: {done}", flush=True)
-        return 0.0
+        return float(marker.read_text() or 0)
     print(f"[{name}] vitzoo {' '.join(argv)}", flush=True)
     t0 = time.monotonic()
     if vitzoo(argv) != 0:
         sys.exit(f"[{name}] failed")
-    return time.monotonic() - t0
+    seconds = time.monotonic() - t0
+    marker.write_text(f"{seconds:.1f}")
+    return seconds
 
 
 def last_checkpoint(run: Path) -> str:
     return str(list_checkpoints(run / "checkpoints")[-1])
 
 
-def final_top1(run: Path) -> tuple[float, float, list[float]]:
+def final_top1(run: Path) -> tuple[float, float, list]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    curve = [r["val_top1"] for r in rows]
-    return curve[-1], max(curve), curve
+    curve = [(r["epoch"], r["val_top1"]) for r in rows if r.get("val_top1") is not None]  # eval_every epochs
+    top1 = [t for _, t in curve]
+    return top1[-1], max(top1), curve
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/loop")
-    p.add_argument("--targets", default="pixels,tokenizer", help="comma-separated: pixels, tokenizer")
+    p.add_argument("--targets", default="tokenizer,pixels,pixels-norm",
+                   help="comma-separated: tokenizer, pixels, pixels-norm (pixels normalised per patch)")
     p.add_argument("--labels", type=int, default=300, help="labeled training images for fine-tuning")
     args = p.parse_args()
     out = Path(args.out)
@@ -65,26 +70,25 @@ def main() -> int:
     seconds: dict[str, float] = {}
     encoders: dict[str, str] = {}
     for target in args.targets.split(","):
-        extra = []
+        extra = ["--mim_target", "pixels", "--norm_pix_loss", str(target == "pixels-norm").lower()]
         if target == "tokenizer":
             tok = out / "tokenizer"
             seconds["train-tokenizer"] = step("tokenizer", [
                 "train-tokenizer", "--data_path", str(data), "--input_size", "64", "--codebook_size", "256",
-                "--epochs", "10", "--output_dir", str(tok), "--num_workers", "2"], tok / "tokenizer.safetensors")
+                "--tokenizer_width", "16", "--epochs", "5", "--output_dir", str(tok)], tok)
             extra = ["--mim_target", "tokenizer", "--tokenizer_path", str(tok / "tokenizer.safetensors")]
         run = out / f"pt_{target}"
         seconds[f"pretrain {target}"] = step(f"pretrain {target}", [
-            "pretrain", "--config", PT, "--data_path", str(data), "--output_dir", str(run), *extra],
-            run / "metrics.csv")
+            "pretrain", "--config", PT, "--data_path", str(data), "--output_dir", str(run), *extra], run)
         encoders[target] = last_checkpoint(run)
 
     fine_tuned: dict[str, dict] = {}
     for name, ckpt in [*encoders.items(), ("scratch", "")]:
         run = out / f"ft_{name}"
-        init = ["--pretrained", ckpt, "--layer_decay", "0.75"] if ckpt else []
+        init = ["--pretrained", ckpt] if ckpt else []
         seconds[f"fine-tune {name}"] = step(f"fine-tune {name}", [
             "train", "--config", FT, "--data_path", str(data), "--train_num_samples", str(args.labels),
-            "--output_dir", str(run), *init], run / "metrics.csv")
+            "--output_dir", str(run), *init], run)
         last, best, curve = final_top1(run)
         fine_tuned[name] = {"top1_last": last, "top1_best": best, "curve": curve}
 

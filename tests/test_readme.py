@@ -27,9 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 # the reduced demo: (README text, replacement) applied to each command, and flags appended per command
-REDUCED = [("--num-train 2000 --num-val 500", "--num-train 40 --num-val 15")]
-APPENDED = {"train": ["--epochs", "1", "--batch_size", "8", "--num_workers", "0"],
-            "eval": ["--num_workers", "0"], "eval-onnx": ["--num-workers", "0"]}
+REDUCED = [("--num-train 2000 --num-val 500", "--num-train 40 --num-val 15"),
+           ("--num-train 3000 --num-val 500", "--num-train 40 --num-val 20")]
+SHORT = ["--epochs", "1", "--batch_size", "8", "--num_workers", "0"]
+APPENDED = {"train": SHORT, "pretrain": SHORT, "train-tokenizer": SHORT,
+            "eval": ["--num_workers", "0"], "eval-onnx": ["--num-workers", "0"],
+            "linprobe": ["--num_workers", "0", "--probe_epochs", "2"], "knn": ["--num_workers", "0"]}
 NOT_RUN = {
     "make ": "sets up the environment this test runs in",
     "bash scripts/": "GPU wrappers around torchrun: tests/test_scripts.py runs them with a stand-in",
@@ -122,12 +125,15 @@ def run_readme(folder: Path) -> list[str]:
 
 
 def test_readme_commands_run_as_written(tmp_path):
-    """~20 s: the reduced demo trains two 1-epoch runs, then every command uses its checkpoint."""
+    """~40 s: the reduced demo trains 1-epoch runs (classifier, tokenizer, pre-training), then every command
+    uses their checkpoints."""
     (tmp_path / "configs").symlink_to(ROOT / "configs")  # the README's paths are the repository's
     done = run_readme(tmp_path)
     assert {c.split()[1] for c in done} == {"make-dataset", "train", "eval", "infer", "export", "eval-onnx",
-                                            "infer-onnx", "attention", "plot", "models"}
+                                            "infer-onnx", "attention", "plot", "models", "train-tokenizer",
+                                            "pretrain", "linprobe", "knn"}
     assert (tmp_path / "attn.png").is_file() and (tmp_path / "curves.png").is_file()
+    assert (tmp_path / "pretrain_curves.png").is_file() and (tmp_path / "knn.json").is_file()
 
 
 def test_readme_python_example_runs():

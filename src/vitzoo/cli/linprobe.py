@@ -101,7 +101,10 @@ def load_encoder(cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Module,
 def probe_inputs(cfg: RunConfig, device: torch.device, world: int) -> ProbeInputs:
     """Load the encoder, cut it at ``probe_block`` and encode the train and val splits once."""
     model, meta, encoder = load_encoder(cfg, device)
-    spec = feature_spec(model, cfg.probe_block, cfg.probe_pool)
+    # masked image modeling trains the patch tokens only (its class token gets no loss): probe their mean,
+    # as BEiT's linear probe does
+    pool = "mean" if cfg.probe_pool == "auto" and meta.get("task") == "pretrain" else cfg.probe_pool
+    spec = feature_spec(model, cfg.probe_block, pool)
     data_config, origin = eval_data_config(cfg, meta, model)
     if dist.is_main():
         print(f"preprocessing: {describe_preprocessing(data_config)} ({origin}); eval transform for both "

@@ -219,7 +219,8 @@ class RunConfig:
     probe_block: int | None = option("probe", None, "block whose output tokens are the feature (0-based; "
                                      "null = the last, through the model's final norm)", rule=">= 0")
     probe_pool: str = option("probe", "auto", "feature pooling: cls (class token) | mean (patch tokens, "
-                             "BEiT's probe) | auto (the model's own)", choices=("auto", "cls", "mean"))
+                             "BEiT's probe) | auto (the model's own; mean for a pretrain checkpoint)",
+                             choices=("auto", "cls", "mean"))
     probe_epochs: int = option("probe", 100, "linprobe: epochs over the cached train features", rule=">= 1")
     probe_lr: float = option("probe", 0.1, "linprobe: peak lr of SGD (momentum 0.9, cosine to 0, no weight "
                              "decay), not scaled by the batch", rule="> 0")
