@@ -164,3 +164,13 @@ print(json.dumps(failures))
     assert proc.returncode == 0, proc.stderr
     failures = json.loads(proc.stdout.strip().splitlines()[-1])
     assert failures == {}, "\n".join(f"{name}: {error}" for name, error in failures.items())
+
+
+def test_commands_do_not_import_each_other():
+    """What two commands share lives in a module that is no command's (predict.py, evaluation.py,
+    probe/inputs.py, cli/training.py), so each command file reads on its own."""
+    commands = {f"vitzoo.cli.{p.stem}" for p in (PACKAGE / "cli").glob("*.py")} - {
+        "vitzoo.cli.__init__", "vitzoo.cli.helpfmt", "vitzoo.cli.training"}
+    crossed = [f"{relative(MODULES[c])}: imports {m}" for c in sorted(commands)
+               for m, _, _ in vitzoo_imports(MODULES[c]) if m in commands and m != c]
+    assert not crossed, "\n".join(crossed)

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import time
 
-from vitzoo.cli.linprobe import build_parser, check_inputs, probe_inputs, write_json
 from vitzoo.config import dump_config, parse_args
 from vitzoo.engine import dist
 from vitzoo.probe import knn_classify
+from vitzoo.probe.inputs import check_inputs, probe_inputs, probe_parser, write_json
+
+
+def build_parser():
+    return probe_parser("vitzoo knn", __doc__)
 
 
 def format_knn(results: dict) -> str:
@@ -26,7 +30,7 @@ def format_knn(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, ns = parse_args(argv, parser=build_parser("vitzoo knn", __doc__))
+    cfg, ns = parse_args(argv, parser=build_parser())
     if ns.dry_run:
         print(dump_config(cfg), end="")
         return 0

@@ -31,7 +31,6 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from vector_quantize_pytorch import VectorQuantize
 
 from vitzoo.checkpoint import read_file
 from vitzoo.checkpoint.files import write_safetensors
@@ -126,6 +125,10 @@ class TrainedTokenizer(VisualTokenizer):
         super().__init__()
         self.spec, self.vocab_size, self.downsample = spec, spec.codebook_size, spec.downsample
         if spec.type == "vqvae":
+            # imported here: the package (einx, sympy) takes ~1.6 s to import, and every vitzoo command
+            # imports this module through vitzoo.create_tokenizer
+            from vector_quantize_pytorch import VectorQuantize
+
             self.encoder = build_encoder(spec, spec.code_dim)
             self.quantizer = VectorQuantize(
                 dim=spec.code_dim, codebook_size=spec.codebook_size, decay=EMA_DECAY, kmeans_init=True,
