@@ -99,7 +99,7 @@ def main() -> int:
             report = out / f"{command}_{name.replace(' ', '_')}.json"
             step(f"{command} {name}", [command, "--config", FT, "--data_path", str(data), "--train_num_samples",
                                        str(args.labels), "--pretrained", ckpt, "--json", str(report)], report)
-            probes[name][command] = json.loads(report.read_text())["metrics"]["Top1-Acc"]
+            probes[name][command] = json.loads(report.read_text())["Top1-Acc"]
 
     vitzoo(["plot", *(str(out / f"ft_{n}") for n in fine_tuned), "--output", str(out / "finetune_curves.png")])
     summary = {"fine_tune_top1": fine_tuned, "probes_top1": probes, "seconds": seconds, "labels": args.labels}
