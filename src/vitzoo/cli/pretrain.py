@@ -16,8 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from vitzoo.cli.training import check_files, run_training
-from vitzoo.config import RunConfig, dump_config, parse_args
+from vitzoo.cli.training import check_files, print_resolved, run_training
+from vitzoo.config import RunConfig, parse_args
 from vitzoo.config import build_parser as config_parser
 from vitzoo.errors import UserError
 from vitzoo.mim.pretrainer import Pretrainer
@@ -34,10 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     cfg, ns = parse_args(argv, parser=build_parser())
     if ns.dry_run:
-        for note in cfg.notes:
-            print(f"note: {note}", file=sys.stderr)
-        print(dump_config(cfg), end="")
-        return 0
+        return print_resolved(cfg)
     check_inputs(cfg)
     if ns.check:
         print(f"ok: {cfg.model} ({cfg.mim_target} target) on {cfg.data_path} -> {cfg.output_dir}")

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vitzoo.cli.training import check_files, run_training
-from vitzoo.config import RunConfig, dump_config, parse_args
+from vitzoo.cli.training import check_files, print_resolved, run_training
+from vitzoo.config import RunConfig, parse_args
 from vitzoo.config import build_parser as config_parser
 from vitzoo.data import check_split_data
 
@@ -31,10 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     cfg, ns = parse_args(argv, parser=build_parser())
     if ns.dry_run:
-        for note in cfg.notes:
-            print(f"note: {note}", file=sys.stderr)
-        print(dump_config(cfg), end="")
-        return 0
+        return print_resolved(cfg)
     if ns.check:
         check_inputs(cfg)
         print(f"ok: {cfg.model} on {cfg.data_path or cfg.dataset} -> {cfg.output_dir}")

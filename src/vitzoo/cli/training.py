@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from vitzoo.checkpoint import RunFolders
-from vitzoo.config import RunConfig
+from vitzoo.config import RunConfig, dump_config
 from vitzoo.engine.preempt import Preempted
 from vitzoo.engine.trainer import Trainer, train
 from vitzoo.errors import UserError
@@ -35,6 +35,14 @@ def run_training(cfg: RunConfig, argv: list[str] | None, command: str, trainer_c
     except Preempted as e:
         raise _with_resume_command(e, argv, command) from None
     return 0 if summary.get("epochs") is not None else 1
+
+
+def print_resolved(cfg: RunConfig) -> int:
+    """``--dry-run``: the notes on keys that do nothing (stderr), then the resolved config (stdout)."""
+    for note in cfg.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(dump_config(cfg), end="")
+    return 0
 
 
 def check_files(cfg: RunConfig, files: dict[str, str]) -> None:

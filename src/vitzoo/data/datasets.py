@@ -129,7 +129,29 @@ def seeded_augmentation(seed: int) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-class BaseDataset(Dataset):
+class BadFileLog:
+    """The bad-file bookkeeping every dataset offers the loader (see the module docstring): ``bad_files``
+    (all seen, merged from the workers) and ``_pending_bad`` (found by this process copy, not yet relayed)."""
+
+    bad_files: dict[str, str]
+    _pending_bad: list[tuple[str, str]]
+
+    def _record_bad(self, name: str, reason: str) -> None:
+        if name not in self.bad_files:
+            self.bad_files[name] = reason
+            self._pending_bad.append((name, reason))
+
+    def merge_bad_files(self, items: Sequence[tuple[str, str]]) -> None:
+        """Record bad files found by a worker's copy of this dataset (called by the loader)."""
+        for name, reason in items:
+            self.bad_files.setdefault(name, reason)
+
+    def drain_pending_bad(self) -> list[tuple[str, str]]:
+        out, self._pending_bad = self._pending_bad, []
+        return out
+
+
+class BaseDataset(BadFileLog, Dataset):
     """Shared behaviour: transform, seeded subset, bad-file bookkeeping."""
 
     def __init__(
@@ -174,20 +196,6 @@ class BaseDataset(Dataset):
     def _name(self, record: int) -> str:
         return f"record {record}"
 
-    def _record_bad(self, name: str, reason: str) -> None:
-        if name not in self.bad_files:
-            self.bad_files[name] = reason
-            self._pending_bad.append((name, reason))
-
-    def merge_bad_files(self, items: Sequence[tuple[str, str]]) -> None:
-        """Record bad files found by a worker's copy of this dataset (called by the loader)."""
-        for name, reason in items:
-            self.bad_files.setdefault(name, reason)
-
-    def drain_pending_bad(self) -> list[tuple[str, str]]:
-        out, self._pending_bad = self._pending_bad, []
-        return out
-
     def __getitem__(self, key: int | SampleKey):
         if isinstance(key, SampleKey):
             with seeded_augmentation(key.seed):
@@ -217,7 +225,22 @@ class BaseDataset(Dataset):
         )
 
 
-class ImageFolderDataset(BaseDataset):
+class ImageFiles(BaseDataset):
+    """A dataset whose records are image files (``self.paths``): a file that vanished counts as bad."""
+
+    paths: list[str]
+
+    def _name(self, record: int) -> str:
+        return self.paths[record]
+
+    def _load(self, record: int):
+        try:
+            return _open_rgb(Path(self.paths[record]))
+        except FileNotFoundError:
+            raise _BadImage("file disappeared") from None
+
+
+class ImageFolderDataset(ImageFiles):
     """``root/<class>/**/*.{jpg,png,...}``; classes are the sorted sub-folder names.
 
     ``classes`` (e.g. the train split's list, or a checkpoint's) fixes the label order, so a validation
@@ -262,14 +285,6 @@ class ImageFolderDataset(BaseDataset):
         self.paths = paths
         super().__init__(classes, labels, transform, bad_image_policy)
 
-    def _name(self, record: int) -> str:
-        return self.paths[record]
-
-    def _load(self, record: int):
-        try:
-            return _open_rgb(Path(self.paths[record]))
-        except FileNotFoundError:
-            raise _BadImage("file disappeared") from None
 
 
 def base_dataset(dataset: Any) -> Any:

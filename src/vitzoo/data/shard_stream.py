@@ -31,7 +31,7 @@ import webdataset as wds
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import IterableDataset, get_worker_info
 
-from vitzoo.data.datasets import _BadImage, seeded_augmentation
+from vitzoo.data.datasets import BadFileLog, _BadImage, seeded_augmentation
 from vitzoo.data.loader import mix_seed
 from vitzoo.errors import UserError
 
@@ -62,7 +62,7 @@ def _counted(samples: Iterator[dict], seen: list[int]) -> Iterator[dict]:
         yield sample
 
 
-class StreamedShardDataset(IterableDataset):
+class StreamedShardDataset(BadFileLog, IterableDataset):
     """Streamed shards yielding ``(transform(image), label)``; ``set_epoch`` / ``plan`` come from the loader."""
 
     def __init__(self, urls: Sequence[str], num_samples: int, *, train: bool, labeled: bool,
@@ -87,20 +87,6 @@ class StreamedShardDataset(IterableDataset):
         """Samples this rank yields: whole batches for train; about num_samples / world for val."""
         per_rank = self.num_samples // self.world
         return per_rank // self.batch_size * self.batch_size if self.train else per_rank
-
-    # -- bad-file bookkeeping (the interface BaseDataset offers the loader) ------------------------
-    def _record_bad(self, name: str, reason: str) -> None:
-        if name not in self.bad_files:
-            self.bad_files[name] = reason
-            self._pending_bad.append((name, reason))
-
-    def merge_bad_files(self, items: Sequence[tuple[str, str]]) -> None:
-        for name, reason in items:
-            self.bad_files.setdefault(name, reason)
-
-    def drain_pending_bad(self) -> list[tuple[str, str]]:
-        out, self._pending_bad = self._pending_bad, []
-        return out
 
     # -- reading -----------------------------------------------------------------------------------
     def _stream(self, slot: int, slots: int) -> Iterator[dict]:

@@ -22,20 +22,14 @@ from pathlib import Path
 
 from vitzoo.config import RunConfig
 from vitzoo.data.build import finish_dataset
-from vitzoo.data.datasets import (
-    IMG_EXTENSIONS,
-    BaseDataset,
-    _BadImage,
-    _open_rgb,
-    list_images,
-)
+from vitzoo.data.datasets import IMG_EXTENSIONS, BaseDataset, ImageFiles, list_images
 from vitzoo.data.shards import build_shard_dataset
 from vitzoo.errors import UserError
 
 UNLABELED_CLASSES = ["images"]  # one name for the constant label 0 (checkpoints carry a class list)
 
 
-class ImageTreeDataset(BaseDataset):
+class ImageTreeDataset(ImageFiles):
     """Every image under ``root`` (any depth, sorted by path), label 0; ``exclude``: sub-trees to leave out."""
 
     def __init__(
@@ -59,14 +53,6 @@ class ImageTreeDataset(BaseDataset):
         self.paths = paths
         super().__init__(UNLABELED_CLASSES, [0] * len(paths), transform, bad_image_policy)
 
-    def _name(self, record: int) -> str:
-        return self.paths[record]
-
-    def _load(self, record: int):
-        try:
-            return _open_rgb(Path(self.paths[record]))
-        except FileNotFoundError:
-            raise _BadImage("file disappeared") from None
 
 
 def unlabeled_folder(cfg: RunConfig, split: str) -> tuple[Path, tuple[Path, ...]] | None:
