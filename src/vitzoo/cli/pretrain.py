@@ -24,7 +24,9 @@ from vitzoo.mim.pretrainer import Pretrainer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = config_parser("vitzoo pretrain", description=__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[1])
+    parser = config_parser("vitzoo pretrain", description="BEiT pre-training. " + "\n\n".join(__doc__.split("\n\n")[1:3])
+                           + "\n\nmodel names the encoder: a BEiT (beit_base_patch16_224, ...; model_overrides for "
+                           "other sizes).")
     parser.add_argument("--check", action="store_true",
                         help="check the config and what it names (data, tokenizer and weight files, the output "
                              "folder) and exit without training")
