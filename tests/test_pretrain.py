@@ -186,3 +186,16 @@ def test_pretrain_with_a_trained_tokenizer_reports_masked_token_accuracy(shapes,
     assert cli(pretrain_args(shapes, tmp_path / "bad", "--mim_target", "tokenizer", "--tokenizer_path",
                              str(tok / "tokenizer.safetensors"), "--second_input_size", "48")) == 2
     assert "token grid" in capsys.readouterr().err
+
+
+def test_pretrain_with_the_dall_e_target_from_the_converted_pickle(shapes, tmp_path, capsys):
+    """The released-encoder path end to end, on the small dall_e fixture (vocab 128): convert, pre-train."""
+    fixture = Path(__file__).parent / "fixtures" / "dall_e" / "encoder_small.pkl"
+    weights = tmp_path / "dall_e_encoder.safetensors"
+    assert cli(["convert", str(fixture), str(weights)]) == 0
+    out = tmp_path / "pt"
+    assert cli(pretrain_args(shapes, out, "--mim_target", "dall-e", "--tokenizer_path", str(weights))) == 0
+    ckpt = load_checkpoint(list_checkpoints(out / "checkpoints")[-1])
+    assert ckpt["meta"]["mim"]["target"] == "dall-e" and ckpt["model"]["lm_head.weight"].shape[0] == 128
+    captured = capsys.readouterr()
+    assert "'MIM-Acc':" in captured.out + captured.err
