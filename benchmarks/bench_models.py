@@ -31,7 +31,7 @@ from contextlib import nullcontext
 import torch
 
 from vitzoo import bench
-from vitzoo.bench import CLOCKS, naive_attention, peak_memory, time_iters
+from vitzoo.bench import CLOCKS, official_arithmetic, peak_memory, time_iters
 
 DEFAULT_NAMES = ("deit_tiny_patch16_224", "deit_small_patch16_224", "deit_tiny_distilled_patch16_224",
                  "vit_base_patch16_224", "beit_base_patch16_224", "t2t_vit_14", "t2t_vit_t_14")
@@ -55,7 +55,7 @@ def build_pair(name: str, ref_kind: str):
 def forward_fn(model, x, device, dtype, naive: bool = False):
     def run():
         amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-        with torch.inference_mode(), amp, (naive_attention() if naive else nullcontext()):
+        with torch.inference_mode(), amp, (official_arithmetic() if naive else nullcontext()):
             return model(x)
 
     return run
@@ -71,7 +71,7 @@ def bench_one(name: str, args, device, dtype) -> dict:
     x = torch.randn(args.batch, *size, device=device)
     naive = ref_label == "naive-attn"
     with torch.inference_mode():  # same weights -> same function (fp32 check, before any compile)
-        with naive_attention() if naive else nullcontext():
+        with official_arithmetic() if naive else nullcontext():
             ref_out = ref(x[:2]).float()
         diff = (ours(x[:2]).float() - ref_out).abs().max().item()
     if args.compile:

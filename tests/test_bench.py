@@ -6,7 +6,7 @@ import json
 import torch
 import torch.nn.functional as F
 
-from vitzoo.bench import naive_attention, naive_sdpa
+from vitzoo.bench import naive_sdpa, official_arithmetic
 from vitzoo.cli import main as cli
 
 
@@ -47,11 +47,42 @@ def test_bench_rejects_unknown_model(capsys):
     assert cli(["bench", "--model", "deit_tiny_patch16_224", "--batch-size", "8,x"]) == 2
 
 
-def test_naive_attention_matches_fused():
+def test_official_arithmetic_matches_fused():
     q, k, v = torch.randn(3, 2, 2, 5, 8).unbind(0)
     fused = F.scaled_dot_product_attention(q, k, v)
-    with naive_attention():
+    with official_arithmetic():
         assert F.scaled_dot_product_attention is naive_sdpa
         torch.testing.assert_close(F.scaled_dot_product_attention(q, k, v), fused)
     assert F.scaled_dot_product_attention is not naive_sdpa
 
+
+
+def test_official_performer_arithmetic_is_the_same_function():
+    from vitzoo.bench import official_arithmetic
+    from vitzoo.models.t2t_vit import TokenPerformer
+
+    torch.manual_seed(0)
+    layer = TokenPerformer(dim=27, in_dim=16).eval()
+    x = torch.randn(2, 50, 27)
+    ours = layer(x)
+    fused = TokenPerformer.attention
+    with official_arithmetic():
+        assert TokenPerformer.attention is not fused
+        official = layer(x)
+    assert TokenPerformer.attention is fused  # restored after the reference's calls
+    torch.testing.assert_close(official, ours, rtol=1e-5, atol=1e-5)
+
+
+def test_gflops_count_the_attention_matmuls():
+    from vitzoo.bench import count_gflops
+    from vitzoo.models import create_model
+
+    model = create_model("deit_tiny_patch16_224", img_size=32).eval()
+    tokens, dim, depth = (32 // 16) ** 2 + 1, 192, 12
+    attention = depth * 2 * (2 * tokens * tokens * dim)  # q @ k^T and attn @ v, 2 FLOPs per multiply-add
+    linear = 2 * sum(m.in_features * m.out_features for m in model.modules()
+                     if isinstance(m, torch.nn.Linear)) * tokens  # the head sees one token, not all
+    head = model.head
+    expected = (linear - 2 * head.in_features * head.out_features * (tokens - 1)) + attention
+    conv = 2 * 3 * 16 * 16 * dim * (tokens - 1)  # the patch embedding
+    assert abs(count_gflops(model, (3, 32, 32), torch.device("cpu")) * 1e9 - (expected + conv)) < 1e3

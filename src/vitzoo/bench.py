@@ -2,9 +2,10 @@
 
 Shared by ``vitzoo bench`` and ``benchmarks/bench_models.py``. The reference is timm's model of the same
 name with the *same weights* (its state dict loaded strictly into ours), or, for names timm lacks
-(T2T-ViT), the same model running the official implementation's attention arithmetic
-(``softmax((q @ k^T) * scale) @ v``, the N x N map materialised: models/t2t_vit.py of
-yitu-opensource/T2T-ViT), patched in for ``F.scaled_dot_product_attention`` during its calls only.
+(T2T-ViT), the same model running the official implementation's arithmetic during its calls only: the
+softmax attention ``softmax((q @ k^T) * scale) @ v`` with the N x N map materialised (models/t2t_vit.py
+and token_transformer.py of yitu-opensource/T2T-ViT) for ``F.scaled_dot_product_attention``, and the
+Token Performer's einsum formulation (token_performer.py) for our fused one.
 
 Fairness: a warm-up per side, then rounds; each round times ``iters`` steps of each side, alternating
 which goes first, so drifting load (turbo, other jobs) hits both alike. Rates are medians over rounds;
@@ -15,6 +16,7 @@ one thread, since idle OpenMP threads spin and would be counted).
 from __future__ import annotations
 
 import copy
+import math
 import platform
 import statistics
 import time
@@ -67,20 +69,40 @@ def naive_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=No
     return attn.softmax(dim=-1) @ v
 
 
+def official_performer_attention(self, x: torch.Tensor) -> torch.Tensor:
+    """The official Token Performer's attention arithmetic (yitu-opensource/T2T-ViT,
+    models/token_performer.py), as a method of our ``TokenPerformer``: the random features built with a
+    repeated |x|^2 / 2 tensor, an einsum and three element-wise passes, then three einsums and a repeated
+    normaliser. Same function as ours (``TokenPerformer.attention``), the official operator sequence."""
+    def features(t: torch.Tensor) -> torch.Tensor:
+        half_sq = (t * t).sum(dim=-1, keepdim=True).repeat(1, 1, self.m) / 2
+        return torch.exp(torch.einsum("bti,mi->btm", t.float(), self.w) - half_sq) / math.sqrt(self.m)
+
+    k, q, v = torch.split(self.kqv(x), self.emb, dim=-1)
+    kp, qp = features(k), features(q)
+    norm = torch.einsum("bti,bi->bt", qp, kp.sum(dim=1)).unsqueeze(dim=2)
+    context = torch.einsum("bin,bim->bnm", v.float(), kp)
+    y = torch.einsum("bti,bni->btn", qp, context) / (norm.repeat(1, 1, self.emb) + self.eps)
+    return v + self.dp(self.proj(y))
+
+
 @contextmanager
-def naive_attention():
-    """Swap ``F.scaled_dot_product_attention`` for :func:`naive_sdpa` (the reference's calls only)."""
-    fused = F.scaled_dot_product_attention
-    F.scaled_dot_product_attention = naive_sdpa
+def official_arithmetic():
+    """During the reference's calls only: :func:`naive_sdpa` for ``F.scaled_dot_product_attention`` and
+    :func:`official_performer_attention` for ``TokenPerformer.attention``."""
+    from vitzoo.models.t2t_vit import TokenPerformer
+
+    fused, performer = F.scaled_dot_product_attention, TokenPerformer.attention
+    F.scaled_dot_product_attention, TokenPerformer.attention = naive_sdpa, official_performer_attention
     try:
         yield
     finally:
-        F.scaled_dot_product_attention = fused
+        F.scaled_dot_product_attention, TokenPerformer.attention = fused, performer
 
 
 def build_pair(name: str, reference: str = "auto", **overrides) -> tuple[torch.nn.Module, torch.nn.Module, str]:
     """(ours, reference, label): timm's model with its weights copied into ours (``timm``), or for names
-    timm lacks (or ``official``) a copy of ours that runs the naive attention arithmetic."""
+    timm lacks (or ``official``) a copy of ours that runs the official arithmetic (:func:`official_arithmetic`)."""
     import timm  # optional for the rest of vitzoo, and slow to import
 
     torch.manual_seed(0)
@@ -124,20 +146,27 @@ def machine_info() -> dict:
 
 
 def count_gflops(model: torch.nn.Module, input_size, device: torch.device) -> float:
-    """GFLOPs of one image's forward, counted by torch's FLOP counter on the model (not a table)."""
+    """GFLOPs of one image's forward, counted by torch's FLOP counter on the model (not a table).
+
+    Attention runs through SDPA's math backend while counting: the counter has no formula for the CPU
+    flash kernel, so its two matmuls would go uncounted there (deit_small: 8.48 instead of 9.20 GFLOPs,
+    the figure CUDA's kernels give)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.zeros(1, *input_size, device=device)
     counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
+    with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH), counter:
         model(x)
     return counter.get_total_flops() / 1e9
 
 
-def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, iters: int = 3,
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int | None = None, iters: int = 3,
                 clock: str = "wall") -> float:
     """This machine's measured matmul rate (GFLOP/s) for ``dtype``: best of ``iters`` n x n products, on
-    the clock (and with the threads) the models are timed with."""
+    the clock (and with the threads) the models are timed with. n defaults to 2048 on a CPU and 8192 on a
+    GPU (a 2048^3 product is too small to keep a large GPU busy)."""
+    n = n or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     a @ b  # warm-up
@@ -145,24 +174,34 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, iters: 
     return 2 * n**3 / best / 1e9
 
 
-def infer_fn(model, x, precision: Precision, device, naive: bool = False) -> Callable:
+def add_peak_fractions(rows: list[dict], peaks: dict[torch.dtype, float]) -> None:
+    """Each row's achieved FLOP/s over the matmul peak of its dtype (on a GPU: model FLOPs utilisation
+    against the *measured* peak, not the datasheet's). ``peaks`` should be the best of measurements taken
+    before and after the rows: one taken while other jobs load a shared CPU comes out low, and a fraction
+    over it would read above 100%."""
+    for row in rows:
+        peak = peaks.get(row.pop("_peak_dtype", torch.float32))
+        row["peak_fraction"] = row["step_gflops"] * row["ours_img_s"] / peak if peak else None
+
+
+def infer_fn(model, x, precision: Precision, device, official: bool = False) -> Callable:
     x = precision.cast_input(x)
 
     def run():
-        with torch.inference_mode(), precision.context(device), (naive_attention() if naive else nullcontext()):
+        with torch.inference_mode(), precision.context(device), (official_arithmetic() if official else nullcontext()):
             return model(x)
 
     return run
 
 
-def train_fn(model, x, y, precision: Precision, device, naive: bool = False) -> Callable:
+def train_fn(model, x, y, precision: Precision, device, official: bool = False) -> Callable:
     """One training step (forward, CE loss, backward, AdamW step), as a plain training loop does it."""
     model.train()
     fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **fused)
 
     def run():
-        with precision.context(device), (naive_attention() if naive else nullcontext()):
+        with precision.context(device), (official_arithmetic() if official else nullcontext()):
             out = model(x)
             out = out[0] if isinstance(out, (tuple, list)) else out
             loss = F.cross_entropy(out.float(), y)
@@ -191,12 +230,12 @@ def interleaved(fns: dict[str, Callable], *, batch: int, rounds: int, iters: int
 def bench_model(name: str, *, mode: str = "infer", batch: int = 8, img_size: int | None = None,
                 ours_precision: Precision = FP32, ref_precision: Precision = FP32, against: str = "auto",
                 device: torch.device | str = "cpu", rounds: int = 5, iters: int = 1, warmup: int = 1,
-                clock: str = "wall", compile: bool = False, peaks: dict | None = None,
+                clock: str = "wall", compile: bool = False,
                 decide: Callable[[torch.nn.Module], Precision] | None = None) -> dict:
     """One row: params, GFLOPs/image, img/s and ms/step of ours (and of the reference with the ratio).
 
     ``decide``: called with our fp32 model to pick its precision (the policy measures the model), else
-    ``ours_precision``. ``peaks``: {dtype: matmul GFLOP/s} measured in this run, for the fraction of peak.
+    ``ours_precision``. The fraction of peak is added afterwards by :func:`add_peak_fractions`.
     """
     device = torch.device(device)
     overrides = {"img_size": img_size} if img_size else {}
@@ -210,12 +249,12 @@ def bench_model(name: str, *, mode: str = "infer", batch: int = 8, img_size: int
     torch.manual_seed(1)
     x = torch.randn(batch, *size, device=device)
     y = torch.randint(0, ours.num_classes, (batch,), device=device)
-    naive = label == "official"
+    official = label == "official"
     diff = None
     if ref is not None:
         ref = ref.to(device)
-        with torch.inference_mode():  # fp32: the same function? (naive attention for the reference only)
-            with naive_attention() if naive else nullcontext():
+        with torch.inference_mode():  # fp32: the same function? (official arithmetic for the reference only)
+            with official_arithmetic() if official else nullcontext():
                 ref_out = ref(x[:2]).float()
             diff = (ours(x[:2]).float() - ref_out).abs().max().item()
     gflops = count_gflops(ours, size, device)
@@ -228,19 +267,17 @@ def bench_model(name: str, *, mode: str = "infer", batch: int = 8, img_size: int
     if compile:
         ours = torch.compile(ours)
         ref = torch.compile(ref) if ref is not None else None
-    make = infer_fn if mode == "infer" else (lambda m, x, p, d, naive=False: train_fn(m, x, y, p, d, naive))
+    make = infer_fn if mode == "infer" else (lambda m, x, p, d, official=False: train_fn(m, x, y, p, d, official))
     fns = {"ours": make(ours, x, ours_precision, device)}
     if ref is not None:
-        fns["ref"] = make(ref, x, ref_precision, device, naive)
+        fns["ref"] = make(ref, x, ref_precision, device, official)
     rates = interleaved(fns, batch=batch, rounds=rounds, iters=iters, warmup=warmup, device=device, clock=clock)
     ours_rate = statistics.median(rates["ours"])
-    step_flops = gflops * (1 if mode == "infer" else 3)  # backward ~ 2x forward
     dtype = ours_precision.weights or ours_precision.autocast or torch.float32
-    peak = (peaks or {}).get(dtype)
     row = {"name": name, "mode": mode, "batch": batch, "img_size": size[-1], "device": str(device),
            "params_m": params / 1e6, "gflops": gflops, "ours_precision": ours_precision.name,
            "ours_img_s": ours_rate, "ours_ms_step": 1000 * batch / ours_rate,
-           "peak_fraction": step_flops * ours_rate / peak if peak else None,
+           "step_gflops": gflops * (1 if mode == "infer" else 3), "_peak_dtype": dtype,  # backward ~ 2x forward
            "ours_peak_mib": peak_memory(fns["ours"], device), "ours_rounds": rates["ours"], "compile": compile}
     if ref is not None:
         row.update({"reference": label, "ref_precision": ref_precision.name,

@@ -84,23 +84,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# torch {info['torch']}, timm {info.get('timm', '-')}, {device}, threads {info['threads']}, "
           f"{args.clock} clock, {args.mode}", flush=True)
     ref_prec = FP32 if args.ref_precision == "fp32" else resolve_precision("O1", args.ref_precision, device)
-    peaks = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        peaks[dtype] = bench.matmul_peak(dtype, device, clock=args.clock)
-    print("# matmul peak here (2048^3): " + ", ".join(f"{str(d).removeprefix('torch.')} {g:.0f} GFLOP/s"
-                                                      for d, g in peaks.items()), flush=True)
+    dtypes = (torch.float32, torch.bfloat16)
+    peaks = {dtype: bench.matmul_peak(dtype, device, clock=args.clock) for dtype in dtypes}
+    print("# matmul peak here: " + _gflops(peaks), flush=True)
     rows = []
     runs = [(n, b, s) for n in names for s in sizes for b in batches]
     for i, (name, batch, size) in enumerate(runs, 1):
         row = bench.bench_model(
             name, mode=args.mode, batch=batch, img_size=size, ref_precision=ref_prec,
             against=args.against, device=device, rounds=args.rounds, iters=args.iters, warmup=args.warmup,
-            clock=args.clock, compile=args.compile, peaks=peaks,
+            clock=args.clock, compile=args.compile,
             decide=lambda m: _precision(args.precision, args.mode, device, m))
         rows.append(row)
         ratio = f", {row['reference']} {row['ref_img_s']:.1f} img/s, ratio {row['ratio']:.2f}x" if "ratio" in row else ""
         print(f"# [{i}/{len(runs)}] {name} batch {batch}: {row['ours_precision']}: {row['ours_img_s']:.1f} img/s{ratio}",
               flush=True)
+    again = {dtype: bench.matmul_peak(dtype, device, clock=args.clock) for dtype in dtypes}
+    peaks = {dtype: max(peaks[dtype], again[dtype]) for dtype in dtypes}
+    print(f"# matmul peak again after the rows: {_gflops(again)}; % peak uses the better of the two", flush=True)
+    bench.add_peak_fractions(rows, peaks)
     print(bench.format_table(rows))
     if args.json:
         out = {"machine": info, "matmul_peak_gflops": {str(k): v for k, v in peaks.items()},
@@ -111,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         bench.plot_rows(rows, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
+
+
+def _gflops(peaks: dict) -> str:
+    return ", ".join(f"{str(d).removeprefix('torch.')} {g:.0f} GFLOP/s" for d, g in peaks.items())
 
 
 def _ints(text: str | None, flag: str) -> list[int]:
