@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The GPU figures of README "Performance" (issue 12), as run on a lent H100: `benchmarks/gpu_suite.sh PART OUT`.
+# PART: models (vitzoo bench rows, eager), compiled (the same with torch.compile), feed (loader vs model),
+# decode (CPU vs on-device JPEG decoding, and vitzoo infer end to end). Each writes its tables to OUT/PART.md
+# and the rows to OUT/PART*.json. Needs only torch, timm and vitzoo importable (PYTHONPATH=src works).
+set -euo pipefail
+part=${1:?part: models|compiled|feed|decode}
+out=${2:?output folder}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+vz() { $py -m vitzoo "$@"; }
+common=(--device cuda --rounds 5 --iters 10 --warmup 3)
+{
+case $part in
+models)
+  nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv
+  # inference: ours under the policy (bf16 weights) vs timm as a plain script runs it (fp32), then vs timm bf16
+  vz bench --model deit_small_patch16_224,deit_base_patch16_224 --batch-size 256 "${common[@]}" \
+     --json "$out/infer_vs_fp32.json"
+  vz bench --model deit_small_patch16_224,deit_base_patch16_224 --batch-size 256 --ref-precision bf16 \
+     "${common[@]}" --json "$out/infer_vs_bf16.json"
+  # training step: ours bf16 autocast (amp_dtype auto) vs timm fp32, then vs timm bf16 autocast
+  vz bench --model deit_small_patch16_224,deit_base_patch16_224 --mode train --batch-size 128 "${common[@]}" \
+     --json "$out/train_vs_fp32.json"
+  vz bench --model deit_small_patch16_224,deit_base_patch16_224 --mode train --batch-size 128 --ref-precision bf16 \
+     "${common[@]}" --json "$out/train_vs_bf16.json"
+  # T2T-ViT vs the official arithmetic at the same precision: fp32 both, then bf16 both
+  vz bench --model t2t_vit_14,t2t_vit_t_14 --batch-size 128 --precision fp32 "${common[@]}" --json "$out/t2t_fp32.json"
+  vz bench --model t2t_vit_14,t2t_vit_t_14 --batch-size 128 --precision bf16 --ref-precision bf16 "${common[@]}" \
+     --json "$out/t2t_bf16.json"
+  # scaling: batch size and resolution
+  vz bench --model deit_small_patch16_224 --batch-size 1,16,64,256,512 --against none "${common[@]}" \
+     --json "$out/scaling_batch.json"
+  vz bench --model deit_small_patch16_224 --img-size 224,384 --batch-size 128 --against none "${common[@]}" \
+     --json "$out/scaling_res.json"
+  ;;
+compiled)
+  vz bench --model deit_small_patch16_224,deit_base_patch16_224 --batch-size 256 --ref-precision bf16 --compile \
+     "${common[@]}" --json "$out/infer_compiled.json"
+  vz bench --model deit_small_patch16_224,deit_base_patch16_224 --mode train --batch-size 128 --ref-precision bf16 \
+     --compile "${common[@]}" --json "$out/train_compiled.json"
+  ;;
+feed)
+  for w in 8 16; do
+    $py benchmarks/bench_feed.py --model deit_small_patch16_224 --device cuda --batch-size 256 --workers $w \
+        --num-images 4096 --size 400 --json "$out/feed_w$w.json"
+  done
+  ;;
+decode)
+  $py benchmarks/bench_decode.py --device cuda --num-images 2048 --workers 8 --batch-size 256
+  ;;
+*) echo "unknown part $part" >&2; exit 2 ;;
+esac
+} 2>&1 | tee "$out/$part.md"
