@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from vitzoo.models import create_model
+from vitzoo.models.t2t_vit import TokenPerformer
 from vitzoo.precision import FP32, Precision, cpu_flags
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -90,8 +91,6 @@ def official_performer_attention(self, x: torch.Tensor) -> torch.Tensor:
 def official_arithmetic():
     """During the reference's calls only: :func:`naive_sdpa` for ``F.scaled_dot_product_attention`` and
     :func:`official_performer_attention` for ``TokenPerformer.attention``."""
-    from vitzoo.models.t2t_vit import TokenPerformer
-
     fused, performer = F.scaled_dot_product_attention, TokenPerformer.attention
     F.scaled_dot_product_attention, TokenPerformer.attention = naive_sdpa, official_performer_attention
     try:
