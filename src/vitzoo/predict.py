@@ -18,6 +18,7 @@ import torch
 
 from vitzoo.checkpoint import atomic_write_text
 from vitzoo.data import list_images, load_image
+from vitzoo.data.gpu_jpeg import DevicePreprocess, EncodedFiles
 from vitzoo.errors import UserError
 
 DEFAULT_OUTPUT = "predictions.json"
@@ -67,13 +68,17 @@ def auto_workers(num_images: int, batch_size: int) -> int:
 
 
 def iter_batches(paths: list[Path], transform: Callable, batch_size: int, bad: list[tuple[str, str]],
-                 num_workers: int = 0) -> Iterator[tuple[list[str], torch.Tensor]]:
+                 num_workers: int = 0, on_device: DevicePreprocess | None = None,
+                 ) -> Iterator[tuple[list[str], torch.Tensor]]:
     """Decode + transform images in order, ``batch_size`` at a time, in ``num_workers`` loader processes
-    while the model runs on the previous batch; unreadable ones go to ``bad``."""
-    loader = torch.utils.data.DataLoader(_ImageFiles(paths, transform), batch_size=batch_size,
-                                         num_workers=num_workers, collate_fn=_keep_list,
-                                         prefetch_factor=2 if num_workers else None)
+    while the model runs on the previous batch; unreadable ones go to ``bad``. With ``on_device`` the
+    workers only read the files and the batch is decoded and preprocessed on the model's device."""
+    dataset = _ImageFiles(paths, transform) if on_device is None else EncodedFiles(paths)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                                         collate_fn=_keep_list, prefetch_factor=2 if num_workers else None)
     for items in loader:
+        if on_device is not None:
+            items = on_device(items)
         names = [name for name, x, _ in items if x is not None]
         bad.extend((name, why) for name, x, why in items if x is None)
         if names:
@@ -81,7 +86,8 @@ def iter_batches(paths: list[Path], transform: Callable, batch_size: int, bad: l
 
 
 def predict(paths: list[Path], transform: Callable, run: Callable[[torch.Tensor], torch.Tensor],
-            batch_size: int, topk: int, class_names: list[str], num_workers: int = 0) -> tuple[dict, dict, list]:
+            batch_size: int, topk: int, class_names: list[str], num_workers: int = 0,
+            on_device: DevicePreprocess | None = None) -> tuple[dict, dict, list]:
     """Run ``run`` (batch -> logits) over the images; prints the console lines as results arrive.
 
     Returns ({path: class}, {path: {"class", "topk"}}, [(path, reason)] for unreadable images).
@@ -89,7 +95,7 @@ def predict(paths: list[Path], transform: Callable, run: Callable[[torch.Tensor]
     preds: dict[str, int] = {}
     rich: dict[str, dict] = {}
     bad: list[tuple[str, str]] = []
-    for names, x in iter_batches(paths, transform, batch_size, bad, num_workers):
+    for names, x in iter_batches(paths, transform, batch_size, bad, num_workers, on_device):
         probs = run(x).float().softmax(-1)
         k = max(1, min(topk or 1, probs.shape[-1]))
         top_p, top_i = probs.topk(k, dim=-1)
@@ -175,12 +181,14 @@ def find_inputs(args: argparse.Namespace) -> Inputs:
 
 
 def run_prediction(args: argparse.Namespace, inputs: Inputs, transform: Callable,
-                   run: Callable[[torch.Tensor], torch.Tensor], class_names: list[str]) -> int:
+                   run: Callable[[torch.Tensor], torch.Tensor], class_names: list[str],
+                   on_device: DevicePreprocess | None = None) -> int:
     """A predicting command once its model is ready: predict the images, write the JSON, report."""
     images, skipped = inputs
     workers = (auto_workers(len(images), args.batch_size) if args.num_workers == "auto"
                else int(args.num_workers))
-    preds, rich, bad = predict(images, transform, run, args.batch_size, args.topk, class_names, workers)
+    preds, rich, bad = predict(images, transform, run, args.batch_size, args.topk, class_names, workers,
+                               on_device)
     if not preds and Path(args.data).is_file():
         raise UserError(f"{args.data}: {bad[0][1]}" if bad else f"{args.data}: no prediction")
     written, stale = write_outputs(args.output, preds, rich, args.topk)
