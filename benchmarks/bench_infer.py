@@ -58,19 +58,22 @@ class Files(torch.utils.data.Dataset):
         return self.transform(Image.open(self.paths[i]).convert("RGB"))
 
 
-def timm_script(name: str, weights: Path, paths: list[Path], batch_size: int, workers: int) -> dict:
+def timm_script(name: str, weights: Path, paths: list[Path], batch_size: int, workers: int,
+                device: str = "cpu") -> dict:
     """The plain timm fp32 script (model build and weight load included, as in ours)."""
     import timm
     from timm.data import create_transform, resolve_data_config
 
     model = timm.create_model(name, pretrained=False).eval()
     model.load_state_dict(torch.load(weights, weights_only=True))
+    model = model.to(device)
     transform = create_transform(**resolve_data_config({}, model=model))
-    loader = torch.utils.data.DataLoader(Files(paths, transform), batch_size=batch_size, num_workers=workers)
+    loader = torch.utils.data.DataLoader(Files(paths, transform), batch_size=batch_size, num_workers=workers,
+                                         pin_memory=device != "cpu")
     preds = []
     with torch.inference_mode():
         for x in loader:
-            preds += model(x).argmax(1).tolist()
+            preds += model(x.to(device)).argmax(1).tolist()
     return {str(p): c for p, c in zip(paths, preds)}
 
 
@@ -93,13 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=32, help="the timm script's batch")
     ap.add_argument("--workers", type=int, default=2, help="the timm script's DataLoader workers")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="where both sides run the model (cuda: give vitzoo infer "
+                    "'--device cuda' in --infer-args too)")
     ap.add_argument("--infer-args", default="", help="extra options for vitzoo infer (e.g. '--precision fp32')")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
     info = bench.machine_info()
     print(f"# {info['cpu']} (flags: {' '.join(info['cpu_flags'])}), torch {info['torch']}, timm "
-          f"{info.get('timm')}, threads {info['threads']}", flush=True)
+          f"{info.get('timm')}, threads {info['threads']}, {args.device}"
+          f"{', ' + info['gpu'] if args.device != 'cpu' and 'gpu' in info else ''}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         paths = make_jpegs(tmp / "images", args.num_images, args.size)
@@ -117,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             "data_config": dc}})
         del ref, ours
         sides = {
-            "timm": lambda: timm_script(args.model, tmp / "timm.pth", paths, args.batch_size, args.workers),
+            "timm": lambda: timm_script(args.model, tmp / "timm.pth", paths, args.batch_size, args.workers,
+                                        args.device),
             "vitzoo": lambda: vitzoo_infer(ckpt, tmp / "images", tmp / "pred.json", args.infer_args.split()),
         }
         times: dict[str, list[float]] = {k: [] for k in sides}
@@ -128,12 +135,12 @@ def main(argv: list[str] | None = None) -> int:
                 preds[key] = sides[key]()
                 times[key].append(time.perf_counter() - t0)
                 print(f"# round {r + 1}: {key} {times[key][-1]:.1f} s", flush=True)
-        chosen = [line for line in vitzoo_infer.last_stderr.splitlines() if line.startswith("precision:")]
+        chosen = [line for line in vitzoo_infer.last_stderr.splitlines() if line.startswith(("precision:", "decode:"))]
         agree = sum(preds["timm"][k] == preds["vitzoo"][k] for k in preds["timm"]) / len(preds["timm"])
     t_timm, t_ours = statistics.median(times["timm"]), statistics.median(times["vitzoo"])
     ratio = statistics.median(a / b for a, b in zip(times["timm"], times["vitzoo"]))
     n = args.num_images
-    print(f"vitzoo infer: {t_ours:.1f} s ({n / t_ours:.1f} img/s; {chosen[0] if chosen else ''})")
+    print(f"vitzoo infer {args.infer_args}: {t_ours:.1f} s ({n / t_ours:.1f} img/s; {'; '.join(chosen)})")
     print(f"timm fp32 script ({args.workers} workers, batch {args.batch_size}): {t_timm:.1f} s ({n / t_timm:.1f} img/s)")
     print(f"speed-up (median of per-round timm time / vitzoo time): {ratio:.2f}x; same top-1 class on "
           f"{100 * agree:.1f}% of the images")

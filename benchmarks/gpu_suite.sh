@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures of README "Performance" (issue 12), as run on a lent H100: `benchmarks/gpu_suite.sh PART OUT`.
 # PART: models (vitzoo bench rows, eager), compiled (the same with torch.compile), feed (loader vs model),
-# decode (CPU vs on-device JPEG decoding, and vitzoo infer end to end). Each writes its tables to OUT/PART.md
+# decode (CPU vs on-device JPEG decoding, and vitzoo infer end to end), amx (the lent machine's *host* CPU,
+# an Intel Xeon with AMX: issue 12's AMX targets, measured on the CPU alone). Each writes its tables to OUT/PART.md
 # and the rows to OUT/PART*.json. Needs only torch, timm and vitzoo importable (PYTHONPATH=src works).
 set -euo pipefail
 part=${1:?part: models|compiled|feed|decode}
@@ -48,6 +49,17 @@ feed)
   ;;
 decode)
   $py benchmarks/bench_decode.py --device cuda --num-images 2048 --workers 8 --batch-size 256
+  ;;
+amx)
+  lscpu | grep -E "Model name|^CPU\(s\)|Thread|Core"
+  cpu=(--device cpu --rounds 3 --warmup 1)
+  vz bench --model deit_small_patch16_224,deit_base_patch16_224 --batch-size 16 "${cpu[@]}" --json "$out/amx_infer.json"
+  vz bench --model deit_tiny_patch16_224,deit_small_patch16_224 --mode train --batch-size 16 "${cpu[@]}" \
+     --json "$out/amx_train.json"
+  vz bench --model t2t_vit_14,t2t_vit_t_14 --batch-size 16 --precision fp32 "${cpu[@]}" --json "$out/amx_t2t.json"
+  CUDA_VISIBLE_DEVICES= $py benchmarks/bench_infer.py --model deit_small_patch16_224 --num-images 512 --rounds 2 \
+     --json "$out/amx_infer_e2e.json"
+  CUDA_VISIBLE_DEVICES= $py benchmarks/bench_onnx.py --model deit_small_patch16_224 --batch 8 --rounds 3
   ;;
 *) echo "unknown part $part" >&2; exit 2 ;;
 esac
