@@ -12,3 +12,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Each test (and the commands it starts) keeps vitzoo's cache of measurements in its own folder: none
+    is read from, or left in, the home directory, and no test sees another's measurement."""
+    monkeypatch.setenv("VITZOO_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))

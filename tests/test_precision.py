@@ -222,3 +222,18 @@ def test_eval_maps_the_config_onto_the_policy(trained, capsys):
         assert ("precision: fp32 (asked for)" if extra[-1] == "O0" else "precision: bf16 weights (asked for)") \
             in cap.err
     assert abs(got["O0"]["Top1-Acc"] - got["bf16"]["Top1-Acc"]) <= 1 / 60 + 1e-9
+
+
+def test_measured_speedup_is_remembered_between_runs(monkeypatch, capsys, tmp_path):
+    calls = _mock_cpu(monkeypatch, {"avx512_bf16"}, speedup=1.8)
+    model = create_model("deit_tiny_patch16_224")
+    first = P.inference_precision("auto", CPU, model)
+    monkeypatch.setattr(P, "_decided", {})  # a new process
+    second = P.inference_precision("auto", CPU, model)
+    assert first.weights == second.weights == torch.bfloat16 and len(calls) == 1
+    assert "remembered from an earlier run" in second.name and "remembered" not in first.name
+    assert json.loads(P.cache_file().read_text())  # written where VITZOO_CACHE_DIR points (conftest)
+    P.cache_file().write_text("{not json")  # a damaged cache is measured again, then rewritten
+    monkeypatch.setattr(P, "_decided", {})
+    assert "remembered" not in P.inference_precision("auto", CPU, model).name and len(calls) == 2
+    assert len(json.loads(P.cache_file().read_text())) == 1

@@ -22,14 +22,13 @@ import statistics
 import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from vitzoo.models import create_model
 from vitzoo.models.t2t_vit import TokenPerformer
-from vitzoo.precision import FP32, Precision, cpu_flags
+from vitzoo.precision import FP32, Precision, cpu_flags, cpu_model
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 FLAGS_SHOWN = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
@@ -121,16 +120,8 @@ def build_pair(name: str, reference: str = "auto", **overrides) -> tuple[torch.n
 
 def machine_info() -> dict:
     """What the figures depend on: CPU model and its relevant flags, threads, torch/timm versions."""
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     flags = cpu_flags()
-    info = {"cpu": model or platform.processor() or platform.machine(),
+    info = {"cpu": cpu_model() or platform.processor() or platform.machine(),
             "cpu_flags": [f for f in FLAGS_SHOWN if f in flags], "threads": torch.get_num_threads(),
             "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     if torch.cuda.is_available():

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -160,12 +162,53 @@ def _decide(choice: str, device: torch.device, model: torch.nn.Module | None) ->
     flops = approx_flops(model)
     if flops < MIN_AUTO_FLOPS:
         return Precision(name=f"fp32 (auto: model too small for bf16 to pay, ~{flops / 1e6:.0f} MFLOP/image)")
-    speedup = measure_bf16_speedup(model, device)
+    speedup, cached = remembered_speedup(model, device)
+    when = " (remembered from an earlier run)" if cached else ""
     if speedup >= AUTO_MIN_SPEEDUP:
         return weights_precision(torch.bfloat16, f"auto: CPU has {'+'.join(units)}, forward measured "
-                                                 f"{speedup:.2f}x fp32")
+                                                 f"{speedup:.2f}x fp32{when}")
     return Precision(name=f"fp32 (auto: CPU has {'+'.join(units)} but bf16 measured {speedup:.2f}x fp32 "
-                          "for this model)")
+                          f"for this model{when})")
+
+
+def cache_file() -> Path:
+    """Where measured speed-ups are kept between runs: $VITZOO_CACHE_DIR or ~/.cache/vitzoo."""
+    return Path(os.environ.get("VITZOO_CACHE_DIR") or Path.home() / ".cache" / "vitzoo") / "precision.json"
+
+
+def remembered_speedup(model: torch.nn.Module, device: torch.device) -> tuple[float, bool]:
+    """(bf16 / fp32 speed-up of the model's forward, whether it came from the cache). The measurement
+    costs a few forwards (~0.7 s for deit_small on one core), paid by every short ``vitzoo infer``; it
+    depends only on the CPU, torch and the model's shape, so it is kept per (CPU model and flags, torch
+    version, model) in :func:`cache_file`. An unreadable or unwritable cache only means measuring again."""
+    key = " | ".join([cpu_model(), " ".join(cpu_bf16_units()), torch.__version__, str(_model_key(model))])
+    path = cache_file()
+    try:
+        known = json.loads(path.read_text())
+        return float(known[key]), True
+    except (OSError, ValueError, KeyError, TypeError):
+        known = None
+    speedup = measure_bf16_speedup(model, device)
+    try:
+        known = known if isinstance(known, dict) else {}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**known, key: round(speedup, 4)}, indent=1) + "\n")
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
+    except OSError:
+        pass
+    return speedup, False
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("" where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def approx_flops(model: torch.nn.Module) -> float:
