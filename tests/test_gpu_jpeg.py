@@ -14,6 +14,7 @@ from vitzoo.cli import main as cli
 from vitzoo.data import build_eval_transform, load_image
 from vitzoo.data.gpu_jpeg import DevicePreprocess, EncodedFiles
 from vitzoo.models import create_model
+from vitzoo.predict import iter_batches
 
 CPU = torch.device("cpu")
 
@@ -75,6 +76,25 @@ def test_non_square_input_is_refused_with_one_line():
                           "mean": (0, 0, 0), "std": (1, 1, 1)}, CPU)
 
 
+def test_workers_and_unreadable_files_give_what_the_cpu_path_gives(folder, tmp_path):
+    """Loader workers hand a batch's JPEGs over as one joined tensor (predict._pack_encoded); a file that
+    does not decode or has gone since it was listed is reported with the CPU path's reason."""
+    (tmp_path / "garbage.jpg").write_bytes(b"\xff\xd8\xff" + bytes(range(256)) * 4)
+    paths = sorted(folder.iterdir()) + [tmp_path / "garbage.jpg", tmp_path / "gone.jpg"]
+    config = {"input_size": (3, 32, 32), "crop_pct": 0.875, "interpolation": "bicubic",
+              "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    on_device = DevicePreprocess(config, CPU)
+    runs = {}
+    for name, workers, preprocess in (("cpu", 0, None), ("device", 0, on_device), ("workers", 2, on_device)):
+        bad: list = []
+        batches = list(iter_batches(paths, build_eval_transform(config), 3, bad, workers, preprocess))
+        runs[name] = [n for names, _ in batches for n in names], torch.cat([x for _, x in batches]), bad
+    assert runs["device"][0] == runs["workers"][0] == runs["cpu"][0] == [str(p) for p in paths[:-2]]
+    assert runs["device"][2] == runs["workers"][2] == runs["cpu"][2] and len(runs["cpu"][2]) == 2
+    assert torch.equal(runs["device"][1], runs["workers"][1])
+    assert ((runs["device"][1] - runs["cpu"][1]) * 0.5 * 255).abs().max() <= 4
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
@@ -97,17 +117,19 @@ def test_infer_decode_device_predicts_as_cpu_and_skips_a_corrupt_jpeg(folder, ch
     good = (folder / "img0.jpg").read_bytes()
     (images / "truncated.jpg").write_bytes(good[: len(good) // 3])  # starts like a JPEG, then ends
     (images / "garbage.jpg").write_bytes(b"\xff\xd8\xff" + bytes(range(256)) * 4)
-    outputs = {}
+    outputs, skipped = {}, {}
     for decode in ("cpu", "device"):
         out = tmp_path / f"{decode}.json"
         assert cli(["infer", str(images), "--checkpoint", str(checkpoint), "--device", "cpu", "--precision", "fp32",
                     "--decode", decode, "--num-workers", "0", "--batch-size", "3", "--output", str(out)]) == 0
         err = capsys.readouterr().err
         outputs[decode] = json.loads(out.read_text())
-        assert "skipped" in err and "garbage.jpg" in err
+        skipped[decode] = [line for line in err.splitlines() if line.startswith("skipped")]
     assert "decode: JPEGs on cpu" in err
-    # PIL decodes the readable part of a truncated JPEG (grey below); the device path does the same by
-    # falling back to it, so both predict the same files
-    assert outputs["device"].keys() == outputs["cpu"].keys() and len(outputs["cpu"]) >= 7
+    # both decoders refuse the two broken files, and the device path reports PIL's reason, as the CPU path
+    assert [line.split(": ", 1)[0] for line in skipped["cpu"]] == [
+        f"skipped {images / 'garbage.jpg'}", f"skipped {images / 'truncated.jpg'}"]
+    assert skipped["device"] == skipped["cpu"]
+    assert outputs["device"].keys() == outputs["cpu"].keys() and len(outputs["cpu"]) == 7
     agree = sum(outputs["device"][k] == outputs["cpu"][k] for k in outputs["cpu"])
     assert agree == len(outputs["cpu"])

@@ -44,9 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "and the model measures faster in bf16, else fp32 (default: %(default)s)")
     p.add_argument("--decode", default="auto", choices=("auto", "cpu", "device"),
                    help="where JPEGs are decoded: cpu = PIL in the loader workers; device = the workers only read "
-                        "the files, JPEGs are decoded by torchvision.io.decode_jpeg on the model's device (nvJPEG "
-                        "on CUDA) and resized there, for GPUs that outrun the CPU's decoding (other formats still "
-                        "decode in the workers); auto = device on CUDA, else cpu (default: %(default)s)")
+                        "the files, each batch's JPEGs are decoded by torchvision.io.decode_jpeg on the model's "
+                        "device (nvJPEG on CUDA) and resized there (other formats still decode in the workers); "
+                        "meant for GPUs that outrun the CPU's decoding: on a CPU it runs too, in the main process, "
+                        "slower than cpu; auto = device on CUDA, else cpu (default: %(default)s)")
     return p
 
 

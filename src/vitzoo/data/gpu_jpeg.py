@@ -47,8 +47,8 @@ class EncodedFiles(torch.utils.data.Dataset):
         path = self.paths[i]
         try:
             data = path.read_bytes()
-        except OSError as e:
-            return str(path), None, f"cannot read: {e.strerror or e}"
+        except OSError:  # load_image below fails too, with the reason the CPU path gives
+            data = b""
         if data.startswith(JPEG_MAGIC):
             return str(path), torch.frombuffer(bytearray(data), dtype=torch.uint8), None
         try:
@@ -82,7 +82,7 @@ class DevicePreprocess:
 
     def __call__(self, items: list[Item]) -> list[Item]:
         jpegs = [i for i, (_, data, _) in enumerate(items) if data is not None and data.dim() == 1]
-        pixels = dict(zip(jpegs, self.decode([items[i][1] for i in jpegs])))
+        pixels = dict(zip(jpegs, self.decode([items[i][:2] for i in jpegs])))
         out: list[Item] = []
         for i, (name, data, why) in enumerate(items):
             image = pixels.get(i, data)
@@ -94,30 +94,32 @@ class DevicePreprocess:
                 out.append((name, self.preprocess(image.to(self.device, non_blocking=True)), None))
         return out
 
-    def decode(self, encoded: list[torch.Tensor]) -> list[torch.Tensor | str]:
-        """Decoded CHW uint8 images (or why not), in one device call when every JPEG decodes."""
+    def decode(self, encoded: list[tuple[str, torch.Tensor]]) -> list[torch.Tensor | str]:
+        """Decoded CHW uint8 images (or why not) of (path, bytes), in one device call when every JPEG decodes."""
         if not encoded:
             return []
+        if self.device.type == "cuda":
+            # host-device sync: torchvision's nvJPEG decode writes its outputs on a private stream that does
+            # not wait for the caller's, so it can overwrite freed memory that queued kernels still read
+            # (pytorch/vision#9606, reproduced on H100s); an idle caller's stream makes that impossible
+            torch.cuda.current_stream(self.device).synchronize()
         try:
-            return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device))
+            return list(decode_jpeg([data for _, data in encoded], mode=ImageReadMode.RGB, device=self.device))
         except RuntimeError:  # one bad file fails the whole call: find it
-            return [self.decode_one(data) for data in encoded]
+            return [self.decode_one(path, data) for path, data in encoded]
 
-    def decode_one(self, data: torch.Tensor) -> torch.Tensor | str:
-        """One JPEG: the device, then the CPU's libjpeg (CMYK, unusual sampling), then PIL."""
+    def decode_one(self, path: str, data: torch.Tensor) -> torch.Tensor | str:
+        """One JPEG: the device, then the CPU's libjpeg (CMYK, unusual sampling), then PIL from the file,
+        whose reason for refusing it is then the one the CPU path reports."""
         for device in dict.fromkeys([self.device, torch.device("cpu")]):
             try:
                 return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
             except RuntimeError:
                 pass
-        import io
-
-        from PIL import Image
         try:
-            with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
-                return pil_to_chw(image)
-        except Exception as e:  # noqa: BLE001 -- whatever the decoder raises, the file is unreadable
-            return f"not a decodable image ({type(e).__name__}: {e})"
+            return pil_to_chw(load_image(path))
+        except UserError as e:
+            return str(e).removeprefix(f"{path}: ")
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 CHW -> normalised float CHW: resize the shorter side, round to 8 bits as PIL, crop."""
