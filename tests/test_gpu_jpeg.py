@@ -133,3 +133,13 @@ def test_infer_decode_device_predicts_as_cpu_and_skips_a_corrupt_jpeg(folder, ch
     assert outputs["device"].keys() == outputs["cpu"].keys() and len(outputs["cpu"]) == 7
     agree = sum(outputs["device"][k] == outputs["cpu"][k] for k in outputs["cpu"])
     assert agree == len(outputs["cpu"])
+
+
+def test_batch_size_auto_by_device_and_bad_values_are_one_line(checkpoint, folder, capsys):
+    from vitzoo.predict import auto_batch_size
+
+    assert auto_batch_size(torch.device("cuda")) == 256 and auto_batch_size(CPU) == 32
+    for bad in ("0", "x", "-3"):
+        assert cli(["infer", str(folder), "--checkpoint", str(checkpoint), "--batch-size", bad]) == 2
+        err = capsys.readouterr().err
+        assert f"--batch-size must be auto or an integer >= 1, got {bad}" in err and "Traceback" not in err

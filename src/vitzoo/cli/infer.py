@@ -79,4 +79,4 @@ def main(argv: list[str] | None = None) -> int:
             if args.decode == "device":
                 raise
             print(f"decode: in the loader workers ({e})", file=sys.stderr, flush=True)
-    return run_prediction(args, inputs, transform, run, class_names, on_device)
+    return run_prediction(args, inputs, transform, run, class_names, on_device, device)
