@@ -26,6 +26,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 import torch.nn.functional as F
 
+from vitzoo.engine.optim import kernel_kwargs
 from vitzoo.models import create_model
 from vitzoo.models.t2t_vit import TokenPerformer
 from vitzoo.precision import FP32, Precision, cpu_flags, cpu_model
@@ -184,11 +185,14 @@ def infer_fn(model, x, precision: Precision, device, official: bool = False) -> 
     return run
 
 
-def train_fn(model, x, y, precision: Precision, device, official: bool = False) -> Callable:
-    """One training step (forward, CE loss, backward, AdamW step), as a plain training loop does it."""
+def train_fn(model, x, y, precision: Precision, device, official: bool = False, ours: bool = True) -> Callable:
+    """One training step (forward, CE loss, backward, AdamW step). Ours builds AdamW as vitzoo's trainer
+    does (fused kernels where torch has them: CUDA, and CPU since torch 2.4); the reference as a plain
+    timm script does, ``AdamW(model.parameters())`` with torch's defaults (foreach on CUDA, a per-tensor
+    loop on a CPU)."""
     model.train()
-    fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **fused)
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-4, **(kernel_kwargs(torch.optim.AdamW, params) if ours else {}))
 
     def run():
         with precision.context(device), (official_arithmetic() if official else nullcontext()):
@@ -257,7 +261,8 @@ def bench_model(name: str, *, mode: str = "infer", batch: int = 8, img_size: int
     if compile:
         ours = torch.compile(ours)
         ref = torch.compile(ref) if ref is not None else None
-    make = infer_fn if mode == "infer" else (lambda m, x, p, d, official=False: train_fn(m, x, y, p, d, official))
+    make = infer_fn if mode == "infer" else (
+        lambda m, x, p, d, official=False: train_fn(m, x, y, p, d, official, ours=m is ours))
     fns = {"ours": make(ours, x, ours_precision, device)}
     if ref is not None:
         fns["ref"] = make(ref, x, ref_precision, device, official)
