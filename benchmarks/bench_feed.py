@@ -13,7 +13,7 @@ Three rates, measured in one run on one machine:
 The verdict says which side bounds training: fed / min(loader, model) near 1 means the slower side sets
 the pace; loader < model means more workers (or decoding on the GPU) would pay. The folder is generated
 (``make-dataset shapes`` images re-encoded as JPEG quality 90 at ``--size`` px, about ImageNet's mean
-side), so the figures hold for JPEGs of that size.
+side; ``--unique`` of them drawn, the rest copies), so the figures hold for JPEGs of that size.
 
     python benchmarks/bench_feed.py --model deit_small_patch16_224 --device cuda --batch-size 256 \
         --workers 16 --num-images 4096 --size 400 --compile
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -38,6 +39,15 @@ from vitzoo.data import build_dataset, build_loader, make_shapes_dataset
 from vitzoo.engine.dist import resolve_device
 from vitzoo.models import create_model
 from vitzoo.precision import resolve_precision
+
+
+def replicate(folder: Path, total: int) -> None:
+    """Copy the generated JPEGs under new names until ``folder`` holds ``total``: drawing 400 px shapes is
+    slow on one core, and a copy costs the loader exactly what its original does."""
+    originals = sorted(folder.rglob("*.jpg"))
+    for i in range(total - len(originals)):
+        src = originals[i % len(originals)]
+        shutil.copyfile(src, src.with_name(f"copy{i:06d}_{src.name}"))
 
 
 def loader_rate(loader) -> float:
@@ -85,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--num-images", type=int, default=1024)
     ap.add_argument("--size", type=int, default=400, help="side of the generated JPEGs")
+    ap.add_argument("--unique", type=int, default=512, help="distinct images drawn; copies make up --num-images")
     ap.add_argument("--input-size", type=int, default=224)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json", default=None)
@@ -96,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        make_shapes_dataset(root, args.num_images, 10, args.size, seed=0, num_classes=10, progress=False)
+        unique = min(args.num_images, args.unique)
+        make_shapes_dataset(root, unique, 10, args.size, seed=0, num_classes=10, progress=False)
         to_jpeg(root)
+        replicate(root / "train", args.num_images)
         cfg = recipe_cfg(args, str(root))
         cfg.pin_mem = device.type == "cuda"
         loader = build_loader(cfg, build_dataset(cfg, "train"), "train")
