@@ -2,6 +2,7 @@
 the same torchvision calls CUDA takes) match the PIL path of the loader workers, and bad files are skipped."""
 from __future__ import annotations
 
+import ast
 import json
 
 import numpy as np
@@ -143,3 +144,41 @@ def test_batch_size_auto_by_device_and_bad_values_are_one_line(checkpoint, folde
         assert cli(["infer", str(folder), "--checkpoint", str(checkpoint), "--batch-size", bad]) == 2
         err = capsys.readouterr().err
         assert f"--batch-size must be auto or an integer >= 1, got {bad}" in err and "Traceback" not in err
+
+
+def test_eval_decode_device_gives_the_cpu_metrics_and_leaves_out_a_corrupt_file(tmp_path, capsys):
+    from vitzoo.data import make_shapes_dataset
+
+    ds = make_shapes_dataset(tmp_path / "ds", num_train=5, num_val=8, size=40, num_classes=4)
+    for png in sorted((ds / "val").rglob("*.png"))[::2]:  # half JPEG (decoded on the device), half PNG
+        Image.open(png).convert("RGB").save(png.with_suffix(".jpg"), quality=95)
+        png.unlink()
+    torch.manual_seed(0)
+    model = create_model("deit_tiny_patch16_224", num_classes=4, img_size=32, patch_size=4, depth=1,
+                         embed_dim=48, num_heads=3).eval()
+    with torch.no_grad():
+        model.head.weight.normal_(0, 1.0)
+    dc = {k: list(v) if isinstance(v, tuple) else v for k, v in model.data_config.items()}
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, {"model": model.state_dict(), "meta": {
+        "arch": model.arch, "model_kwargs": model.model_kwargs, "num_classes": 4, "data_config": dc,
+        "class_names": sorted(p.name for p in (ds / "train").iterdir())}})
+    args = ["eval", "--dataset", "folder", "--data_path", str(ds), "--pretrained", str(ckpt), "--batch_size", "5",
+            "--num_workers", "0", "--device", "cpu"]
+    results = {}
+    for decode in ("cpu", "device"):
+        assert cli([*args, "--decode", decode]) == 0
+        out = capsys.readouterr()
+        line = next(line for line in out.out.splitlines() if line.startswith("eval results"))
+        results[decode] = ast.literal_eval(line.split(": ", 1)[1])
+    assert "decode: JPEGs on cpu" in out.err
+    # same classes; the loss moves with the few grey levels the resampling differs by (measured: 10.5928 vs
+    # 10.5975, a head with N(0, 1) weights makes it large and sensitive)
+    assert {k: v for k, v in results["device"].items() if k != "Loss"} == \
+        {k: v for k, v in results["cpu"].items() if k != "Loss"}
+    assert results["device"]["Loss"] == pytest.approx(results["cpu"]["Loss"], rel=1e-2)
+    victim = min((ds / "val").rglob("*.jpg"))
+    victim.write_bytes(b"\xff\xd8\xff" + bytes(200))
+    assert cli([*args, "--decode", "device"]) == 0
+    err = capsys.readouterr().err
+    assert f"1 unreadable image(s) left out of the metrics, e.g. {victim}" in err and "Traceback" not in err

@@ -18,7 +18,7 @@ import torch
 
 from vitzoo.checkpoint import atomic_write_text
 from vitzoo.data import list_images, load_image
-from vitzoo.data.gpu_jpeg import DevicePreprocess, EncodedFiles
+from vitzoo.data.gpu_jpeg import DevicePreprocess, EncodedFiles, pack_encoded, unpack_encoded
 from vitzoo.errors import UserError
 
 DEFAULT_OUTPUT = "predictions.json"
@@ -58,26 +58,6 @@ class _ImageFiles(torch.utils.data.Dataset):
         return str(p), self.transform(img), None
 
 
-def _pack_encoded(items: list) -> tuple[list, torch.Tensor, list[int]]:
-    """``--decode device``, run in the loader worker: the batch's still-encoded JPEGs (1-D uint8) joined
-    into one tensor, so the batch crosses to the main process as one tensor in shared memory rather than
-    one per file, as :func:`_stack_readable` does for pixels. The transport alone, measured on the 2-core
-    CI box (2 workers, 256 files of 100 KB per batch): ~9,000 img/s joined vs ~2,000 as a list, a ceiling
-    near what nvJPEG decodes. Returns (the items with their JPEG bytes taken out, the joined bytes, each
-    item's byte count: 0 for an item that is not a JPEG)."""
-    sizes = [x.numel() if x is not None and x.dim() == 1 else 0 for _, x, _ in items]
-    jpegs = [x for (_, x, _), n in zip(items, sizes) if n]
-    joined = torch.cat(jpegs) if jpegs else torch.empty(0, dtype=torch.uint8)
-    return [(name, None if n else x, why) for (name, x, why), n in zip(items, sizes)], joined, sizes
-
-
-def _unpack_encoded(batch: tuple[list, torch.Tensor, list[int]]) -> list:
-    """:func:`_pack_encoded` undone in the main process: each JPEG is a view of the joined bytes."""
-    items, joined, sizes = batch
-    views = iter(joined.split([n for n in sizes if n]))
-    return [(name, next(views) if n else x, why) for (name, x, why), n in zip(items, sizes)]
-
-
 def _stack_readable(items: list) -> tuple[list[str], torch.Tensor | None, list[tuple[str, str]]]:
     """(names, the readable images stacked, [(name, why)] for the others). Run in the loader worker, so a
     batch crosses to the main process as one tensor in shared memory, not one pickled tensor per image:
@@ -110,10 +90,10 @@ def iter_batches(paths: list[Path], transform: Callable, batch_size: int, bad: l
     workers only read the files and the batch is decoded and preprocessed on the model's device."""
     dataset = _ImageFiles(paths, transform) if on_device is None else EncodedFiles(paths)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                                         collate_fn=_stack_readable if on_device is None else _pack_encoded,
+                                         collate_fn=_stack_readable if on_device is None else pack_encoded,
                                          prefetch_factor=2 if num_workers else None)
     for batch in loader:
-        names, x, failed = batch if on_device is None else _stack_readable(on_device(_unpack_encoded(batch)))
+        names, x, failed = batch if on_device is None else _stack_readable(on_device(unpack_encoded(batch)))
         bad.extend(failed)
         if names:
             yield names, x

@@ -22,6 +22,9 @@ from vitzoo.checkpoint import atomic_write_text
 from vitzoo.config import RunConfig, dump_config, parse_args
 from vitzoo.config import build_parser as config_parser
 from vitzoo.data import build_dataset, build_loader, check_split_data
+from vitzoo.data.datasets import ImageFiles
+from vitzoo.data.gpu_jpeg import DevicePreprocess, eval_batches
+from vitzoo.data.loader import OrderedSplitSampler, usable_cpus
 from vitzoo.engine import dist
 from vitzoo.engine.loop import evaluate, format_eval
 from vitzoo.errors import UserError
@@ -36,7 +39,30 @@ def build_parser():
                    help="also write metrics, per-class accuracy, confusion matrix and class names to FILE")
     g.add_argument("--use-ema", "--use_ema", dest="use_ema_weights", action="store_true",
                    help="evaluate the checkpoint's EMA weights (same as --use_ema_for_eval true)")
+    g.add_argument("--decode", default="auto", choices=("auto", "cpu", "device"),
+                   help="where a folder dataset's JPEGs are decoded: cpu = PIL in the loader workers; device = the "
+                        "workers only read the files, torchvision.io.decode_jpeg decodes each batch on the model's "
+                        "device (nvJPEG on CUDA) and resizes it there, for GPUs that outrun the CPU's decoding; an "
+                        "unreadable file is then left out (cpu: replaced by the next sample); auto = device on "
+                        "CUDA for folder datasets, else cpu (default: %(default)s)")
     return p
+
+
+def device_decoder(choice: str, dataset, data_config: dict, device: torch.device) -> DevicePreprocess | None:
+    """The on-device preprocessing ``--decode`` asks for, or None for the CPU loader."""
+    if choice == "cpu" or (choice == "auto" and device.type != "cuda"):
+        return None
+    if not isinstance(dataset, ImageFiles):
+        if choice == "device":
+            raise UserError(f"--decode device reads image files; this dataset ({type(dataset).__name__}) has none: "
+                            "use --decode cpu")
+        return None
+    try:
+        return DevicePreprocess(data_config, device)
+    except UserError:
+        if choice == "device":
+            raise
+        return None
 
 
 def per_class_report(confusion: torch.Tensor, class_names: list[str]) -> list[dict]:
@@ -57,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cfg.pretrained:
         raise UserError("vitzoo eval needs the weights: --pretrained CKPT (or 'pretrained:' in the config)")
     check_split_data(cfg, "val")  # before the weights load: a wrong path fails at once
-    _rank, world, _local, device = dist.init_distributed(cfg.device)
+    rank, world, _local, device = dist.init_distributed(cfg.device)
     try:
         use_ema = bool(ns.use_ema_weights or cfg.use_ema_for_eval)
         model, meta = load_for_eval(cfg, use_ema, device)
@@ -66,7 +92,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"preprocessing: {describe_preprocessing(data_config)} ({origin})", file=sys.stderr)
         classes = [str(c) for c in meta.get("class_names") or []] or None
         dataset = build_dataset(cfg, "val", data_config=data_config, classes=classes)
-        loader = build_loader(cfg, dataset, "val", data_config=data_config, distributed=world > 1)
+        on_device, dropped = device_decoder(ns.decode, dataset, data_config, device), []
+        if on_device is None:
+            loader = build_loader(cfg, dataset, "val", data_config=data_config, distributed=world > 1)
+        else:
+            if dist.is_main():
+                print(f"decode: JPEGs on {device} (torchvision.io.decode_jpeg); loader workers read the files",
+                      file=sys.stderr)
+            loader = eval_batches(dataset.files(), on_device, cfg.eval_batch, min(cfg.num_workers, usable_cpus()),
+                                  OrderedSplitSampler(dataset, world, rank), dropped)
 
         precision = eval_precision(cfg, model, device, world)
         model = precision.cast_model(model)
@@ -77,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
             bad = getattr(dataset, "bad_files", {})
             if bad:
                 print(f"note: {len(bad)} unreadable image(s) were replaced by the next sample", file=sys.stderr)
+            if dropped:
+                print(f"note: {len(dropped)} unreadable image(s) left out of the metrics, e.g. {dropped[0][0]}: "
+                      f"{dropped[0][1]}", file=sys.stderr)
             if ns.json_out:
                 _write_json(ns.json_out, results, dataset, meta, cfg, model)
                 print(f"wrote {ns.json_out} (metrics, per-class accuracy, confusion matrix)", file=sys.stderr)

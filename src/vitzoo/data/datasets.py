@@ -233,6 +233,10 @@ class ImageFiles(BaseDataset):
     def _name(self, record: int) -> str:
         return self.paths[record]
 
+    def files(self) -> list[tuple[str, int]]:
+        """(path, class index) of each sample, in the dataset's order (after any subset)."""
+        return [(self.paths[r], int(self.labels[r])) for r in self._index]
+
     def _load(self, record: int):
         try:
             return _open_rgb(Path(self.paths[record]))
