@@ -182,3 +182,19 @@ def test_eval_decode_device_gives_the_cpu_metrics_and_leaves_out_a_corrupt_file(
     assert cli([*args, "--decode", "device"]) == 0
     err = capsys.readouterr().err
     assert f"1 unreadable image(s) left out of the metrics, e.g. {victim}" in err and "Traceback" not in err
+
+
+def test_choose_preprocess_follows_the_flag_and_says_why_not(capsys):
+    from vitzoo.data.gpu_jpeg import choose_preprocess
+    from vitzoo.errors import UserError
+
+    square = {"input_size": (3, 32, 32), "crop_pct": 1.0, "interpolation": "bicubic", "mean": (0, 0, 0),
+              "std": (1, 1, 1)}
+    assert choose_preprocess("auto", square, CPU) is None and choose_preprocess("cpu", square, CPU) is None
+    assert isinstance(choose_preprocess("device", square, CPU), DevicePreprocess)
+    assert "decode: JPEGs on cpu" in capsys.readouterr().err
+    with pytest.raises(UserError, match="this dataset has none"):
+        choose_preprocess("device", square, CPU, reads_files=False)
+    wide = {**square, "input_size": (3, 32, 48)}
+    with pytest.raises(UserError, match="square"):
+        choose_preprocess("device", wide, CPU)

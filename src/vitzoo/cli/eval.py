@@ -23,7 +23,7 @@ from vitzoo.config import RunConfig, dump_config, parse_args
 from vitzoo.config import build_parser as config_parser
 from vitzoo.data import build_dataset, build_loader, check_split_data
 from vitzoo.data.datasets import ImageFiles
-from vitzoo.data.gpu_jpeg import DevicePreprocess, eval_batches
+from vitzoo.data.gpu_jpeg import DECODE_CHOICES, DECODE_HELP, choose_preprocess, eval_batches
 from vitzoo.data.loader import OrderedSplitSampler, usable_cpus
 from vitzoo.engine import dist
 from vitzoo.engine.loop import evaluate, format_eval
@@ -39,30 +39,10 @@ def build_parser():
                    help="also write metrics, per-class accuracy, confusion matrix and class names to FILE")
     g.add_argument("--use-ema", "--use_ema", dest="use_ema_weights", action="store_true",
                    help="evaluate the checkpoint's EMA weights (same as --use_ema_for_eval true)")
-    g.add_argument("--decode", default="auto", choices=("auto", "cpu", "device"),
-                   help="where a folder dataset's JPEGs are decoded: cpu = PIL in the loader workers; device = the "
-                        "workers only read the files, torchvision.io.decode_jpeg decodes each batch on the model's "
-                        "device (nvJPEG on CUDA) and resizes it there, for GPUs that outrun the CPU's decoding; an "
-                        "unreadable file is then left out (cpu: replaced by the next sample); auto = device on "
-                        "CUDA for folder datasets, else cpu (default: %(default)s)")
+    g.add_argument("--decode", default="auto", choices=DECODE_CHOICES,
+                   help=DECODE_HELP + "; folder datasets only; an unreadable file is then left out of the metrics "
+                        "(cpu: replaced by the next sample) (default: %(default)s)")
     return p
-
-
-def device_decoder(choice: str, dataset, data_config: dict, device: torch.device) -> DevicePreprocess | None:
-    """The on-device preprocessing ``--decode`` asks for, or None for the CPU loader."""
-    if choice == "cpu" or (choice == "auto" and device.type != "cuda"):
-        return None
-    if not isinstance(dataset, ImageFiles):
-        if choice == "device":
-            raise UserError(f"--decode device reads image files; this dataset ({type(dataset).__name__}) has none: "
-                            "use --decode cpu")
-        return None
-    try:
-        return DevicePreprocess(data_config, device)
-    except UserError:
-        if choice == "device":
-            raise
-        return None
 
 
 def per_class_report(confusion: torch.Tensor, class_names: list[str]) -> list[dict]:
@@ -92,13 +72,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"preprocessing: {describe_preprocessing(data_config)} ({origin})", file=sys.stderr)
         classes = [str(c) for c in meta.get("class_names") or []] or None
         dataset = build_dataset(cfg, "val", data_config=data_config, classes=classes)
-        on_device, dropped = device_decoder(ns.decode, dataset, data_config, device), []
+        on_device = choose_preprocess(ns.decode, data_config, device, reads_files=isinstance(dataset, ImageFiles),
+                                      announce=dist.is_main())
+        dropped: list[tuple[str, str]] = []
         if on_device is None:
             loader = build_loader(cfg, dataset, "val", data_config=data_config, distributed=world > 1)
         else:
-            if dist.is_main():
-                print(f"decode: JPEGs on {device} (torchvision.io.decode_jpeg); loader workers read the files",
-                      file=sys.stderr)
             loader = eval_batches(dataset.files(), on_device, cfg.eval_batch, min(cfg.num_workers, usable_cpus()),
                                   OrderedSplitSampler(dataset, world, rank), dropped)
 

@@ -16,15 +16,13 @@ the JSON is still written for the rest. The prediction itself is :mod:`vitzoo.pr
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
 from vitzoo.cli.helpfmt import HelpFormatter
 from vitzoo.data import build_eval_transform
-from vitzoo.data.gpu_jpeg import DevicePreprocess
+from vitzoo.data.gpu_jpeg import DECODE_CHOICES, DECODE_HELP, choose_preprocess
 from vitzoo.engine.dist import resolve_device
-from vitzoo.errors import UserError
 from vitzoo.models import load_model
 from vitzoo.precision import PRECISION_CHOICES, inference_precision
 from vitzoo.predict import add_common_args, find_inputs, run_prediction
@@ -42,12 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                    help="number format of the forward; auto = bf16 weights where the device has bf16 units "
                         "and the model measures faster in bf16, else fp32 (default: %(default)s)")
-    p.add_argument("--decode", default="auto", choices=("auto", "cpu", "device"),
-                   help="where JPEGs are decoded: cpu = PIL in the loader workers; device = the workers only read "
-                        "the files, each batch's JPEGs are decoded by torchvision.io.decode_jpeg on the model's "
-                        "device (nvJPEG on CUDA) and resized there (other formats still decode in the workers); "
-                        "meant for GPUs that outrun the CPU's decoding: on a CPU it runs too, in the main process, "
-                        "slower than cpu; auto = device on CUDA, else cpu (default: %(default)s)")
+    p.add_argument("--decode", default="auto", choices=DECODE_CHOICES, help=DECODE_HELP + " (default: %(default)s)")
     return p
 
 
@@ -69,14 +62,5 @@ def main(argv: list[str] | None = None) -> int:
         with precision.context(device):
             return model(precision.cast_input(x.to(device))).float().cpu()
 
-    on_device = None
-    if args.decode == "device" or (args.decode == "auto" and device.type == "cuda"):
-        try:
-            on_device = DevicePreprocess(data_config, device)
-            print(f"decode: JPEGs on {device} (torchvision.io.decode_jpeg); loader workers read the files",
-                  file=sys.stderr, flush=True)
-        except UserError as e:
-            if args.decode == "device":
-                raise
-            print(f"decode: in the loader workers ({e})", file=sys.stderr, flush=True)
+    on_device = choose_preprocess(args.decode, data_config, device)
     return run_prediction(args, inputs, transform, run, class_names, on_device, device)

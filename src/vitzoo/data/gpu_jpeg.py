@@ -17,6 +17,7 @@ the metrics, where its CPU loader substitutes the next sample).
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -32,6 +33,35 @@ INTERPOLATION = {"bicubic": InterpolationMode.BICUBIC, "bilinear": Interpolation
                  "nearest": InterpolationMode.NEAREST}
 
 Item = tuple[str, torch.Tensor | None, str | None]  # (path, image or None, why it could not be read)
+
+DECODE_CHOICES = ("auto", "cpu", "device")
+DECODE_HELP = ("where JPEGs are decoded: cpu = PIL in the loader workers; device = the workers only read the "
+               "files, each batch's JPEGs are decoded by torchvision.io.decode_jpeg on the model's device (nvJPEG "
+               "on CUDA) and resized there (other formats still decode in the workers), for GPUs that outrun the "
+               "CPU's decoding (on a CPU it runs too, slower than cpu); auto = device on CUDA, else cpu")
+
+
+def choose_preprocess(choice: str, data_config: dict, device: torch.device, *, reads_files: bool = True,
+                      announce: bool = True) -> DevicePreprocess | None:
+    """``--decode``: the on-device preprocessing, or None for PIL in the workers. ``auto`` falls back to
+    the workers (saying why) where the device path cannot serve: data that are not files, a non-square
+    input; ``device`` then fails with one line instead."""
+    if choice == "cpu" or (choice == "auto" and device.type != "cuda"):
+        return None
+    try:
+        if not reads_files:
+            raise UserError("--decode device reads image files and this dataset has none: use --decode cpu")
+        preprocess = DevicePreprocess(data_config, device)
+    except UserError as e:
+        if choice == "device":
+            raise
+        if announce:
+            print(f"decode: in the loader workers ({e})", file=sys.stderr, flush=True)
+        return None
+    if announce:
+        print(f"decode: JPEGs on {device} (torchvision.io.decode_jpeg); loader workers read the files",
+              file=sys.stderr, flush=True)
+    return preprocess
 
 
 class EncodedFiles(torch.utils.data.Dataset):
