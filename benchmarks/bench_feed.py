@@ -70,20 +70,6 @@ def fed_rate(loader, step, device: torch.device, batches: int | None = None) -> 
     return n / (time.perf_counter() - t0)
 
 
-def train_step(model, precision, device):
-    """The step bench.train_fn times, taking its batch as arguments."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
-
-    def step(x, y):
-        with precision.context(device):
-            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="deit_small_patch16_224")
@@ -129,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
         model = create_model(args.model, num_classes=10, img_size=args.input_size).to(device).train()
         model = torch.compile(model) if args.compile else model
-        step = train_step(model, amp, device)
+        step = bench.train_step(model, amp, device)
         fed_rate(loader, step, device, batches=3)  # warm-up (and compilation)
         fed = max(fed_rate(loader, step, device) for _ in range(args.rounds))
         del loader

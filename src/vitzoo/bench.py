@@ -185,16 +185,16 @@ def infer_fn(model, x, precision: Precision, device, official: bool = False) -> 
     return run
 
 
-def train_fn(model, x, y, precision: Precision, device, official: bool = False, ours: bool = True) -> Callable:
-    """One training step (forward, CE loss, backward, AdamW step). Ours builds AdamW as vitzoo's trainer
-    does (fused kernels where torch has them: CUDA, and CPU since torch 2.4); the reference as a plain
-    timm script does, ``AdamW(model.parameters())`` with torch's defaults (foreach on CUDA, a per-tensor
-    loop on a CPU)."""
+def train_step(model, precision: Precision, device, official: bool = False, ours: bool = True) -> Callable:
+    """``step(x, y)``: forward, CE loss, backward, AdamW step. Ours builds AdamW as vitzoo's trainer does
+    (fused kernels where torch has them: CUDA, and CPU since torch 2.4); the reference as a plain timm
+    script does, ``AdamW(model.parameters())`` with torch's defaults (foreach on CUDA, a per-tensor loop on
+    a CPU)."""
     model.train()
     params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=1e-4, **(kernel_kwargs(torch.optim.AdamW, params) if ours else {}))
 
-    def run():
+    def step(x, y):
         with precision.context(device), (official_arithmetic() if official else nullcontext()):
             out = model(x)
             out = out[0] if isinstance(out, (tuple, list)) else out
@@ -203,7 +203,13 @@ def train_fn(model, x, y, precision: Precision, device, official: bool = False, 
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return run
+    return step
+
+
+def train_fn(model, x, y, precision: Precision, device, official: bool = False, ours: bool = True) -> Callable:
+    """One :func:`train_step` on a fixed batch."""
+    step = train_step(model, precision, device, official, ours)
+    return lambda: step(x, y)
 
 
 def interleaved(fns: dict[str, Callable], *, batch: int, rounds: int, iters: int, warmup: int,

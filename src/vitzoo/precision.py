@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from vitzoo.checkpoint.files import atomic_write_text
 from vitzoo.errors import UserError
 
 
@@ -189,13 +190,10 @@ def remembered_speedup(model: torch.nn.Module, device: torch.device) -> tuple[fl
     except (OSError, ValueError, KeyError, TypeError):
         known = None
     speedup = measure_bf16_speedup(model, device)
-    try:
-        known = known if isinstance(known, dict) else {}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**known, key: round(speedup, 4)}, indent=1) + "\n")
-        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
-    except OSError:
+    known = known if isinstance(known, dict) else {}
+    try:  # atomic: a concurrent reader sees the old file or the new one
+        atomic_write_text(path, json.dumps({**known, key: round(speedup, 4)}, indent=1) + "\n")
+    except UserError:
         pass
     return speedup, False
 
