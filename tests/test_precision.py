@@ -221,7 +221,8 @@ def test_eval_maps_the_config_onto_the_policy(trained, capsys):
         got[extra[-1]] = ast.literal_eval(cap.out.split("eval results: ")[1].strip())
         assert ("precision: fp32 (asked for)" if extra[-1] == "O0" else "precision: bf16 weights (asked for)") \
             in cap.err
-    assert abs(got["O0"]["Top1-Acc"] - got["bf16"]["Top1-Acc"]) <= 1 / 60 + 1e-9
+    # at most one of the 60 predictions changes (the metrics are printed to 6 decimals: 1/60 reads 0.016667)
+    assert abs(got["O0"]["Top1-Acc"] - got["bf16"]["Top1-Acc"]) <= 1 / 60 + 1e-5
 
 
 def test_measured_speedup_is_remembered_between_runs(monkeypatch, capsys, tmp_path):
