@@ -7,7 +7,14 @@ ratios int8 / fp32). Also prints each int8 model's top-1 agreement and max logit
 that batch. Accuracy on labelled images is what ``vitzoo eval-onnx`` reports (tests/test_precision.py
 checks it on a trained model).
 
+``--openvino`` also runs the same three files through OpenVINO's CPU plugin (issue 12: "OpenVINO if it is
+faster on Intel CPUs -- measure and choose"), alternated with the ONNX Runtime sessions in the same rounds:
+the fp32 file once with ``INFERENCE_PRECISION_HINT`` f32 (the same arithmetic as ORT's fp32) and once with
+OpenVINO's own default, which on a CPU with AMX / AVX512-BF16 is bf16 (it then differs from fp32 as bf16
+does). OpenVINO is not a vitzoo dependency: install it next to vitzoo to measure (``pip install openvino``).
+
     python benchmarks/bench_onnx.py --model deit_small_patch16_224 --batch 8 --rounds 5
+    python benchmarks/bench_onnx.py --model deit_small_patch16_224 --batch 8 --rounds 5 --openvino
 """
 from __future__ import annotations
 
@@ -24,8 +31,26 @@ from vitzoo import bench
 from vitzoo.data import make_shapes_dataset
 from vitzoo.deploy.export import export_model
 from vitzoo.deploy.onnx_runtime import create_session, run_session
-from vitzoo.deploy.quantize import compare_sessions, quantize_onnx
+from vitzoo.deploy.quantize import quantize_onnx
 from vitzoo.models import create_model
+
+
+def openvino_runners(paths: dict[str, Path], threads: int) -> tuple[dict, str]:
+    """{label: x -> logits} for the fp32 file at f32 and at OpenVINO's default precision, and the int8
+    files; and what OpenVINO's default is on this CPU."""
+    import openvino as ov  # optional: only this benchmark's --openvino
+
+    core = ov.Core()
+    default = str(core.get_property("CPU", "INFERENCE_PRECISION_HINT")).removeprefix("<Type: '").rstrip("'>")
+    common = {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+    plans = {"ov fp32 (f32 hint)": (paths["fp32"], {"INFERENCE_PRECISION_HINT": "f32"}),
+             f"ov fp32 file ({default}, OpenVINO's default)": (paths["fp32"], {}),
+             "ov int8 dynamic": (paths["dynamic"], {}), "ov int8 static": (paths["static"], {})}
+    runners = {}
+    for label, (path, config) in plans.items():
+        compiled = core.compile_model(str(path), "CPU", {**common, **config})
+        runners[label] = lambda x, c=compiled: np.asarray(c(x)[0], dtype=np.float32)
+    return runners, f"openvino {ov.__version__}, CPU default inference precision {default}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--calib", type=int, default=32, help="generated calibration images for static int8")
     ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: ORT's default)")
+    ap.add_argument("--openvino", action="store_true", help="also time the same files in OpenVINO (if installed)")
     args = ap.parse_args(argv)
     info = bench.machine_info()
     import onnxruntime
@@ -54,25 +80,30 @@ def main(argv: list[str] | None = None) -> int:
             paths[mode] = tmp / f"m.{mode}.onnx"
             quantize_onnx(fp32, paths[mode], mode, calib / "val", args.calib)
         sessions = {k: create_session(p, "CPU", threads=args.threads or None) for k, p in paths.items()}
+        runners = {k: (lambda x, s=s: run_session(s, x)) for k, s in sessions.items()}
+        if args.openvino:
+            more, about = openvino_runners(paths, args.threads)
+            runners.update(more)
+            print(f"# {about}", flush=True)
         x = np.random.default_rng(0).standard_normal((args.batch, *model.data_config["input_size"]),
                                                      dtype=np.float32)
-        for s in sessions.values():
-            run_session(s, x)  # warm-up
-        rates: dict[str, list[float]] = {k: [] for k in sessions}
-        keys = list(sessions)
+        outputs = {k: run(x) for k, run in runners.items()}  # warm-up, and the logits compared below
+        rates: dict[str, list[float]] = {k: [] for k in runners}
+        keys = list(runners)
         for r in range(args.rounds):
             for k in (keys if r % 2 == 0 else keys[::-1]):
                 t0 = time.perf_counter()
-                run_session(sessions[k], x)
+                runners[k](x)
                 rates[k].append(args.batch / (time.perf_counter() - t0))
-        print(f"| {args.model} batch {args.batch} | img/s | ratio vs fp32 | top-1 agreement | max\\|diff\\| |")
+        print(f"| {args.model} batch {args.batch} | img/s | ratio vs ORT fp32 | top-1 agreement | max\\|diff\\| |")
         print("|---|---:|---:|---:|---:|")
+        base = outputs["fp32"]
         for k in keys:
             ratio = statistics.median(a / b for a, b in zip(rates[k], rates["fp32"]))
-            cmp = compare_sessions(sessions[k], sessions["fp32"], x) if k != "fp32" else None
-            agree = f"{100 * cmp['top1_agree']:.0f}%" if cmp else "-"
-            diff = f"{cmp['max_abs_diff']:.3f}" if cmp else "-"
-            label = "fp32" if k == "fp32" else f"int8 {k}"
+            same = k == "fp32"
+            agree = "-" if same else f"{100 * (outputs[k].argmax(1) == base.argmax(1)).mean():.0f}%"
+            diff = "-" if same else f"{np.abs(outputs[k] - base).max():.3f}"
+            label = k if k.startswith("ov ") else ("ORT fp32" if same else f"ORT int8 {k}")
             print(f"| {label} | {statistics.median(rates[k]):.1f} | {ratio:.2f}x | {agree} | {diff} |")
         print("# file sizes: " + ", ".join(f"{k} {p.stat().st_size / 2**20:.1f} MiB" for k, p in paths.items()))
     return 0

@@ -13,10 +13,11 @@ from pathlib import Path
 
 from vitzoo.cli.helpfmt import HelpFormatter
 from vitzoo.deploy.onnx_runtime import (
+    add_engine_args,
     class_names_of,
-    create_session,
     data_config_for,
     evaluate_folder,
+    open_model,
     session_metadata,
 )
 from vitzoo.errors import UserError
@@ -31,13 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input size override (default: the size recorded in the model)")
     p.add_argument("-m", "--device", default="auto", type=str.upper, choices=["AUTO", "CPU", "GPU"],
                    help="ONNX Runtime execution provider (GPU needs onnxruntime-gpu)")
+    add_engine_args(p)
     p.add_argument("--prefetch", type=int, default=16, help="batches decoded ahead by the loader workers")
-    p.add_argument("--batch-size", type=int, default=32, help="images per ONNX Runtime call")
+    p.add_argument("--batch-size", type=int, default=32, help="images per engine call")
     p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="image decoding processes (0 = in the main process)")
     p.add_argument("--compare", default=None, metavar="ONNX",
                    help="also evaluate this model (e.g. the fp32 one) on the same images and print the change; "
-                        "an int8 model from vitzoo export is compared with its fp32 file by default")
+                        "an int8 model from vitzoo export is compared with its fp32 file by default, an "
+                        "OpenVINO run in bf16/fp16 with the same file in ONNX Runtime")
     return p
 
 
@@ -47,14 +50,16 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--batch-size and --prefetch must be >= 1, --num-workers >= 0")
     if not os.path.isdir(args.dataset):  # before the model loads: a wrong path fails at once
         raise UserError(f"dataset folder not found: {args.dataset} (expected {args.dataset}/<class>/<images>)")
-    session = create_session(args.onnx_path, args.device)
+    session = open_model(args.onnx_path, args.device, args.engine, args.precision)
     data_config = data_config_for(session, args.image_size)
     results = evaluate_folder(session, args.dataset, data_config, class_names_of(session),
                               batch_size=args.batch_size, num_workers=args.num_workers, prefetch=args.prefetch)
     print("eval results: " + str({k: results[k] for k in ("Top1-Acc", "Top5-Acc")}))
     reference = args.compare or _fp32_source(args.onnx_path, session)
+    if reference is None and getattr(session, "precision", "fp32") != "fp32":
+        reference = args.onnx_path  # OpenVINO in bf16/fp16: the change against the file's fp32 numbers (ORT)
     if reference:
-        ref = evaluate_folder(create_session(reference, args.device), args.dataset, data_config,
+        ref = evaluate_folder(open_model(reference, args.device, announce=False), args.dataset, data_config,
                               class_names_of(session), batch_size=args.batch_size, num_workers=args.num_workers,
                               prefetch=args.prefetch)
         change = 100 * (results["Top1-Acc"] - ref["Top1-Acc"])

@@ -11,7 +11,13 @@ import torch
 
 from vitzoo.cli.helpfmt import HelpFormatter
 from vitzoo.data import build_eval_transform
-from vitzoo.deploy.onnx_runtime import class_names_of, create_session, data_config_for, run_session
+from vitzoo.deploy.onnx_runtime import (
+    add_engine_args,
+    class_names_of,
+    data_config_for,
+    open_model,
+    run_session,
+)
 from vitzoo.predict import add_common_args, find_inputs, run_prediction
 
 
@@ -24,13 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX Runtime execution provider (GPU needs onnxruntime-gpu)")
     p.add_argument("--image-size", "--image_size", type=int, default=None,
                    help="input size override (default: the size recorded in the model)")
+    add_engine_args(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     inputs = find_inputs(args)  # before the model loads: bad input fails fast
-    session = create_session(args.onnx_path, args.device)
+    session = open_model(args.onnx_path, args.device, args.engine, args.precision)
     transform = build_eval_transform(data_config_for(session, args.image_size))
 
     def run(x: torch.Tensor) -> torch.Tensor:

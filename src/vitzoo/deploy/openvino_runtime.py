@@ -1,0 +1,113 @@
+"""OpenVINO as a second engine for exported ONNX files (``eval-onnx`` / ``infer-onnx --engine openvino``).
+
+Why: issue 12 asked for OpenVINO "if it is faster on Intel CPUs -- measure and choose". Measured on a
+2-core Intel Xeon with AMX (``benchmarks/bench_onnx.py --openvino``, deit_small, batch 8): the fp32 file
+in OpenVINO's default CPU precision (bf16 on a CPU with AMX / AVX512-BF16) ran 4.7x ONNX Runtime's fp32
+and 2.1x ORT's dynamic int8; with the f32 hint 1.07x; ORT's dynamic int8 file ran *slower* in OpenVINO
+(0.70x), its static int8 file 3.6x. So OpenVINO is offered for fp32 and static int8 files, and refused for
+dynamic int8 files, where ONNX Runtime is faster.
+
+:class:`OpenVINOSession` wraps a compiled model in the part of ``onnxruntime.InferenceSession`` that
+:mod:`vitzoo.deploy.onnx_runtime` uses (``get_inputs``, ``run``, ``get_modelmeta``), so evaluation,
+prediction, preprocessing and metadata are one code path for both engines. The vitzoo metadata is read
+from the ONNX file itself (protobuf, no code runs).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from vitzoo.deploy.metadata import parse_metadata
+from vitzoo.errors import UserError
+
+# --precision of the ONNX commands -> OpenVINO's INFERENCE_PRECISION_HINT (auto: the plugin's own choice,
+# bf16 on CPUs with bf16 units, f32 otherwise)
+PRECISION_HINTS = {"auto": None, "fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401  (optional: pip install openvino)
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class GraphInput:
+    """What the deploy helpers read of an ORT ``NodeArg``: name, shape (int or a name per axis), type."""
+
+    name: str
+    shape: list
+    type: str
+
+
+class OpenVINOSession:
+    """An ONNX file compiled by OpenVINO's CPU plugin, with ONNX Runtime's session interface."""
+
+    def __init__(self, path: str | os.PathLike, precision: str = "auto", threads: int | None = None):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise UserError("--engine openvino: OpenVINO is not installed (pip install openvino)") from None
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"ONNX model not found: {path}")
+        if precision not in PRECISION_HINTS:
+            raise UserError(f"--precision for OpenVINO must be one of {', '.join(PRECISION_HINTS)}, "
+                            f"got {precision!r}")
+        self.metadata = read_onnx_metadata(path)
+        if parse_metadata(self.metadata).get("quantization") == "int8 dynamic":
+            raise UserError(f"{path}: dynamic int8 runs slower in OpenVINO than in ONNX Runtime (measured "
+                            "0.70x its fp32 speed); use --engine onnxruntime, or the fp32 file with OpenVINO")
+        core = ov.Core()
+        config = {"PERFORMANCE_HINT": "LATENCY"}
+        if PRECISION_HINTS[precision]:
+            config["INFERENCE_PRECISION_HINT"] = PRECISION_HINTS[precision]
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            self.compiled = core.compile_model(str(path), "CPU", config)
+        except Exception as e:  # parse errors, unsupported operators
+            raise UserError(f"{path}: cannot be loaded by OpenVINO ({str(e).strip().splitlines()[0]})") from e
+        port = self.compiled.inputs[0]
+        shape = [d.get_length() if d.is_static else f"dim{i}" for i, d in enumerate(port.get_partial_shape())]
+        kind = "tensor(float16)" if port.get_element_type() == ov.Type.f16 else "tensor(float)"
+        self.input = GraphInput(port.get_any_name(), shape, kind)
+        self.precision = _hint_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.version = ov.__version__.split("-")[0]
+
+    def get_inputs(self) -> list[GraphInput]:
+        return [self.input]
+
+    def run(self, output_names, feeds: dict) -> list[np.ndarray]:
+        (x,) = feeds.values()
+        return [np.asarray(self.compiled(x)[0])]
+
+    def get_modelmeta(self):
+        return SimpleNamespace(custom_metadata_map=self.metadata)
+
+    def describe(self) -> str:
+        return f"engine: OpenVINO {self.version} (CPU, inference precision {self.precision})"
+
+
+def read_onnx_metadata(path: Path) -> dict[str, str]:
+    """The file's ``metadata_props`` as strings (parsed later by :func:`parse_metadata`), without the
+    weights (external data is not loaded)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # not a protobuf
+        raise UserError(f"{path}: not an ONNX file ({str(e).strip().splitlines()[0]})") from e
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def _hint_name(element_type) -> str:
+    """OpenVINO's element type (Type.bf16 / f16 / f32) -> 'bf16' / 'fp16' / 'fp32'."""
+    name = element_type.get_type_name()
+    return {"f32": "fp32", "f16": "fp16"}.get(name, name)

@@ -1,0 +1,117 @@
+"""vitzoo.deploy.openvino_runtime: the same exported file in OpenVINO and in ONNX Runtime (CPU, seconds).
+
+The reference is ONNX Runtime on the same file (itself checked against PyTorch by test_export.py): at the
+f32 hint the two engines must give the same logits, metadata, preprocessing and command output.
+"""
+from __future__ import annotations
+
+import ast
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vitzoo.checkpoint import save_checkpoint
+from vitzoo.cli import main as cli
+from vitzoo.data import make_shapes_dataset
+from vitzoo.deploy import openvino_runtime
+from vitzoo.deploy.onnx_runtime import (
+    class_names_of,
+    create_session,
+    data_config_for,
+    open_model,
+    run_session,
+    session_metadata,
+)
+from vitzoo.errors import UserError
+from vitzoo.models import create_model
+
+pytest.importorskip("openvino")  # a dev dependency: CI has it; a plain install may not
+
+TINY = {"img_size": 32, "patch_size": 4, "depth": 2, "embed_dim": 48, "num_heads": 3}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny DeiT's checkpoint exported to ONNX (fp32 and dynamic int8) and generated validation images."""
+    root = tmp_path_factory.mktemp("ov")
+    ds = make_shapes_dataset(root / "ds", num_train=5, num_val=24, size=32, num_classes=3)
+    torch.manual_seed(0)
+    model = create_model("deit_tiny_patch16_224", num_classes=3, **TINY).eval()
+    classes = sorted(p.name for p in (ds / "val").iterdir())
+    dc = {k: list(v) if isinstance(v, tuple) else v for k, v in model.data_config.items()}
+    meta = {"arch": model.arch, "model_kwargs": model.model_kwargs, "num_classes": 3, "class_names": classes,
+            "data_config": dc}
+    save_checkpoint(root / "ck.pt", {"model": model.state_dict(), "meta": meta})
+    fp32, int8 = root / "m.onnx", root / "m-int8.onnx"
+    assert cli(["export", "--checkpoint", str(root / "ck.pt"), "--output", str(fp32)]) == 0
+    assert cli(["export", "--checkpoint", str(root / "ck.pt"), "--output", str(int8), "--quantize", "int8"]) == 0
+    return {"fp32": fp32, "int8": int8, "val": ds / "val", "root": root}
+
+
+def test_fp32_hint_gives_onnx_runtimes_logits_and_metadata(exported):
+    ort = create_session(exported["fp32"], "CPU")
+    ov = open_model(exported["fp32"], "CPU", "openvino", "fp32")
+    assert ov.precision == "fp32"
+    assert session_metadata(ov) == session_metadata(ort) and session_metadata(ov)["arch"] == "deit_tiny_patch16_224"
+    assert class_names_of(ov) == class_names_of(ort) and data_config_for(ov) == data_config_for(ort)
+    x = np.random.default_rng(0).standard_normal((5, 3, 32, 32), dtype=np.float32)  # a batch size never seen
+    a, b = run_session(ort, x), run_session(ov, x)
+    assert a.shape == b.shape == (5, 3)
+    assert np.abs(a - b).max() < 1e-4 * max(1.0, np.abs(a).max())
+
+
+def test_bf16_stays_close_to_fp32(exported):
+    ort = create_session(exported["fp32"], "CPU")
+    ov = open_model(exported["fp32"], "CPU", "openvino", "bf16")
+    assert ov.precision == "bf16"
+    x = np.random.default_rng(1).standard_normal((8, 3, 32, 32), dtype=np.float32)
+    a, b = run_session(ort, x), run_session(ov, x)
+    scale = np.abs(a).max()
+    assert 0 < np.abs(a - b).max() < 0.1 * scale  # bf16 rounding: different numbers, same function
+
+
+def test_eval_onnx_openvino_matches_onnx_runtime_and_reports_the_bf16_change(exported, capsys):
+    base = ["eval-onnx", str(exported["val"]), "--onnx-path", str(exported["fp32"]), "-m", "CPU",
+            "--num-workers", "0"]
+    assert cli(base) == 0
+    ort = ast.literal_eval(capsys.readouterr().out.split("eval results: ")[1].splitlines()[0])
+    assert cli(base + ["--engine", "openvino", "--precision", "fp32"]) == 0
+    cap = capsys.readouterr()
+    assert ast.literal_eval(cap.out.split("eval results: ")[1].splitlines()[0]) == ort
+    assert "engine: OpenVINO" in cap.err and "inference precision fp32" in cap.err
+    assert " vs " not in cap.out  # fp32: nothing to compare
+    assert cli(base + ["--engine", "openvino", "--precision", "bf16"]) == 0
+    out = capsys.readouterr().out
+    assert f"vs {exported['fp32']} on the same 24 images: top-1 {ort['Top1-Acc']} ->" in out
+
+
+def test_infer_onnx_openvino_writes_the_same_predictions(exported):
+    outs = {}
+    for engine in ("onnxruntime", "openvino"):
+        path = exported["root"] / f"pred-{engine}.json"
+        extra = ["--engine", engine] + (["--precision", "fp32"] if engine == "openvino" else [])
+        assert cli(["infer-onnx", str(exported["val"]), "--recursive", "--onnx-path", str(exported["fp32"]),
+                    "-m", "CPU", "--output", str(path), *extra]) == 0
+        outs[engine] = json.loads(path.read_text())
+    assert len(outs["openvino"]) == 24 and outs["openvino"] == outs["onnxruntime"]
+
+
+def test_refusals_are_one_line_user_errors(exported, tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="dynamic int8 runs slower in OpenVINO"):
+        open_model(exported["int8"], "CPU", "openvino")
+    with pytest.raises(UserError, match="runs on the CPU"):
+        open_model(exported["fp32"], "GPU", "openvino")
+    with pytest.raises(UserError, match="--precision applies to --engine openvino"):
+        open_model(exported["fp32"], "CPU", "onnxruntime", "bf16")
+    with pytest.raises(UserError, match="not found"):
+        open_model(tmp_path / "missing.onnx", "CPU", "openvino")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a protobuf at all")
+    with pytest.raises(UserError, match="junk.onnx"):
+        open_model(junk, "CPU", "openvino")
+    monkeypatch.setitem(__import__("sys").modules, "openvino", None)  # as if not installed
+    assert not openvino_runtime.openvino_available()
+    with pytest.raises(UserError, match="pip install openvino"):
+        open_model(exported["fp32"], "CPU", "openvino")
