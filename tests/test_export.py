@@ -122,6 +122,23 @@ def test_fixed_batch_fp16_and_fix_gelu(tmp_path):
     assert session_metadata(create_session(tanh, "CPU"))["gelu"] == "tanh"
 
 
+def test_precision_names_the_same_files_as_the_flags(tmp_path, capsys):
+    _, ckpt = _checkpoint(tmp_path, "deit")
+    base = ["export", "--checkpoint", str(ckpt)]
+    assert cli(base + ["--output", str(tmp_path / "h.onnx"), "--precision", "fp16"]) == 0
+    assert create_session(tmp_path / "h.onnx", "CPU").get_inputs()[0].type == "tensor(float16)"
+    assert cli(base + ["--output", str(tmp_path / "q.onnx"), "--precision", "int8"]) == 0
+    assert session_metadata(create_session(tmp_path / "q.onnx", "CPU"))["quantization"] == "int8 dynamic"
+    assert (tmp_path / "q.fp32.onnx").is_file()
+    assert cli(base + ["--output", str(tmp_path / "a.onnx"), "--precision", "auto"]) == 0
+    assert create_session(tmp_path / "a.onnx", "CPU").get_inputs()[0].type == "tensor(float)"
+    capsys.readouterr()
+    assert cli(base + ["--output", str(tmp_path / "b.onnx"), "--precision", "bf16"]) == 2
+    assert "--engine openvino" in capsys.readouterr().err and not (tmp_path / "b.onnx").exists()
+    assert cli(base + ["--output", str(tmp_path / "c.onnx"), "--precision", "int8", "--fp16"]) == 2
+    assert "contradicts --fp16" in capsys.readouterr().err
+
+
 def test_verification_failure_and_bad_input(tmp_path, capsys):
     _, ckpt = _checkpoint(tmp_path, "deit")
     # an impossible tolerance: the ONNX kernels differ from PyTorch's by ~1e-7, so verification must fail

@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output file; when not given: <arch>.onnx / .pt / .pt2 in the current folder "
                         "(as the seed)")
     p.add_argument("--batch", default="dynamic", help="'dynamic' (any batch size) or a fixed batch size N")
+    p.add_argument("--precision", default=None, choices=("auto", "fp32", "bf16", "fp16", "int8"),
+                   help="the file's number format, in the names eval / infer use: fp32 (and auto: the engine "
+                        "picks the run-time precision, e.g. eval-onnx's OpenVINO engine computes an fp32 file in "
+                        "bf16 on CPUs with bf16 units), fp16 (= --fp16), int8 (= --quantize int8); bf16 is not offered "
+                        "(ONNX Runtime's CPU provider lacks bf16 kernels for these operators)")
     p.add_argument("--fp16", action="store_true", help="export in float16 (verified against the fp32 model)")
     p.add_argument("--fix-gelu", "--fix_gelu", action="store_true",
                    help="use tanh-approximated GELU (changes the numbers slightly; not needed for ONNX here)")
@@ -62,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_precision(args)
     device = str(resolve_device(args.device))
     model, meta = load_model(args.checkpoint, arch=args.arch, use_ema=args.use_ema)
     arch = meta.get("arch") or args.arch or model.arch
@@ -85,6 +91,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.quantize:
         _quantize(args, output, final)
     return 0
+
+
+def apply_precision(args) -> None:
+    """--precision onto the flags it names (--fp16, --quantize int8); a contradiction is an error."""
+    wanted = args.precision
+    if wanted is None:
+        return
+    if wanted == "bf16":
+        raise UserError("--precision bf16: export fp32 instead and run it with eval-onnx / infer-onnx --engine "
+                        "openvino, which computes in bf16 on CPUs with bf16 units (ONNX Runtime's CPU provider "
+                        "lacks bf16 kernels for these operators)")
+    asked = "fp16" if args.fp16 else "int8" if args.quantize else "fp32"
+    if asked != "fp32" and wanted not in (asked, "auto"):
+        raise UserError(f"--precision {wanted} contradicts --{'fp16' if args.fp16 else 'quantize int8'}")
+    args.fp16 = args.fp16 or wanted == "fp16"
+    args.quantize = args.quantize or ("int8" if wanted == "int8" else None)
 
 
 def _quantize(args, fp32_path: Path, output: Path) -> None:
