@@ -10,6 +10,7 @@ import importlib
 import sys
 
 from vitzoo.errors import UserError
+from vitzoo.host_allocator import keep_freed_memory
 from vitzoo.version import __version__
 
 # name -> (module, one-line summary)
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(module: str, argv: list[str], *, debug: bool = False, prog: str = "vitzoo") -> int:
     """Run one sub-command's ``main`` and turn user errors into one line + exit code."""
     _setup_logging()
+    keep_freed_memory()  # before the first tensor: see host_allocator (page faults on every activation)
     try:
         code = importlib.import_module(module).main(argv)
         return int(code or 0)

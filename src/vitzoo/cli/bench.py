@@ -20,6 +20,7 @@ from vitzoo.checkpoint import atomic_write_text
 from vitzoo.cli.helpfmt import HelpFormatter
 from vitzoo.engine.dist import resolve_device
 from vitzoo.errors import UserError
+from vitzoo.host_allocator import keep_freed_memory
 from vitzoo.models import list_models
 from vitzoo.precision import FP32, PRECISION_CHOICES, inference_precision, resolve_precision
 
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
           f"torch capability {info['cpu_capability']}){', ' + info['gpu'] if 'gpu' in info else ''}", flush=True)
     print(f"# torch {info['torch']}, timm {info.get('timm', '-')}, {device}, threads {info['threads']}, "
           f"{args.clock} clock, {args.mode}", flush=True)
+    print(f"# host memory (both sides, one process): {keep_freed_memory()}", flush=True)
     ref_prec = FP32 if args.ref_precision == "fp32" else resolve_precision("O1", args.ref_precision, device)
     dtypes = (torch.float32, torch.bfloat16)
     peaks = {dtype: bench.matmul_peak(dtype, device, clock=args.clock) for dtype in dtypes}
