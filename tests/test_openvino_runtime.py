@@ -99,7 +99,7 @@ def test_infer_onnx_openvino_writes_the_same_predictions(exported):
 
 
 def test_refusals_are_one_line_user_errors(exported, tmp_path, monkeypatch):
-    with pytest.raises(UserError, match="dynamic int8 runs slower in OpenVINO"):
+    with pytest.raises(UserError, match="int8 dynamic files are written for ONNX Runtime"):
         open_model(exported["int8"], "CPU", "openvino")
     with pytest.raises(UserError, match="runs on the CPU"):
         open_model(exported["fp32"], "GPU", "openvino")
