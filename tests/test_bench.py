@@ -73,6 +73,22 @@ def test_official_performer_arithmetic_is_the_same_function():
     torch.testing.assert_close(official, ours, rtol=1e-5, atol=1e-5)
 
 
+def test_official_soft_split_is_the_same_function():
+    from vitzoo.bench import official_arithmetic, official_soft_split
+    from vitzoo.models import create_model, t2t_vit
+
+    torch.manual_seed(0)
+    model = create_model("t2t_vit_14", img_size=32, embed_dim=64, depth=1, num_heads=2, token_dim=16).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ours = model(x)
+        with official_arithmetic():
+            assert t2t_vit.soft_split is official_soft_split
+            official = model(x)
+    assert t2t_vit.soft_split is not official_soft_split  # restored
+    torch.testing.assert_close(official, ours, rtol=1e-5, atol=1e-5)
+
+
 def test_gflops_count_the_attention_matmuls():
     from vitzoo.bench import count_gflops
     from vitzoo.models import create_model

@@ -15,10 +15,12 @@ from vitzoo import create_model, list_models
 from vitzoo.checkpoint import save_checkpoint
 from vitzoo.models.registry import build_config
 from vitzoo.models.t2t_vit import (
+    SOFT_SPLITS,
     TokenAttention,
     TokenPerformer,
     released_qk_scale,
     sinusoid_table,
+    soft_split,
     soft_split_sizes,
 )
 
@@ -128,6 +130,32 @@ def test_small_custom_variant_shapes(tokens_type):
         m(torch.randn(1, 3, 64, 64))
     with pytest.raises(ValueError, match="performer, transformer"):
         create_model("t2t_vit_7", tokens_type="conv", **SMALL)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", SOFT_SPLITS)
+@pytest.mark.parametrize("side,channels", [(32, 3), (28, 16), (15, 5)])
+def test_soft_split_is_nn_unfold_bit_for_bit(kernel, stride, padding, side, channels):
+    x = torch.randn(3, channels, side, side, generator=torch.Generator().manual_seed(side))
+    official = torch.nn.Unfold(kernel, stride=stride, padding=padding)(x).transpose(1, 2)  # (B, L, C*k*k)
+    ours = soft_split(x.permute(0, 2, 3, 1), kernel, stride, padding)
+    assert ours.shape == official.shape and torch.equal(ours, official)
+
+
+@pytest.mark.parametrize("tokens_type", ["performer", "transformer"])
+def test_t2t_module_equals_the_official_unfold_sequence(tokens_type):
+    """The whole T2T module against the official code's sequence (models/t2t_vit.py, T2T_module.forward):
+    Unfold -> transpose -> layer -> transpose + reshape to an image -> Unfold ..."""
+    torch.manual_seed(0)
+    t2t = create_model(f"t2t_vit{'_t' if tokens_type == 'transformer' else ''}_14", **SMALL).eval().tokens_to_token
+    x = torch.randn(2, 3, 32, 32)
+    unfold = [torch.nn.Unfold(k, stride=s, padding=p) for k, s, p in SOFT_SPLITS]
+    with torch.no_grad():
+        y = unfold[0](x).transpose(1, 2)
+        for layer, split in ((t2t.attention1, unfold[1]), (t2t.attention2, unfold[2])):
+            y = layer(y)
+            side = int(math.sqrt(y.shape[1]))
+            y = split(y.transpose(1, 2).reshape(y.shape[0], y.shape[2], side, side)).transpose(1, 2)
+        assert torch.equal(t2t(x), t2t.project(y))
 
 
 def test_sinusoid_table_formula():

@@ -4,8 +4,9 @@ Shared by ``vitzoo bench`` and ``benchmarks/bench_models.py``. The reference is 
 name with the *same weights* (its state dict loaded strictly into ours), or, for names timm lacks
 (T2T-ViT), the same model running the official implementation's arithmetic during its calls only: the
 softmax attention ``softmax((q @ k^T) * scale) @ v`` with the N x N map materialised (models/t2t_vit.py
-and token_transformer.py of yitu-opensource/T2T-ViT) for ``F.scaled_dot_product_attention``, and the
-Token Performer's einsum formulation (token_performer.py) for our fused one.
+and token_transformer.py of yitu-opensource/T2T-ViT) for ``F.scaled_dot_product_attention``, the
+Token Performer's einsum formulation (token_performer.py) for our fused one, and its Unfold-and-transpose
+soft split for our strided one.
 
 Fairness: a warm-up per side, then rounds; each round times ``iters`` steps of each side, alternating
 which goes first, so drifting load (turbo, other jobs) hits both alike. Rates are medians over rounds;
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from vitzoo.engine.optim import kernel_kwargs
-from vitzoo.models import create_model
+from vitzoo.models import create_model, t2t_vit
 from vitzoo.models.t2t_vit import TokenPerformer
 from vitzoo.precision import FP32, Precision, cpu_flags, cpu_model
 
@@ -87,16 +88,25 @@ def official_performer_attention(self, x: torch.Tensor) -> torch.Tensor:
     return v + self.dp(self.proj(y))
 
 
+def official_soft_split(x: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
+    """The official soft split (models/t2t_vit.py, T2T_module): tokens back to a channels-first image,
+    ``nn.Unfold``, transposed to tokens. Same numbers as :func:`t2t_vit.soft_split`, the official ops."""
+    image = x.permute(0, 3, 1, 2).contiguous()  # official: x.transpose(1, 2).reshape(B, C, H, W)
+    return F.unfold(image, kernel, stride=stride, padding=padding).transpose(1, 2)
+
+
 @contextmanager
 def official_arithmetic():
-    """During the reference's calls only: :func:`naive_sdpa` for ``F.scaled_dot_product_attention`` and
-    :func:`official_performer_attention` for ``TokenPerformer.attention``."""
-    fused, performer = F.scaled_dot_product_attention, TokenPerformer.attention
+    """During the reference's calls only: :func:`naive_sdpa` for ``F.scaled_dot_product_attention``,
+    :func:`official_performer_attention` for ``TokenPerformer.attention`` and :func:`official_soft_split`
+    for T2T's ``soft_split``."""
+    fused, performer, split = F.scaled_dot_product_attention, TokenPerformer.attention, t2t_vit.soft_split
     F.scaled_dot_product_attention, TokenPerformer.attention = naive_sdpa, official_performer_attention
+    t2t_vit.soft_split = official_soft_split
     try:
         yield
     finally:
-        F.scaled_dot_product_attention, TokenPerformer.attention = fused, performer
+        F.scaled_dot_product_attention, TokenPerformer.attention, t2t_vit.soft_split = fused, performer, split
 
 
 def build_pair(name: str, reference: str = "auto", **overrides) -> tuple[torch.nn.Module, torch.nn.Module, str]:
