@@ -19,6 +19,7 @@ from vitzoo.data import build_eval_transform, list_images, load_image, make_shap
 from vitzoo.deploy.onnx_runtime import create_session, session_metadata
 from vitzoo.deploy.quantize import compare_sessions
 from vitzoo.engine.loop import evaluate
+from vitzoo.errors import UserError
 from vitzoo.models import create_model
 
 CPU = torch.device("cpu")
@@ -198,6 +199,17 @@ def test_export_int8_loads_agrees_and_eval_onnx_reports_change(trained, tmp_path
                 "--num-workers", "0"]) == 0
     assert re.search(r"vs .*m\.fp32\.onnx on the same 60 images: top-1 [\d.]+ -> [\d.]+ \([-+]\d+\.\d\d points\)",
                      capsys.readouterr().out)
+
+
+def test_int8_is_routed_to_onnx_runtime_in_one_line(trained, capsys):
+    with pytest.raises(UserError, match="export .* --precision int8"):
+        P.inference_precision("int8", CPU, trained["model"])
+    for argv in (["infer", str(trained["ds"] / "val"), "--checkpoint", str(trained["ckpt"]), "--recursive",
+                  "--precision", "int8"],
+                 ["bench", "--model", "deit_tiny_patch16_224", "--precision", "int8"]):
+        assert cli(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "int8 runs through ONNX Runtime" in err[0] and "eval-onnx" in err[0]
 
 
 def test_training_auto_on_cpu_follows_the_bf16_units(monkeypatch):

@@ -82,7 +82,13 @@ def resolve_precision(amp_level: str, amp_dtype: str, device: torch.device) -> P
 # Inference runs bf16/fp16 as *weights* (model.to(bf16)), not autocast: measured on an AMD EPYC with
 # avx512_bf16 (deit_small, batch 16, 2 threads) fp32 4.8 img/s, bf16 autocast 6.9, bf16 weights 8.5:
 # autocast pays a cast of every weight on every call, weights mode pays it once.
-PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
+# int8 is accepted by name and routed to ONNX Runtime: torch's eager int8 (torch.ao.quantization, deprecated
+# since torch 2.10) ran deit_small at 35 img/s against bf16 weights' 114 on a 2-core Xeon with AMX, while
+# ORT's int8 ran 2.2x its fp32 there (benchmarks/README.md)
+INT8_ROUTE = ("int8 runs through ONNX Runtime: vitzoo export --checkpoint CKPT --output model.onnx --precision int8, "
+              "then vitzoo eval-onnx / infer-onnx --onnx-path model.onnx (torch's own int8 measured 3x slower "
+              "than bf16 here)")
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs with bf16 dot-product units
 MIN_AUTO_FLOPS = 1e8  # below ~0.1 GFLOP per image the forward is too short to time, and fp32 is kept
 AUTO_MIN_SPEEDUP = 1.1  # bf16 must measure this much faster than fp32 to be chosen
@@ -114,6 +120,13 @@ def weights_precision(dtype: torch.dtype, why: str) -> Precision:
     return Precision(weights=dtype, name=f"{short} weights ({why})")
 
 
+def refuse_int8(choice: str) -> None:
+    """``--precision int8`` of a PyTorch command: one line naming the ONNX route (commands call it before
+    the weights load)."""
+    if choice == "int8":
+        raise UserError(INT8_ROUTE)
+
+
 def inference_precision(choice: str, device: torch.device, model: torch.nn.Module | None = None,
                         *, announce: bool = True) -> Precision:
     """``--precision auto|fp32|bf16|fp16`` of the inference commands -> a :class:`Precision`.
@@ -125,6 +138,7 @@ def inference_precision(choice: str, device: torch.device, model: torch.nn.Modul
     """
     if choice not in PRECISION_CHOICES:
         raise UserError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {choice!r}")
+    refuse_int8(choice)
     key = (choice, str(device), _model_key(model))
     if key not in _decided:
         _decided[key] = _decide(choice, device, model)

@@ -27,7 +27,7 @@ from vitzoo.data import build_eval_transform, load_image
 from vitzoo.engine.dist import resolve_device
 from vitzoo.errors import UserError
 from vitzoo.models import create_model, load_model
-from vitzoo.precision import PRECISION_CHOICES, inference_precision
+from vitzoo.precision import PRECISION_CHOICES, inference_precision, refuse_int8
 from vitzoo.predict import collect_images
 from vitzoo.visualize import class_token_map, draw_attention, to_grid, upsample
 
@@ -140,6 +140,7 @@ class _Session:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    refuse_int8(args.precision)
     head = _parse_head(args.head)
     if args.mode not in ("rollout", "last") and not args.mode.startswith("block:"):
         raise UserError(f"--mode must be rollout, last or block:N, got {args.mode!r}")

@@ -22,7 +22,7 @@ from vitzoo.engine.dist import resolve_device
 from vitzoo.errors import UserError
 from vitzoo.host_allocator import keep_freed_memory
 from vitzoo.models import list_models
-from vitzoo.precision import FP32, PRECISION_CHOICES, inference_precision, resolve_precision
+from vitzoo.precision import FP32, PRECISION_CHOICES, inference_precision, refuse_int8, resolve_precision
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +66,7 @@ def _precision(choice: str, mode: str, device: torch.device, model=None):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    refuse_int8(args.precision)  # before any timing
     names = [n.strip() for n in args.model.split(",") if n.strip()]
     known = set(list_models())
     unknown = [n for n in names if n not in known]

@@ -24,7 +24,7 @@ from vitzoo.data import build_eval_transform
 from vitzoo.data.gpu_jpeg import DECODE_CHOICES, DECODE_HELP, choose_preprocess
 from vitzoo.engine.dist import resolve_device
 from vitzoo.models import load_model
-from vitzoo.precision import PRECISION_CHOICES, inference_precision
+from vitzoo.precision import PRECISION_CHOICES, inference_precision, refuse_int8
 from vitzoo.predict import add_common_args, find_inputs, run_prediction
 
 
@@ -39,13 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                    help="number format of the forward; auto = bf16 weights where the device has bf16 units "
-                        "and the model measures faster in bf16, else fp32 (default: %(default)s)")
+                        "and the model measures faster in bf16, else fp32; int8 is answered with the ONNX route "
+                        "(vitzoo export, then infer-onnx) (default: %(default)s)")
     p.add_argument("--decode", default="auto", choices=DECODE_CHOICES, help=DECODE_HELP + " (default: %(default)s)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    refuse_int8(args.precision)
     inputs = find_inputs(args)  # before the model loads: bad input fails fast
 
     device = resolve_device(args.device)
