@@ -53,7 +53,12 @@ def time_iters(fn: Callable, iters: int, device: torch.device, clock: str = "wal
 
 
 def peak_memory(fn: Callable, device: torch.device) -> float | None:
-    """Peak CUDA memory (MiB) allocated during one call (weights included); None on CPU."""
+    """Peak memory (MiB) of one call. CUDA: the allocator's peak during the call, weights included. CPU:
+    the peak of what the call allocates above what was held before it (activations, gradients,
+    workspaces; the weights not included), from torch.profiler's allocation records in time order: each
+    op's own allocations less its frees, and the frees that happen between ops."""
+    if device.type == "cpu":
+        return _cpu_peak_memory(fn)
     if device.type != "cuda":
         return None
     torch.cuda.empty_cache()
@@ -61,6 +66,18 @@ def peak_memory(fn: Callable, device: torch.device) -> float | None:
     fn()
     sync(device)
     return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def _cpu_peak_memory(fn: Callable) -> float:
+    from torch.profiler import ProfilerActivity, profile  # the profiler is only needed here
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    held = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        held += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
+        peak = max(peak, held)
+    return peak / 2**20
 
 
 def naive_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):

@@ -3,7 +3,9 @@
 One row per model: parameters, GFLOPs per image (counted on the model), img/s and ms per step of vitzoo's
 model under the precision policy, the fraction of this machine's matmul peak for its dtype (measured in
 the same run), and with a reference (timm's model with the same weights; for T2T-ViT the official
-attention arithmetic) its img/s and the ratio, from interleaved rounds (medians). The machine (CPU model
+attention arithmetic) its img/s and the ratio, from interleaved rounds (medians), and the peak memory of
+one step ("peak MiB": on CUDA the allocator's peak, weights included; on a CPU what the step allocates
+above the weights, from the profiler's records). The machine (CPU model
 and flags, threads, torch version) is printed first: a figure means little without it. Comma lists in
 ``--batch-size`` / ``--img-size`` give scaling tables (one row per setting); ``--plot`` draws the rows.
 """
