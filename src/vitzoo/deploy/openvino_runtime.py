@@ -30,14 +30,6 @@ from vitzoo.errors import UserError
 PRECISION_HINTS = {"auto": None, "fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 
-def openvino_available() -> bool:
-    try:
-        import openvino  # noqa: F401  (optional: pip install openvino)
-    except ImportError:
-        return False
-    return True
-
-
 @dataclass(frozen=True)
 class GraphInput:
     """What the deploy helpers read of an ORT ``NodeArg``: name, shape (int or a name per axis), type."""
