@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default=None, choices=("auto", "fp32", "bf16", "fp16", "int8"),
                    help="the file's number format, in the names eval / infer use: fp32 (and auto: the engine "
                         "picks the run-time precision, e.g. eval-onnx's OpenVINO engine computes an fp32 file in "
-                        "bf16 on CPUs with bf16 units), fp16 (= --fp16), int8 (= --quantize int8); bf16 is not offered "
-                        "(ONNX Runtime's CPU provider lacks bf16 kernels for these operators)")
+                        "bf16 on CPUs with bf16 units), fp16 (= --fp16), int8 (= --quantize int8); bf16 files are not "
+                        "written: export fp32 and let that engine compute in bf16")
     p.add_argument("--fp16", action="store_true", help="export in float16 (verified against the fp32 model)")
     p.add_argument("--fix-gelu", "--fix_gelu", action="store_true",
                    help="use tanh-approximated GELU (changes the numbers slightly; not needed for ONNX here)")
@@ -99,9 +99,8 @@ def apply_precision(args) -> None:
     if wanted is None:
         return
     if wanted == "bf16":
-        raise UserError("--precision bf16: export fp32 instead and run it with eval-onnx / infer-onnx --engine "
-                        "openvino, which computes in bf16 on CPUs with bf16 units (ONNX Runtime's CPU provider "
-                        "lacks bf16 kernels for these operators)")
+        raise UserError("--precision bf16: vitzoo does not write bf16 files; export fp32 and run it with "
+                        "eval-onnx / infer-onnx --engine openvino, which computes in bf16 on CPUs with bf16 units")
     asked = "fp16" if args.fp16 else "int8" if args.quantize else "fp32"
     if asked != "fp32" and wanted not in (asked, "auto"):
         raise UserError(f"--precision {wanted} contradicts --{'fp16' if args.fp16 else 'quantize int8'}")
