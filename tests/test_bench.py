@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -64,6 +67,16 @@ def test_cpu_peak_memory_follows_allocations_in_time_order():
 
     assert peak_memory(call, torch.device("cpu")) == pytest.approx(12.0, abs=0.1)
     assert peak_memory(call, torch.device("meta")) is None
+
+
+def test_cpu_peak_memory_keeps_the_profiler_quiet():
+    # a fresh process: kineto reads its log level when the profiler first starts
+    code = ("import torch; from vitzoo.bench import peak_memory; "
+            "print(peak_memory(lambda: torch.ones(2**20), torch.device('cpu')))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"})
+    assert run.returncode == 0 and float(run.stdout) == pytest.approx(4.0, abs=0.1)
+    assert run.stderr == ""
 
 
 def test_official_arithmetic_matches_fused():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import platform
 import statistics
 import time
@@ -69,6 +70,10 @@ def peak_memory(fn: Callable, device: torch.device) -> float | None:
 
 
 def _cpu_peak_memory(fn: Callable) -> float:
+    # PyPI's CUDA wheels of torch log each profiler start and stop, and a failed GPU count on a machine
+    # without one, to stderr through kineto; level 6 (above its USDT = 5) silences them. Read when the
+    # profiler first starts, so it is set before the import.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     from torch.profiler import ProfilerActivity, profile  # the profiler is only needed here
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
