@@ -73,7 +73,7 @@ def test_cpu_peak_memory_keeps_the_profiler_quiet():
     # a fresh process: kineto reads its log level when the profiler first starts
     code = ("import torch; from vitzoo.bench import peak_memory; "
             "print(peak_memory(lambda: torch.ones(2**20), torch.device('cpu')))")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
                          env={k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"})
     assert run.returncode == 0 and float(run.stdout) == pytest.approx(4.0, abs=0.1)
     assert run.stderr == ""

@@ -17,6 +17,7 @@ one thread, since idle OpenMP threads spin and would be counted).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import platform
@@ -294,6 +295,8 @@ def bench_model(name: str, *, mode: str = "infer", batch: int = 8, img_size: int
     if decide is not None:
         ours_precision = decide(ours)
     if mode == "infer":
+        if compile:  # inductor packs the linears itself (the same oneDNN ops, models/packed.py)
+            ours_precision = dataclasses.replace(ours_precision, pack=False)
         ours = ours_precision.cast_model(ours)
         ref = ref_precision.cast_model(ref) if ref is not None else None
     if compile:

@@ -1,0 +1,85 @@
+"""Linear layers pre-packed for oneDNN, for inference on a CPU.
+
+An ``nn.Linear`` on a CPU re-lays its weight out for the matrix units on every call and, with a bias, runs
+``addmm``, which first broadcasts the bias into the output (a pass over it), and the MLP's GELU is one more
+pass. :func:`pack_linears` lays each weight out once (``mkldnn._reorder_linear_weight``) and runs it with
+the bias, and the MLP's GELU, fused into oneDNN's matrix product (``mkldnn._linear_pointwise``): the ops
+``torch.compile`` itself picks for a frozen CPU model (its max-autotune chose them over its own AMX
+templates for all but one of deit_small's shapes), without the compile.
+
+Measured on a 2-core Xeon with AMX (benchmarks/README.md): deit_small / deit_base bf16 forward 1.04-1.12x /
+1.02-1.14x unpacked bf16. The results are oneDNN's, which the tests check against ``F.linear``: the same
+numbers without an activation; with GELU fused, the activation of the fp32 accumulator is rounded once
+instead of twice, within one bf16 step of the unfused model.
+
+Inference only: a packed layer computes with the weight as it was when packed, and falls back to plain
+``F.linear`` whenever autograd records (training), the input is not on the CPU, or its dtype differs.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitzoo.models.layers import Mlp
+
+
+@functools.lru_cache(maxsize=1)
+def packing_available() -> bool:
+    """torch was built with oneDNN and has the fused linear ops (every PyPI x86/ARM wheel since 2.1)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+class PackedLinear(nn.Linear):
+    """An ``nn.Linear`` (same parameters, same state dict) with a oneDNN-packed copy of its weight and an
+    optional fused GELU (``gelu``: "none" for erf, "tanh"; None: no activation)."""
+
+    packed: torch.Tensor | None = None
+    gelu: str | None = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, gelu: str | None = None) -> PackedLinear:
+        linear.__class__ = cls  # in place: the parameters, hooks and their names stay the module's own
+        linear.gelu = gelu
+        with torch.no_grad():
+            linear.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+        return linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.packed is None or torch.is_grad_enabled() or x.device.type != "cpu"
+                or x.dtype != self.packed.dtype):
+            y = F.linear(x, self.weight, self.bias)
+            return y if self.gelu is None else F.gelu(y, approximate=self.gelu)
+        if self.gelu is None:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "gelu", [], self.gelu)
+
+    def __deepcopy__(self, memo):
+        """An unpacked copy (a packed oneDNN tensor has no storage to copy): it computes through the
+        fallback path, GELU included, and keeps the module's structure and state dict."""
+        copy = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                         device=self.weight.device, dtype=self.weight.dtype)
+        copy.load_state_dict(self.state_dict())
+        copy.__class__ = PackedLinear
+        copy.gelu = self.gelu
+        return copy
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", packed, gelu={self.gelu}" if self.gelu else ", packed")
+
+
+def pack_linears(model: nn.Module) -> nn.Module:
+    """Pack every ``nn.Linear`` of ``model`` (in place) and fuse the GELU of each :class:`Mlp`'s first layer
+    into it. A no-op where torch lacks oneDNN's ops. Returns ``model``."""
+    if not packing_available():
+        return model
+    for module in list(model.modules()):
+        if isinstance(module, Mlp) and type(module.fc1) is nn.Linear and isinstance(module.act, nn.GELU):
+            PackedLinear.from_linear(module.fc1, gelu=module.act.approximate)
+            module.act = nn.Identity()  # now inside fc1 (also on its fallback path)
+    for module in list(model.modules()):
+        if type(module) is nn.Linear:
+            PackedLinear.from_linear(module)
+    return model

@@ -1,0 +1,79 @@
+"""Packed linears (models/packed.py) against F.linear and the unpacked model: same numbers, inference only."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitzoo.models import create_model
+from vitzoo.models.layers import Mlp
+from vitzoo.models.packed import PackedLinear, pack_linears, packing_available
+from vitzoo.precision import inference_precision
+
+pytestmark = pytest.mark.skipif(not packing_available(), reason="torch built without oneDNN")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_linear_is_f_linear(dtype, bias):
+    torch.manual_seed(0)
+    linear = nn.Linear(48, 40, bias=bias).to(dtype)
+    weight = linear.weight.detach().clone()
+    packed = PackedLinear.from_linear(linear)
+    assert packed is linear and set(packed.state_dict()) == ({"weight", "bias"} if bias else {"weight"})
+    for shape in [(5, 48), (2, 7, 48)]:  # any batch: the packing is not tied to one
+        x = torch.randn(*shape).to(dtype)
+        with torch.inference_mode():
+            got = packed(x)
+        want = F.linear(x, weight, linear.bias)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, atol=1e-5 if dtype == torch.float32 else 1e-2, rtol=1e-5)
+
+
+def test_fused_gelu_within_one_bf16_step_of_the_unfused_mlp():
+    torch.manual_seed(0)
+    mlp = Mlp(64, 256).bfloat16().eval()
+    x = torch.randn(3, 11, 64).bfloat16()
+    with torch.inference_mode():
+        want = mlp(x)
+        pack_linears(mlp)
+        got = mlp(x)
+    assert isinstance(mlp.act, nn.Identity) and mlp.fc1.gelu == "none" and isinstance(mlp.fc2, PackedLinear)
+    # GELU of the fp32 accumulator, rounded once: at most one bf16 step (2^-7 relative) from rounding twice
+    assert ((got.float() - want.float()).abs() <= want.float().abs() * 2**-7 + 2e-2).all()
+
+
+def test_packed_model_trains_through_the_fallback():
+    torch.manual_seed(0)
+    model = create_model("deit_tiny_patch16_224", img_size=32, num_classes=5)
+    ref = copy.deepcopy(model)
+    pack_linears(model)
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)  # autograd records: plain F.linear (+ GELU), so gradients flow
+    out.sum().backward()
+    torch.testing.assert_close(out, ref(x), atol=1e-6, rtol=1e-6)
+    assert model.blocks[0].mlp.fc1.weight.grad is not None
+    with torch.inference_mode():  # the packed path: the same function
+        torch.testing.assert_close(model(x), ref(x), atol=1e-5, rtol=1e-5)
+
+
+def test_a_copy_is_unpacked_and_keeps_the_state_dict():
+    model = pack_linears(create_model("deit_tiny_patch16_224", img_size=32, num_classes=5).eval())
+    twin = copy.deepcopy(model)
+    assert twin.blocks[0].mlp.fc1.packed is None and twin.blocks[0].mlp.fc1.gelu == "none"
+    assert twin.state_dict().keys() == model.state_dict().keys()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(twin(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_the_policy_packs_bf16_on_a_cpu_only():
+    cpu = torch.device("cpu")
+    assert inference_precision("bf16", cpu, announce=False).pack
+    assert not inference_precision("fp32", cpu, announce=False).pack
+    model = inference_precision("bf16", cpu, announce=False).cast_model(
+        create_model("deit_tiny_patch16_224", img_size=32, num_classes=5).eval())
+    assert isinstance(model.head, PackedLinear) and model.head.weight.dtype == torch.bfloat16
