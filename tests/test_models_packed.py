@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import vitzoo.precision as P
 from vitzoo.models import create_model
 from vitzoo.models.layers import Mlp
 from vitzoo.models.packed import PackedLinear, pack_linears, packing_available
-from vitzoo.precision import inference_precision
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="torch built without oneDNN")
 
@@ -70,10 +70,14 @@ def test_a_copy_is_unpacked_and_keeps_the_state_dict():
         torch.testing.assert_close(twin(x), model(x), atol=1e-5, rtol=1e-5)
 
 
-def test_the_policy_packs_bf16_on_a_cpu_only():
+@pytest.mark.parametrize("flags, fp32_packs", [({"avx512_bf16", "amx_bf16"}, True), (set(), False)])
+def test_the_policy_packs_on_a_cpu_where_it_was_measured(monkeypatch, flags, fp32_packs):
+    monkeypatch.setattr(P, "_decided", {})
+    monkeypatch.setattr(P, "cpu_flags", lambda: frozenset(flags))
     cpu = torch.device("cpu")
-    assert inference_precision("bf16", cpu, announce=False).pack
-    assert not inference_precision("fp32", cpu, announce=False).pack
-    model = inference_precision("bf16", cpu, announce=False).cast_model(
+    assert P.inference_precision("bf16", cpu, announce=False).pack
+    assert P.inference_precision("fp32", cpu, announce=False).pack == fp32_packs  # timm's ops where unmeasured
+    assert not P.packs_linears(torch.device("cuda"), torch.bfloat16)
+    model = P.inference_precision("bf16", cpu, announce=False).cast_model(
         create_model("deit_tiny_patch16_224", img_size=32, num_classes=5).eval())
     assert isinstance(model.head, PackedLinear) and model.head.weight.dtype == torch.bfloat16

@@ -121,12 +121,24 @@ def cpu_bf16_units() -> list[str]:
     return [f for f in BF16_CPU_FLAGS if f in flags]
 
 
+def packs_linears(device: torch.device | None, dtype: torch.dtype) -> bool:
+    """Whether inference on ``device`` in ``dtype`` packs the linear layers for oneDNN: on a CPU, for bf16,
+    and for fp32 where the CPU has bf16 units -- where it was measured. On a 2-core AMX Xeon
+    (benchmarks/README.md): bf16 deit_small / deit_base 1.01-1.07x / 1.07-1.16x the unpacked forward; fp32
+    t2t_vit_14 / t2t_vit_t_14 / deit_small 1.05x / 1.02x / 1.04x. On CPUs without bf16 units fp32 keeps
+    timm's operator sequence, which the ">= 1.0x timm" promise there rests on."""
+    if device is None or device.type != "cpu":
+        return False
+    return dtype == torch.bfloat16 or (dtype == torch.float32 and bool(cpu_bf16_units()))
+
+
 def weights_precision(dtype: torch.dtype, why: str, device: torch.device | None = None) -> Precision:
-    """16-bit weights and inputs; on a CPU, bf16 also packs the linear layers for oneDNN (measured 1.02-1.14x
-    the unpacked bf16 forward of deit_small / deit_base on a 2-core AMX Xeon, benchmarks/README.md)."""
     short = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    pack = device is not None and device.type == "cpu" and dtype == torch.bfloat16
-    return Precision(weights=dtype, name=f"{short} weights ({why})", pack=pack)
+    return Precision(weights=dtype, name=f"{short} weights ({why})", pack=packs_linears(device, dtype))
+
+
+def fp32_precision(why: str, device: torch.device) -> Precision:
+    return Precision(name=f"fp32 ({why})", pack=packs_linears(device, torch.float32))
 
 
 def refuse_int8(choice: str) -> None:
@@ -165,7 +177,7 @@ def _model_key(model: torch.nn.Module | None) -> tuple:
 
 def _decide(choice: str, device: torch.device, model: torch.nn.Module | None) -> Precision:
     if choice == "fp32":
-        return Precision(name="fp32 (asked for)")
+        return fp32_precision("asked for", device)
     if choice == "bf16":
         return weights_precision(torch.bfloat16, "asked for", device)
     if choice == "fp16":
@@ -185,14 +197,14 @@ def _decide(choice: str, device: torch.device, model: torch.nn.Module | None) ->
         return weights_precision(torch.bfloat16, f"auto: CPU has {'+'.join(units)}", device)
     flops = approx_flops(model)
     if flops < MIN_AUTO_FLOPS:
-        return Precision(name=f"fp32 (auto: model too small for bf16 to pay, ~{flops / 1e6:.0f} MFLOP/image)")
+        return fp32_precision(f"auto: model too small for bf16 to pay, ~{flops / 1e6:.0f} MFLOP/image", device)
     speedup, cached = remembered_speedup(model, device)
     when = " (remembered from an earlier run)" if cached else ""
     if speedup >= AUTO_MIN_SPEEDUP:
         return weights_precision(torch.bfloat16, f"auto: CPU has {'+'.join(units)}, forward measured "
                                                  f"{speedup:.2f}x fp32{when}", device)
-    return Precision(name=f"fp32 (auto: CPU has {'+'.join(units)} but bf16 measured {speedup:.2f}x fp32 "
-                          f"for this model{when})")
+    return fp32_precision(f"auto: CPU has {'+'.join(units)} but bf16 measured {speedup:.2f}x fp32 for this "
+                          f"model{when}", device)
 
 
 def cache_file() -> Path:
