@@ -46,6 +46,20 @@ def test_fused_gelu_within_one_bf16_step_of_the_unfused_mlp():
     assert ((got.float() - want.float()).abs() <= want.float().abs() * 2**-7 + 2e-2).all()
 
 
+def test_token_performer_mlp_fuses_its_gelu_and_keeps_its_keys():
+    torch.manual_seed(0)
+    model = create_model("t2t_vit_7", img_size=64, num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    keys = model.state_dict().keys()
+    with torch.inference_mode():
+        want = model(x)
+        pack_linears(model)
+        got = model(x)
+    mlp = model.tokens_to_token.attention1.mlp
+    assert mlp[0].gelu == "none" and isinstance(mlp[1], nn.Identity) and model.state_dict().keys() == keys
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
 def test_packed_model_trains_through_the_fallback():
     torch.manual_seed(0)
     model = create_model("deit_tiny_patch16_224", img_size=32, num_classes=5)

@@ -18,6 +18,7 @@ Inference only: a packed layer computes with the weight as it was when packed, a
 from __future__ import annotations
 
 import functools
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -71,15 +72,27 @@ class PackedLinear(nn.Linear):
 
 
 def pack_linears(model: nn.Module) -> nn.Module:
-    """Pack every ``nn.Linear`` of ``model`` (in place) and fuse the GELU of each :class:`Mlp`'s first layer
-    into it. A no-op where torch lacks oneDNN's ops. Returns ``model``."""
+    """Pack every ``nn.Linear`` of ``model`` (in place), fusing a GELU that directly follows one: the first
+    layer of each :class:`Mlp`, and a Linear then GELU in an ``nn.Sequential`` (the Token Performer's MLP).
+    A no-op where torch lacks oneDNN's ops. Returns ``model``."""
     if not packing_available():
         return model
     for module in list(model.modules()):
-        if isinstance(module, Mlp) and type(module.fc1) is nn.Linear and isinstance(module.act, nn.GELU):
-            PackedLinear.from_linear(module.fc1, gelu=module.act.approximate)
-            module.act = nn.Identity()  # now inside fc1 (also on its fallback path)
+        if isinstance(module, Mlp):
+            _fuse_gelu(module, "fc1", "act")
+        elif isinstance(module, nn.Sequential):
+            names = list(module._modules)
+            for linear, act in itertools.pairwise(names):
+                _fuse_gelu(module, linear, act)
     for module in list(model.modules()):
         if type(module) is nn.Linear:
             PackedLinear.from_linear(module)
     return model
+
+
+def _fuse_gelu(parent: nn.Module, linear: str, act: str) -> None:
+    """``parent.<linear>`` then ``parent.<act>`` = GELU -> one packed layer with the GELU fused; the GELU
+    becomes an Identity (it is inside the layer, on the fallback path too)."""
+    if type(getattr(parent, linear)) is nn.Linear and isinstance(getattr(parent, act), nn.GELU):
+        PackedLinear.from_linear(getattr(parent, linear), gelu=getattr(parent, act).approximate)
+        setattr(parent, act, nn.Identity())
