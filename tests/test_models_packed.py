@@ -11,7 +11,7 @@ from torch import nn
 import vitzoo.precision as P
 from vitzoo.models import create_model
 from vitzoo.models.layers import Mlp
-from vitzoo.models.packed import PackedLinear, pack_linears, packing_available
+from vitzoo.models.packed import PackedLinear, ResidualFusedBlock, pack_linears, packing_available
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="torch built without oneDNN")
 
@@ -58,6 +58,32 @@ def test_token_performer_mlp_fuses_its_gelu_and_keeps_its_keys():
     mlp = model.tokens_to_token.attention1.mlp
     assert mlp[0].gelu == "none" and isinstance(mlp[1], nn.Identity) and model.state_dict().keys() == keys
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name, fused", [("deit_tiny_patch16_224", True), ("beit_base_patch16_224", False)])
+def test_residual_adds_fuse_in_blocks_without_layer_scale(name, fused):
+    torch.manual_seed(0)
+    model = create_model(name, img_size=32, num_classes=5, depth=2).bfloat16().eval()
+    x = torch.randn(2, 3, 32, 32).bfloat16()
+    with torch.inference_mode():
+        want = model(x)
+        pack_linears(model)
+        got = model(x)
+    assert (type(model.blocks[0]) is ResidualFusedBlock) == fused  # BEiT: LayerScale, its own block
+    # each fused op rounds once where the unfused model rounds twice: a few bf16 steps over two blocks
+    torch.testing.assert_close(got.float(), want.float(), atol=0.05, rtol=0.02)
+
+
+def test_add_to_reads_the_residual_and_is_the_sum():
+    torch.manual_seed(0)
+    linear = PackedLinear.from_linear(nn.Linear(32, 16).bfloat16())
+    x, residual = torch.randn(2, 5, 32).bfloat16(), torch.randn(2, 5, 16).bfloat16()
+    before = residual.clone()
+    with torch.inference_mode():
+        got = linear.add_to(x, residual)
+    assert torch.equal(residual, before)
+    want = before.float() + F.linear(x.float(), linear.weight.float(), linear.bias.float())
+    assert ((got.float() - want).abs() <= want.abs() * 2**-7 + 1e-2).all()
 
 
 def test_packed_model_trains_through_the_fallback():

@@ -72,14 +72,17 @@ class Attention(nn.Module):
             q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
         )
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def mix(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """The heads' attention, before the output projection: (B, N, C) -> (B, N, attn_dim)."""
         B, N, _ = x.shape
         q, k, v = self.split_heads(x)
         own = self.attn_bias()
         if own is not None:
             bias = own if bias is None else own + bias
-        x = self.attend(q, k, v, bias).transpose(1, 2).reshape(B, N, -1)  # (B, N, attn_dim)
-        return self.proj_drop(self.proj(x))
+        return self.attend(q, k, v, bias).transpose(1, 2).reshape(B, N, -1)  # (B, N, attn_dim)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return self.proj_drop(self.proj(self.mix(x, bias)))
 
 
 class Mlp(nn.Module):
