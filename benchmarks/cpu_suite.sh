@@ -12,7 +12,7 @@ vz() { $py -m vitzoo "$@"; }
 export VITZOO_CACHE_DIR=${VITZOO_CACHE_DIR:-$out/cache}  # the precision policy measures afresh
 {
 lscpu | grep -E "Model name|^CPU\(s\)|L2|L3"
-grep -o -w -E "avx512_bf16|avx512_vnni|amx_bf16|amx_int8|amx_tile" /proc/cpuinfo | sort -u | tr '\n' ' '; echo
+echo "bf16/int8 units: $(grep -o -w -E "avx512_bf16|avx512_vnni|avx_vnni|amx_bf16|amx_int8|amx_tile" /proc/cpuinfo | sort -u | tr '\n' ' ' || true)"  # none on e.g. an AVX2-only CPU
 # inference: ours under the policy vs timm fp32 (a plain script), % of the bf16 matmul peak
 vz bench --model deit_tiny_patch16_224,deit_small_patch16_224,deit_base_patch16_224 --batch-size 16 --rounds 5 \
    --json "$out/infer.json"

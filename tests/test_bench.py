@@ -49,6 +49,28 @@ def test_bench_scaling_lists_and_plot(tmp_path, capsys):
     assert png.stat().st_size > 1000
 
 
+def test_bench_measures_the_bf16_peak_only_where_it_is_used(tmp_path, capsys, monkeypatch):
+    """On a CPU without bf16 units a 2048^3 bf16 product takes seconds: an fp32 bench skips it, a bf16 row
+    still gets its peak (measured after the rows)."""
+    from vitzoo import bench, precision
+
+    measured = []
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(bench, "matmul_peak", lambda dtype, *a, **k: measured.append(dtype) or 100.0)
+    assert bench.peak_dtypes(torch.device("cpu")) == (torch.float32,)
+    out = tmp_path / "b.json"
+    base = ["bench", "--model", "deit_tiny_patch16_224", "--img-size", "32", "--batch-size", "1", "--against",
+            "none", "--rounds", "1", "--warmup", "0", "--threads", "1", "--json", str(out)]
+    assert cli(base + ["--precision", "fp32"]) == 0
+    assert measured == [torch.float32] * 2 and list(json.loads(out.read_text())["matmul_peak_gflops"]) == ["torch.float32"]
+    measured.clear()
+    assert cli(base + ["--precision", "bf16"]) == 0
+    assert measured == [torch.float32, torch.bfloat16, torch.float32]
+    assert json.loads(out.read_text())["results"][0]["peak_fraction"] is not None
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    assert bench.peak_dtypes(torch.device("cpu")) == (torch.float32, torch.bfloat16)
+
+
 def test_bench_rejects_unknown_model(capsys):
     assert cli(["bench", "--model", "deit_tiny_patch16_224,nope"]) == 2
     assert "nope" in capsys.readouterr().err

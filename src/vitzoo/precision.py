@@ -25,7 +25,7 @@ import torch
 
 from vitzoo.checkpoint.files import atomic_write_text
 from vitzoo.errors import UserError
-from vitzoo.models.packed import pack_linears
+from vitzoo.models.packed import pack_linears, packing_available
 
 
 @dataclass(frozen=True)
@@ -126,8 +126,9 @@ def packs_linears(device: torch.device | None, dtype: torch.dtype) -> bool:
     and for fp32 where the CPU has bf16 units -- where it was measured. On a 2-core AMX Xeon
     (benchmarks/README.md): bf16 deit_small / deit_base 1.01-1.07x / 1.07-1.16x the unpacked forward; fp32
     t2t_vit_14 / t2t_vit_t_14 / deit_small 1.05x / 1.02x / 1.04x. On CPUs without bf16 units fp32 keeps
-    timm's operator sequence, which the ">= 1.0x timm" promise there rests on."""
-    if device is None or device.type != "cpu":
+    timm's operator sequence, which the ">= 1.0x timm" promise there rests on. Never where this CPU lacks
+    oneDNN's path for ``dtype`` (:func:`packing_available`)."""
+    if device is None or device.type != "cpu" or not packing_available(dtype):
         return False
     return dtype == torch.bfloat16 or (dtype == torch.float32 and bool(cpu_bf16_units()))
 

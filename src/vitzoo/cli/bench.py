@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.clock} clock, {args.mode}", flush=True)
     print(f"# host memory (both sides, one process): {keep_freed_memory()}", flush=True)
     ref_prec = FP32 if args.ref_precision == "fp32" else resolve_precision("O1", args.ref_precision, device)
-    dtypes = (torch.float32, torch.bfloat16)
-    peaks = {dtype: bench.matmul_peak(dtype, device, clock=args.clock) for dtype in dtypes}
+    peaks = {dtype: bench.matmul_peak(dtype, device, clock=args.clock) for dtype in bench.peak_dtypes(device)}
     print("# matmul peak here: " + _gflops(peaks), flush=True)
     rows = []
     runs = [(n, b, s) for n in names for s in sizes for b in batches]
@@ -104,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         ratio = f", {row['reference']} {row['ref_img_s']:.1f} img/s, ratio {row['ratio']:.2f}x" if "ratio" in row else ""
         print(f"# [{i}/{len(runs)}] {name} batch {batch}: {row['ours_precision']}: {row['ours_img_s']:.1f} img/s{ratio}",
               flush=True)
-    again = {dtype: bench.matmul_peak(dtype, device, clock=args.clock) for dtype in dtypes}
-    peaks = {dtype: max(peaks[dtype], again[dtype]) for dtype in dtypes}
+    used = {row["_peak_dtype"] for row in rows} | set(peaks)
+    again = {dtype: bench.matmul_peak(dtype, device, clock=args.clock) for dtype in sorted(used, key=str)}
+    peaks = {dtype: max(peaks.get(dtype, 0.0), again[dtype]) for dtype in again}
     print(f"# matmul peak again after the rows: {_gflops(again)}; % peak uses the better of the two", flush=True)
     bench.add_peak_fractions(rows, peaks)
     print(bench.format_table(rows))

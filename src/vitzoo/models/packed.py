@@ -27,10 +27,14 @@ from torch import nn
 from vitzoo.models.layers import Attention, Block, Mlp
 
 
-@functools.lru_cache(maxsize=1)
-def packing_available() -> bool:
-    """torch was built with oneDNN and has the fused linear ops (every PyPI x86/ARM wheel since 2.1)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+@functools.cache
+def packing_available(dtype: torch.dtype = torch.float32) -> bool:
+    """torch was built with oneDNN and has the fused linear ops (every PyPI x86/ARM wheel since 2.1), and
+    for bf16 this CPU can run them: oneDNN's bf16 path needs AVX512-BW/VL/DQ or AVX-NE-CONVERT (on a
+    2-core AVX2-only EPYC ``_reorder_linear_weight`` refuses a bf16 weight)."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    return dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 class PackedLinear(nn.Linear):
@@ -98,8 +102,10 @@ class ResidualFusedBlock(Block):
 def pack_linears(model: nn.Module) -> nn.Module:
     """Pack every ``nn.Linear`` of ``model`` (in place), fusing a GELU that directly follows one: the first
     layer of each :class:`Mlp`, and a Linear then GELU in an ``nn.Sequential`` (the Token Performer's MLP).
-    A no-op where torch lacks oneDNN's ops. Returns ``model``."""
-    if not packing_available():
+    A no-op where torch lacks oneDNN's ops, or this CPU oneDNN's path for the weights' dtype. Returns
+    ``model``."""
+    weight = next(model.parameters(), None)
+    if weight is None or not packing_available(weight.dtype):
         return model
     for module in list(model.modules()):
         if isinstance(module, Mlp):
