@@ -180,6 +180,9 @@ def _decide(choice: str, device: torch.device, model: torch.nn.Module | None) ->
     if choice == "fp32":
         return fp32_precision("asked for", device)
     if choice == "bf16":
+        if device.type == "cpu" and not cpu_bf16_units():  # ran, but a user should know what it costs
+            return weights_precision(torch.bfloat16, "asked for; this CPU has no bf16 units, so it runs slower than "
+                                                     "fp32 here: --precision auto picks fp32", device)
         return weights_precision(torch.bfloat16, "asked for", device)
     if choice == "fp16":
         if device.type == "cpu":  # fp16 weights have no fast CPU kernels; autocast keeps fp32 where needed

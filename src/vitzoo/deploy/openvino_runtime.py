@@ -74,6 +74,7 @@ class OpenVINOSession:
         kind = "tensor(float16)" if port.get_element_type() == ov.Type.f16 else "tensor(float)"
         self.input = GraphInput(port.get_any_name(), shape, kind)
         self.precision = _hint_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.asked = precision
         self.version = ov.__version__.split("-")[0]
 
     def get_inputs(self) -> list[GraphInput]:
@@ -87,7 +88,11 @@ class OpenVINOSession:
         return SimpleNamespace(custom_metadata_map=self.metadata)
 
     def describe(self) -> str:
-        return f"engine: OpenVINO {self.version} (CPU, inference precision {self.precision})"
+        """One line for stderr; says so where OpenVINO did not take the asked precision (it runs f32 for a
+        bf16 hint on a CPU without bf16 units, e.g. an AVX2-only EPYC)."""
+        fallback = "" if self.asked in ("auto", self.precision) else f", not the {self.asked} asked for: " \
+            "this CPU has no units for it"
+        return f"engine: OpenVINO {self.version} (CPU, inference precision {self.precision}{fallback})"
 
 
 def read_onnx_metadata(path: Path) -> dict[str, str]:
