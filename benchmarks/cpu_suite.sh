@@ -30,6 +30,8 @@ vz bench --model deit_small_patch16_224 --mode train --batch-size 64 --rounds 3 
 # scaling: batch size, resolution
 vz bench --model deit_small_patch16_224 --batch-size 1,8,16,32,64 --rounds 3 --json "$out/scaling_batch.json"
 vz bench --model deit_tiny_patch16_224 --img-size 224,384 --batch-size 16 --rounds 3 --json "$out/scaling_res.json"
+# packed linears (the policy's choice per dtype): plain vs packed vs the reference, fp32 and bf16
+$py benchmarks/bench_packed.py --model deit_small_patch16_224,t2t_vit_14,t2t_vit_t_14 --batch 16 --rounds 5
 # end to end: vitzoo infer of a folder of JPEGs vs a plain timm fp32 script with a 2-worker DataLoader
 $py benchmarks/bench_infer.py --model deit_small_patch16_224 --num-images 512 --rounds 3
 # ONNX: int8 vs fp32 in ONNX Runtime, and the same files in OpenVINO when it is installed
