@@ -10,7 +10,8 @@ in one process, interleaved rounds, medians, and the median of the per-round rat
 - ``ref``: the reference of ``vitzoo bench`` (timm's model with the same weights, or the official T2T
   arithmetic) in fp32.
 
-bf16 rows are left out where oneDNN has no bf16 path on this CPU (``packing_available``).
+bf16 rows are left out where oneDNN has no bf16 path on this CPU (``packing_available``). Freed memory is
+kept in the process, as in every vitzoo command and in ``vitzoo bench`` (``host_allocator``).
 
     python benchmarks/bench_packed.py --model deit_small_patch16_224,t2t_vit_14 --batch 16 --rounds 7
 """
@@ -23,6 +24,7 @@ import statistics
 import torch
 
 from vitzoo import bench
+from vitzoo.host_allocator import keep_freed_memory
 from vitzoo.models.packed import pack_linears, packing_available
 from vitzoo.precision import FP32
 
@@ -36,9 +38,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--rounds", type=int, default=7)
     args = p.parse_args()
+    memory = keep_freed_memory()  # before the first tensor, as vitzoo's commands
     info = bench.machine_info()
     print(f"# {info['cpu']} (flags: {' '.join(info['cpu_flags']) or 'none shown'}; torch {info['torch']}, "
-          f"capability {info['cpu_capability']}, threads {info['threads']}); batch {args.batch}, wall clock")
+          f"capability {info['cpu_capability']}, threads {info['threads']}); batch {args.batch}, wall clock; "
+          f"host memory: {memory}")
     print("| model | dtype | plain img/s | packed img/s | ref (fp32) img/s | packed / plain | packed / ref | "
           "max abs diff |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
