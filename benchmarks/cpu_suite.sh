@@ -2,7 +2,8 @@
 # The 2-core CPU figures of README "Performance" (issue 12), one command: `benchmarks/cpu_suite.sh OUT`.
 # Every line is vitzoo and its reference side by side in one process (interleaved rounds, medians), wall
 # clock with torch's default threads, on an otherwise idle machine; the tables go to OUT/cpu.md and the rows
-# to OUT/*.json. Measured 2026-12-02 on a 2-core Intel Xeon with AMX (benchmarks/README.md): 4.5 min.
+# to OUT/*.json. Measured 2026-12-02 on a 2-core Intel Xeon with AMX (benchmarks/README.md): 4.5 min; on a
+# 2-core AVX2-only AMD EPYC (no bf16 units: every row fp32): 16.6 min.
 # Needs torch, timm and vitzoo importable (the .venv of `make install`); --openvino rows need `pip install openvino`.
 set -euo pipefail
 out=${1:?output folder}
