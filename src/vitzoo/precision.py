@@ -76,6 +76,10 @@ def resolve_precision(amp_level: str, amp_dtype: str, device: torch.device) -> P
         # measured: deit_tiny / deit_small train steps in bf16 autocast 1.51x / 1.72x timm's fp32 step on
         # an AMD EPYC with avx512_bf16 (benchmarks/README.md); issue 12 measured 1.37x / 1.65x on AMX
         why = f"; amp_dtype auto: CPU has {'+'.join(units)}"
+    elif device.type == "cpu" and amp_dtype == "bf16" and not cpu_bf16_units():
+        # obeyed, with its cost said: bf16 products run a scalar fallback there (T2T's bf16 autocast
+        # forward 11-20x slower than fp32 on an AVX2-only EPYC, benchmarks/README.md)
+        why = "; this CPU has no bf16 units, so it runs slower than fp32 here: amp_dtype auto picks fp32"
     bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
     use_fp16 = amp_dtype == "fp16" or (amp_dtype == "auto" and not bf16_ok)
     dtype, short = (torch.float16, "fp16") if use_fp16 else (torch.bfloat16, "bf16")
