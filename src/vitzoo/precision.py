@@ -95,10 +95,10 @@ def resolve_precision(amp_level: str, amp_dtype: str, device: torch.device) -> P
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
 # int8 is accepted by name and routed to ONNX Runtime: torch's eager int8 (torch.ao.quantization, deprecated
 # since torch 2.10) ran deit_small at 35 img/s against bf16 weights' 114 on a 2-core Xeon with AMX, while
-# ORT's int8 ran 2.2x its fp32 there (benchmarks/README.md)
+# ORT's int8 ran 2.2x its fp32 there, and 1.3-1.4x on an AVX2-only EPYC without VNNI (benchmarks/README.md)
 INT8_ROUTE = ("int8 runs through ONNX Runtime: vitzoo export --checkpoint CKPT --output model.onnx --precision int8, "
-              "then vitzoo eval-onnx / infer-onnx --onnx-path model.onnx (torch's own int8 measured 3x slower "
-              "than bf16 here)")
+              "then vitzoo eval-onnx / infer-onnx --onnx-path model.onnx (torch's own int8 ran 3x slower than "
+              "bf16 on a Xeon with AMX)")
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs with bf16 dot-product units
 MIN_AUTO_FLOPS = 1e8  # below ~0.1 GFLOP per image the forward is too short to time, and fp32 is kept
 AUTO_MIN_SPEEDUP = 1.1  # bf16 must measure this much faster than fp32 to be chosen
