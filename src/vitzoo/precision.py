@@ -63,6 +63,13 @@ class Precision:
 FP32 = Precision()
 
 
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs with bf16 dot-product units
+# bf16 asked for on such a CPU is obeyed, with its cost said: bf16 products run a scalar fallback there (a
+# 512^3 product at 1.3 GFLOP/s, T2T's bf16 autocast forward 11-20x slower than fp32 on an AVX2-only EPYC,
+# benchmarks/README.md)
+NO_BF16_UNITS = "this CPU has no bf16 units, so it runs slower than fp32 here"
+
+
 def resolve_precision(amp_level: str, amp_dtype: str, device: torch.device) -> Precision:
     """amp_level O0|O1|O2|O3 and amp_dtype auto|bf16|fp16 on ``device`` -> a :class:`Precision`."""
     if amp_level == "O0":
@@ -77,9 +84,7 @@ def resolve_precision(amp_level: str, amp_dtype: str, device: torch.device) -> P
         # an AMD EPYC with avx512_bf16 (benchmarks/README.md); issue 12 measured 1.37x / 1.65x on AMX
         why = f"; amp_dtype auto: CPU has {'+'.join(units)}"
     elif device.type == "cpu" and amp_dtype == "bf16" and not cpu_bf16_units():
-        # obeyed, with its cost said: bf16 products run a scalar fallback there (T2T's bf16 autocast
-        # forward 11-20x slower than fp32 on an AVX2-only EPYC, benchmarks/README.md)
-        why = "; this CPU has no bf16 units, so it runs slower than fp32 here: amp_dtype auto picks fp32"
+        why = f"; {NO_BF16_UNITS}: amp_dtype auto picks fp32"
     bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
     use_fp16 = amp_dtype == "fp16" or (amp_dtype == "auto" and not bf16_ok)
     dtype, short = (torch.float16, "fp16") if use_fp16 else (torch.bfloat16, "bf16")
@@ -99,7 +104,6 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
 INT8_ROUTE = ("int8 runs through ONNX Runtime: vitzoo export --checkpoint CKPT --output model.onnx --precision int8, "
               "then vitzoo eval-onnx / infer-onnx --onnx-path model.onnx (torch's own int8 ran 3x slower than "
               "bf16 on a Xeon with AMX)")
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs with bf16 dot-product units
 MIN_AUTO_FLOPS = 1e8  # below ~0.1 GFLOP per image the forward is too short to time, and fp32 is kept
 AUTO_MIN_SPEEDUP = 1.1  # bf16 must measure this much faster than fp32 to be chosen
 
@@ -184,9 +188,8 @@ def _decide(choice: str, device: torch.device, model: torch.nn.Module | None) ->
     if choice == "fp32":
         return fp32_precision("asked for", device)
     if choice == "bf16":
-        if device.type == "cpu" and not cpu_bf16_units():  # ran, but a user should know what it costs
-            return weights_precision(torch.bfloat16, "asked for; this CPU has no bf16 units, so it runs slower than "
-                                                     "fp32 here: --precision auto picks fp32", device)
+        if device.type == "cpu" and not cpu_bf16_units():
+            return weights_precision(torch.bfloat16, f"asked for; {NO_BF16_UNITS}: --precision auto picks fp32", device)
         return weights_precision(torch.bfloat16, "asked for", device)
     if choice == "fp16":
         if device.type == "cpu":  # fp16 weights have no fast CPU kernels; autocast keeps fp32 where needed
