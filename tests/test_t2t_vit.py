@@ -135,10 +135,14 @@ def test_small_custom_variant_shapes(tokens_type):
 @pytest.mark.parametrize("kernel,stride,padding", SOFT_SPLITS)
 @pytest.mark.parametrize("side,channels", [(32, 3), (28, 16), (15, 5)])
 def test_soft_split_is_nn_unfold_bit_for_bit(kernel, stride, padding, side, channels):
-    x = torch.randn(3, channels, side, side, generator=torch.Generator().manual_seed(side))
+    x = torch.randn(3, channels, side, side, generator=torch.Generator().manual_seed(side), requires_grad=True)
     official = torch.nn.Unfold(kernel, stride=stride, padding=padding)(x).transpose(1, 2)  # (B, L, C*k*k)
     ours = soft_split(x.permute(0, 2, 3, 1), kernel, stride, padding)
     assert ours.shape == official.shape and torch.equal(ours, official)
+    upstream = torch.randn_like(ours)  # and the same gradient back to the image (training)
+    grad_official, = torch.autograd.grad(official, x, upstream)
+    grad_ours, = torch.autograd.grad(ours, x, upstream)
+    torch.testing.assert_close(grad_ours, grad_official)
 
 
 @pytest.mark.parametrize("tokens_type", ["performer", "transformer"])
