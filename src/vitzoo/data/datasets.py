@@ -14,6 +14,7 @@ merges it into the main-process dataset. CIFAR records are parsed with numpy (ne
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import random
@@ -64,30 +65,54 @@ class _BadImage(Exception):
     """Internal: a file that exists but cannot be decoded (carries a short reason)."""
 
 
-def _open_rgb(path: Path):
+def _bad_image_errors() -> tuple[type[BaseException], ...]:
+    from PIL import Image, UnidentifiedImageError
+
+    return (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def _open_rgb(path: Path, lazy: bool = False):
+    """``path`` as an RGB PIL image, decoded now (so truncated files fail here, not inside a transform).
+
+    ``lazy``: a JPEG comes back opened (its header read) but not decoded, for a transform that decodes
+    it with :func:`decode_image` at the scale it needs (``transforms.DraftResizedCrop``); other formats are
+    decoded as usual.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with open(path, "rb") as f:
-            img = Image.open(f)
-            img.load()  # decode now: truncated files fail here, not later inside a transform
-        return img if img.mode == "RGB" else img.convert("RGB")  # (convert would copy an RGB image)
+            img = Image.open(io.BytesIO(f.read()) if lazy else f)
+            if lazy and img.format == "JPEG":
+                return img
+            return decode_image(img)
     except FileNotFoundError:
         raise
-    except (
-        UnidentifiedImageError,
-        OSError,
-        ValueError,
-        SyntaxError,
-        EOFError,
-        Image.DecompressionBombError,
-    ) as e:
+    except _bad_image_errors() as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         if isinstance(e, UnidentifiedImageError):  # Pillow's text names the file object: <_io.BufferedReader ...>
             reason = "not an image format Pillow can decode"
         if os.path.getsize(path) == 0:
             reason = "empty file (0 bytes)"
         raise _BadImage(reason) from e
+
+
+def is_undecoded_jpeg(img: Any) -> bool:
+    """True for a JPEG opened lazily by :func:`_open_rgb` and not decoded yet."""
+    return getattr(img, "format", None) == "JPEG" and getattr(img, "_im", True) is None
+
+
+def decode_image(img: Any, draft_size: tuple[int, int] | None = None):
+    """Decode an opened image to RGB; a JPEG at the smallest of libjpeg's 1/2, 1/4, 1/8 scales that keeps it
+    at least ``draft_size`` (Pillow's ``Image.draft``), when given. Unreadable data: ``_BadImage``, which the
+    dataset records and replaces like a file it could not open."""
+    try:
+        if draft_size is not None:
+            img.draft("RGB", draft_size)
+        img.load()
+        return img if img.mode == "RGB" else img.convert("RGB")  # (convert would copy an RGB image)
+    except _bad_image_errors() as e:
+        raise _BadImage(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
 
 
 def load_image(path: str | os.PathLike):
@@ -208,6 +233,8 @@ class BaseDataset(BadFileLog, Dataset):
             record = int(self._index[(i + attempt) % n])  # deterministic replacement: the next sample
             try:
                 img = self._load(record)
+                if self.transform is not None:  # (may decode a lazily opened JPEG: DraftResizedCrop)
+                    img = self.transform(img)
             except _BadImage as e:
                 name = self._name(record)
                 if self.bad_image_policy == "error":
@@ -216,8 +243,6 @@ class BaseDataset(BadFileLog, Dataset):
                     ) from None
                 self._record_bad(name, str(e))
                 continue
-            if self.transform is not None:
-                img = self.transform(img)
             return img, int(self.labels[record])
         raise UserError(
             f"{min(n, _MAX_CONSECUTIVE_BAD)} unreadable images in a row starting at "
@@ -238,8 +263,8 @@ class ImageFiles(BaseDataset):
         return [(self.paths[r], int(self.labels[r])) for r in self._index]
 
     def _load(self, record: int):
-        try:
-            return _open_rgb(Path(self.paths[record]))
+        try:  # a transform that decodes JPEGs itself (at a reduced scale) says so: opens_lazily
+            return _open_rgb(Path(self.paths[record]), lazy=getattr(self.transform, "opens_lazily", False))
         except FileNotFoundError:
             raise _BadImage("file disappeared") from None
 

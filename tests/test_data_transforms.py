@@ -1,0 +1,79 @@
+"""The training crop that decodes large JPEGs at a reduced scale (data/transforms.py DraftResizedCrop),
+against timm's RandomResizedCropAndInterpolation on the fully decoded image."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from timm.data.transforms import RandomResizedCropAndInterpolation
+
+from vitzoo.config import config_from_dict
+from vitzoo.data import build_dataset, build_train_transform, resolve_data_config
+from vitzoo.data import transforms as vt
+from vitzoo.data.datasets import _open_rgb, is_undecoded_jpeg
+
+
+def photo(path: Path, width: int, height: int, mode: str = "RGB") -> Path:
+    """A photo-like picture (smooth shading, sensor noise, a hard-edged patch), saved by its extension."""
+    rng = np.random.default_rng(width)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.stack([127 + 100 * np.sin(x / 37) * np.cos(y / 53), 127 + 90 * np.sin((x + y) / 71),
+                    127 + 80 * np.cos(x / 19 + y / 97)], -1) + rng.normal(0, 12, (height, width, 3))
+    img[height // 3: height // 2, width // 4: width // 2] = (250, 30, 30)
+    Image.fromarray(img.clip(0, 255).astype(np.uint8)).convert(mode).save(path, quality=90)
+    return path
+
+
+def crop_pair(path: Path, seed: int, **kw) -> tuple[np.ndarray, np.ndarray]:
+    """(timm's crop of the decoded file, ours of the lazily opened file), with the same random draws."""
+    timm_crop, ours = RandomResizedCropAndInterpolation(**kw), vt.DraftResizedCrop(**kw)
+    random.seed(seed)
+    expected = np.asarray(timm_crop(_open_rgb(path)), np.float32)
+    random.seed(seed)
+    got = np.asarray(ours(_open_rgb(path, lazy=True)), np.float32)
+    return expected, got
+
+
+@pytest.mark.parametrize("name,mode", [("a.jpg", "RGB"), ("gray.jpg", "L"), ("b.png", "RGB"), ("p.png", "P")])
+def test_same_pixels_as_timm_where_the_crop_is_not_shrunk_much(tmp_path, name, mode):
+    path = photo(tmp_path / name, 320, 240, mode)
+    assert is_undecoded_jpeg(_open_rgb(path, lazy=True)) == name.endswith(".jpg")
+    for seed in range(6):
+        expected, got = crop_pair(path, seed, size=64, interpolation="bicubic")
+        assert got.shape == (64, 64, 3) and np.array_equal(got, expected)
+
+
+def test_large_jpeg_decodes_reduced_and_stays_close(tmp_path, monkeypatch):
+    path = photo(tmp_path / "big.jpg", 1600, 1200)
+    decoded = []
+
+    def spy(img, draft_size=None):
+        out = decode(img, draft_size)
+        decoded.append(out.size)
+        return out
+
+    decode = vt.decode_image
+    monkeypatch.setattr(vt, "decode_image", spy)
+    for seed in range(4):  # crops of >= 90% of the area: >= 1,138 px, shrunk >= 5x to 224
+        expected, got = crop_pair(path, seed, size=224, scale=(0.9, 1.0), interpolation="bicubic")
+        assert np.abs(got - expected).mean() < 1.0  # grey levels of 255 (measured: about 0.3)
+    assert decoded and all(w <= 800 and h <= 600 for w, h in decoded)  # libjpeg's 1/2 scale or less
+
+
+def test_train_set_hands_jpegs_undecoded_to_the_crop(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        photo(tmp_path / "train" / cls / "x.jpg", 96, 80)
+    cfg = config_from_dict({"data_path": str(tmp_path), "num_workers": 0, "input_size": 32, "output_dir": "",
+                            "reprob": 0.0}, strict=True)
+    transform = build_train_transform(cfg, resolve_data_config(cfg, None))
+    assert transform.opens_lazily and isinstance(transform.transforms[0], vt.DraftResizedCrop)
+    ds = build_dataset(cfg, "train")
+    assert is_undecoded_jpeg(ds._load(0))
+    x, y = ds[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == 0
