@@ -7,6 +7,9 @@ written by ``make-dataset shapes`` (optionally re-encoded as JPEG, as ImageNet i
 machine noise hits both alike. Prints images/s, images/s per worker, and the ratio ours / timm.
 
     python benchmarks/bench_data.py --num-images 1024 --size 160 --input-size 224 --workers 2
+
+``--photos 4000x3000`` generates photo-like JPEGs (quality 90) of that size instead, as phone cameras
+write them, where vitzoo's crop decodes at a reduced JPEG scale (``data/transforms.py DraftResizedCrop``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,15 @@ def to_jpeg(root: Path) -> None:
         p.unlink()
 
 
+def write_photos(root: Path, n: int, width: int, height: int) -> None:
+    from vitzoo.data.synthetic import photo_like
+
+    for i in range(n):
+        folder = root / "train" / f"c{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        photo_like(width, height, seed=i).save(folder / f"{i:05d}.jpg", quality=90)
+
+
 def epoch_rate(loader) -> float:
     n, t0 = 0, time.perf_counter()
     for x, _ in loader:
@@ -48,6 +60,8 @@ def main() -> None:
     ap.add_argument("--num-images", type=int, default=1024)
     ap.add_argument("--size", type=int, default=160, help="side of the generated images")
     ap.add_argument("--jpeg", action="store_true", help="re-encode the generated images as JPEG")
+    ap.add_argument("--photos", default="", metavar="WxH",
+                    help="generate photo-like JPEGs of this size (--num-images of them, 2 classes) instead")
     ap.add_argument("--input-size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)
@@ -63,7 +77,9 @@ def main() -> None:
     torch.set_num_threads(1)
     tmp = tempfile.TemporaryDirectory()
     root = Path(args.data or tmp.name)
-    if not args.data:
+    if args.photos:
+        write_photos(root, args.num_images, *(int(v) for v in args.photos.lower().split("x")))
+    elif not args.data:
         make_shapes_dataset(root, args.num_images, 10, args.size, seed=0, num_classes=10)
         if args.jpeg:
             to_jpeg(root)
@@ -99,8 +115,10 @@ def main() -> None:
         for name, loader in (("vitzoo", ours), ("timm", theirs)):
             rates[name].append(epoch_rate(loader))
     w = max(args.workers, 1)
+    source = (f"photo-like jpeg {args.photos}" if args.photos else args.data
+              or f"generated, {'jpeg' if args.jpeg else 'png'} {args.size}px")
     print(
-        f"train pipeline, {len(timm_ds)} images ({'jpeg' if args.jpeg else 'png'} {args.size}px) -> "
+        f"train pipeline, {len(timm_ds)} images ({source}) -> "
         f"{args.input_size}px, batch {args.batch_size}, {args.workers} workers, best of {args.rounds} epochs"
     )
     for name, r in rates.items():

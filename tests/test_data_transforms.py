@@ -16,16 +16,11 @@ from vitzoo.config import config_from_dict
 from vitzoo.data import build_dataset, build_train_transform, resolve_data_config
 from vitzoo.data import transforms as vt
 from vitzoo.data.datasets import _open_rgb, is_undecoded_jpeg
+from vitzoo.data.synthetic import photo_like
 
 
 def photo(path: Path, width: int, height: int, mode: str = "RGB") -> Path:
-    """A photo-like picture (smooth shading, sensor noise, a hard-edged patch), saved by its extension."""
-    rng = np.random.default_rng(width)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    img = np.stack([127 + 100 * np.sin(x / 37) * np.cos(y / 53), 127 + 90 * np.sin((x + y) / 71),
-                    127 + 80 * np.cos(x / 19 + y / 97)], -1) + rng.normal(0, 12, (height, width, 3))
-    img[height // 3: height // 2, width // 4: width // 2] = (250, 30, 30)
-    Image.fromarray(img.clip(0, 255).astype(np.uint8)).convert(mode).save(path, quality=90)
+    photo_like(width, height, seed=width).convert(mode).save(path, quality=90)
     return path
 
 

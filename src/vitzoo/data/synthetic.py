@@ -120,6 +120,23 @@ def draw_shape(shape: str, size: int, rng: np.random.Generator):
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
 
 
+def photo_like(width: int, height: int, seed: int = 0):
+    """A photo-like RGB PIL image: smooth shading, sensor noise (sigma 12) and one hard-edged patch.
+
+    Decoding and resizing cost depend on the pixel count and on how much detail the JPEG holds; the flat
+    shapes above compress to little, a camera picture does not. Used to measure the loader on
+    phone-photo-sized JPEGs (``benchmarks/bench_data.py --photos``) and in the tests.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.stack([127 + 100 * np.sin(x / 37) * np.cos(y / 53), 127 + 90 * np.sin((x + y) / 71),
+                    127 + 80 * np.cos(x / 19 + y / 97)], -1) + rng.normal(0, 12, (height, width, 3))
+    img[height // 3: height // 2, width // 4: width // 2] = (250, 30, 30)
+    return Image.fromarray(img.clip(0, 255).astype(np.uint8))
+
+
 def _manifest(num_train: int, num_val: int, size: int, seed: int, classes: list[str]) -> dict:
     return {
         "kind": "shapes",
