@@ -13,6 +13,7 @@ fields); the weights are timm's random init, copied into the vitzoo checkpoint, 
 the same function and the agreement of their predictions is printed.
 
     python benchmarks/bench_infer.py --model deit_small_patch16_224 --num-images 256 --rounds 3
+    python benchmarks/bench_infer.py --photos 4000x3000 --num-images 64 --rounds 3
 """
 from __future__ import annotations
 
@@ -33,16 +34,22 @@ from PIL import Image
 from vitzoo import bench, precision
 from vitzoo.checkpoint import save_checkpoint
 from vitzoo.cli import main as vitzoo_cli
+from vitzoo.data.synthetic import photo_like
 from vitzoo.models import create_model
 
 
-def make_jpegs(folder: Path, n: int, size: int) -> list[Path]:
+def make_jpegs(folder: Path, n: int, size: int, photos: str = "") -> list[Path]:
+    """``n`` JPEGs: smooth random colour fields of ``size`` px, or photo-like ones of ``photos`` = WxH
+    (``data.synthetic.photo_like``: the detail a camera picture has)."""
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
-        small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)  # upsampled: JPEG-like smooth content
-        img = Image.fromarray(small).resize((size, size), Image.BICUBIC)
+        if photos:
+            img = photo_like(*(int(v) for v in photos.lower().split("x")), seed=i)
+        else:
+            small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)  # upsampled: JPEG-like smooth content
+            img = Image.fromarray(small).resize((size, size), Image.BICUBIC)
         path = folder / f"img{i:04d}.jpg"
         img.save(path, quality=90)
         paths.append(path)
@@ -95,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="deit_small_patch16_224")
     ap.add_argument("--num-images", type=int, default=256)
     ap.add_argument("--size", type=int, default=256, help="JPEG side in px (resized/cropped to 224 by both)")
+    ap.add_argument("--photos", default="", metavar="WxH", help="photo-like JPEGs of this size instead "
+                    "(e.g. 4000x3000, a phone camera's), where vitzoo infer decodes at a reduced JPEG scale")
     ap.add_argument("--batch-size", type=int, default=32, help="the timm script's batch")
     ap.add_argument("--workers", type=int, default=2, help="the timm script's DataLoader workers")
     ap.add_argument("--rounds", type=int, default=3)
@@ -111,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         os.environ["VITZOO_CACHE_DIR"] = str(tmp / "cache")  # round 1 measures, as a first run does
-        paths = make_jpegs(tmp / "images", args.num_images, args.size)
+        paths = make_jpegs(tmp / "images", args.num_images, args.size, args.photos)
         import timm
 
         torch.manual_seed(0)

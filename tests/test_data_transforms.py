@@ -1,5 +1,6 @@
-"""The training crop that decodes large JPEGs at a reduced scale (data/transforms.py DraftResizedCrop),
-against timm's RandomResizedCropAndInterpolation on the fully decoded image."""
+"""The transforms that decode large JPEGs at a reduced scale (data/transforms.py): the training crop
+(DraftResizedCrop) against timm's RandomResizedCropAndInterpolation, the infer resize (DraftResize) against
+the eval chain, each on the fully decoded image."""
 
 from __future__ import annotations
 
@@ -13,15 +14,29 @@ from PIL import Image
 from timm.data.transforms import RandomResizedCropAndInterpolation
 
 from vitzoo.config import config_from_dict
-from vitzoo.data import build_dataset, build_train_transform, resolve_data_config
+from vitzoo.data import build_dataset, build_eval_transform, build_train_transform, resolve_data_config
 from vitzoo.data import transforms as vt
 from vitzoo.data.datasets import _open_rgb, is_undecoded_jpeg
 from vitzoo.data.synthetic import photo_like
+from vitzoo.predict import _ImageFiles
 
 
 def photo(path: Path, width: int, height: int, mode: str = "RGB") -> Path:
     photo_like(width, height, seed=width).convert(mode).save(path, quality=90)
     return path
+
+
+def spy_on_decoding(monkeypatch) -> list[tuple[int, int]]:
+    """The sizes the transforms decode images at, appended as they decode."""
+    decoded, decode = [], vt.decode_image
+
+    def spy(img, draft_size=None):
+        out = decode(img, draft_size)
+        decoded.append(out.size)
+        return out
+
+    monkeypatch.setattr(vt, "decode_image", spy)
+    return decoded
 
 
 def crop_pair(path: Path, seed: int, **kw) -> tuple[np.ndarray, np.ndarray]:
@@ -45,15 +60,7 @@ def test_same_pixels_as_timm_where_the_crop_is_not_shrunk_much(tmp_path, name, m
 
 def test_large_jpeg_decodes_reduced_and_stays_close(tmp_path, monkeypatch):
     path = photo(tmp_path / "big.jpg", 1600, 1200)
-    decoded = []
-
-    def spy(img, draft_size=None):
-        out = decode(img, draft_size)
-        decoded.append(out.size)
-        return out
-
-    decode = vt.decode_image
-    monkeypatch.setattr(vt, "decode_image", spy)
+    decoded = spy_on_decoding(monkeypatch)
     for seed in range(4):  # crops of >= 90% of the area: >= 1,138 px, shrunk >= 5x to 224
         expected, got = crop_pair(path, seed, size=224, scale=(0.9, 1.0), interpolation="bicubic")
         assert np.abs(got - expected).mean() < 1.0  # grey levels of 255 (measured: about 0.3)
@@ -72,3 +79,33 @@ def test_train_set_hands_jpegs_undecoded_to_the_crop(tmp_path):
     assert is_undecoded_jpeg(ds._load(0))
     x, y = ds[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == 0
+
+
+EVAL_CONFIG = {"input_size": (3, 224, 224), "crop_pct": 0.875, "mean": (0.5,) * 3, "std": (0.5,) * 3,
+               "interpolation": "bicubic"}
+
+
+def test_infer_resize_same_as_eval_for_small_jpegs(tmp_path):
+    path = photo(tmp_path / "a.jpg", 700, 500)  # short side 500 < 4 x 256: decoded in full
+    drafted = build_eval_transform(EVAL_CONFIG, draft=True)
+    assert drafted.opens_lazily and isinstance(drafted.transforms[0], vt.DraftResize)
+    assert torch.equal(drafted(_open_rgb(path, lazy=True)), build_eval_transform(EVAL_CONFIG)(_open_rgb(path)))
+
+
+def test_infer_resize_decodes_large_jpegs_reduced_and_stays_close(tmp_path, monkeypatch):
+    path = photo(tmp_path / "big.jpg", 1600, 1200)  # short side 1200 = 4.7 x 256: libjpeg's 1/2 scale
+    decoded = spy_on_decoding(monkeypatch)
+    got = build_eval_transform(EVAL_CONFIG, draft=True)(_open_rgb(path, lazy=True))
+    expected = build_eval_transform(EVAL_CONFIG)(_open_rgb(path))
+    assert decoded == [(800, 600)] and got.shape == expected.shape == (3, 224, 224)
+    assert (got - expected).abs().mean() * 0.5 * 255 < 1.0  # grey levels (std 0.5)
+
+
+def test_infer_names_a_large_jpeg_that_breaks_while_decoding(tmp_path):
+    good = photo(tmp_path / "good.jpg", 1600, 1200)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(good.read_bytes()[: good.stat().st_size // 2])  # the header reads, the data ends
+    files = _ImageFiles([good, broken], build_eval_transform(EVAL_CONFIG, draft=True))
+    assert files[0][1].shape == (3, 224, 224) and files[0][2] is None
+    name, x, why = files[1]
+    assert name == str(broken) and x is None and why.startswith("not a readable image (image file is truncated")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from vitzoo.checkpoint import atomic_write_text
-from vitzoo.data import list_images, load_image
+from vitzoo.data import decoding_errors_named, list_images, load_image
 from vitzoo.data.gpu_jpeg import DevicePreprocess, EncodedFiles, pack_encoded, unpack_encoded
 from vitzoo.errors import UserError
 
@@ -51,11 +51,11 @@ class _ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[str, torch.Tensor | None, str | None]:
         p = self.paths[i]
-        try:
-            img = load_image(p)
+        try:  # (a transform that opens_lazily decodes large JPEGs at a reduced scale: DraftResize)
+            with decoding_errors_named(p):
+                return str(p), self.transform(load_image(p, getattr(self.transform, "opens_lazily", False))), None
         except UserError as e:
             return str(p), None, str(e).removeprefix(f"{p}: ")
-        return str(p), self.transform(img), None
 
 
 def _stack_readable(items: list) -> tuple[list[str], torch.Tensor | None, list[tuple[str, str]]]:

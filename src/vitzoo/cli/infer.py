@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     model, meta = load_model(args.checkpoint, arch=args.arch, use_ema=args.use_ema, device=str(device))
     # the eval transform the model was trained/evaluated with (after config overrides), else the family's
     data_config = meta.get("data_config") or model.data_config
-    transform = build_eval_transform(data_config)
+    transform = build_eval_transform(data_config, draft=True)  # large JPEGs decode at a reduced scale
     class_names = [str(c) for c in meta.get("class_names") or []]
     precision = inference_precision(args.precision, device, model)
     model = precision.cast_model(model)

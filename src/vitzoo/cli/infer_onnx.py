@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     inputs = find_inputs(args)  # before the model loads: bad input fails fast
     session = open_model(args.onnx_path, args.device, args.engine, args.precision)
-    transform = build_eval_transform(data_config_for(session, args.image_size))
+    transform = build_eval_transform(data_config_for(session, args.image_size), draft=True)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(run_session(session, x.numpy()))

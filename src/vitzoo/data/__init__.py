@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from vitzoo.data.build import build_dataset, check_split_data
 from vitzoo.data.cifar import CifarBinaryDataset, read_cifar_bin
-from vitzoo.data.datasets import IMG_EXTENSIONS, ImageFolderDataset, list_images, load_image, report_bad_files
+from vitzoo.data.datasets import (
+    IMG_EXTENSIONS,
+    ImageFolderDataset,
+    decoding_errors_named,
+    list_images,
+    load_image,
+    report_bad_files,
+)
 from vitzoo.data.loader import (
     Loader,
     OrderedSplitSampler,
@@ -49,6 +56,7 @@ __all__ = [
     "check_split_data",
     "list_images",
     "load_image",
+    "decoding_errors_named",
     "loader_from_batch",
     "make_shapes_dataset",
     "read_cifar_bin",

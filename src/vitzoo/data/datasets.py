@@ -115,13 +115,25 @@ def decode_image(img: Any, draft_size: tuple[int, int] | None = None):
         raise _BadImage(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
 
 
-def load_image(path: str | os.PathLike):
-    """Open ``path`` as an RGB PIL image; UserError naming the file if it is missing or unreadable."""
+def load_image(path: str | os.PathLike, lazy: bool = False):
+    """Open ``path`` as an RGB PIL image; UserError naming the file if it is missing or unreadable.
+    ``lazy``: a JPEG is only opened, for a transform that decodes it (``opens_lazily``); call that transform
+    under :func:`decoding_errors_named`."""
     path = Path(path)
     try:
-        return _open_rgb(path)
+        return _open_rgb(path, lazy)
     except FileNotFoundError:
         raise UserError(f"image not found: {path}") from None
+    except _BadImage as e:
+        raise UserError(f"{path}: not a readable image ({e})") from None
+
+
+@contextmanager
+def decoding_errors_named(path: str | os.PathLike) -> Iterator[None]:
+    """A JPEG opened by ``load_image(path, lazy=True)`` that turns out unreadable when a transform decodes
+    it: the same UserError as :func:`load_image`'s."""
+    try:
+        yield
     except _BadImage as e:
         raise UserError(f"{path}: not a readable image ({e})") from None
 

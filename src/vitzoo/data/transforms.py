@@ -7,6 +7,10 @@ off when one is on, as the official recipes do) or ColorJitter -> to tensor -> n
 Eval: resize the short side to ``size / crop_pct``, centre crop ``size``, normalise. A 32x32 CIFAR image
 is upsampled by these resizes to whatever input size the model takes.
 
+Large JPEGs (phone photos) are decoded at libjpeg's reduced scales where the crop or the resize shrinks
+them 4x or more (:class:`DraftResizedCrop` for training, :class:`DraftResize` for ``vitzoo infer``);
+everything smaller takes timm's path to the pixel. ``eval`` keeps timm's path for every image.
+
 Means and stds: the model's ``data_config`` by default; ``imagenet_default_mean_and_std: true`` forces
 ImageNet's, ``false`` forces 0.5/0.5 (BEiT's fine-tuning recipe, seed 002).
 """
@@ -131,6 +135,19 @@ def patch_posterize(transform: Any) -> Any:
     return transform
 
 
+def decode_shrunk(img: Any, shrink: float):
+    """An image a resize will shrink ``shrink`` times, decoded to RGB: a JPEG still undecoded (opened by a
+    dataset for a :class:`LazyTransform`) at the smallest of libjpeg's 1/2, 1/4, 1/8 scales that keeps it
+    >= ``REDUCING_GAP`` times the output, in full when no scale does; any other image as it is."""
+    if not is_undecoded_jpeg(img):
+        return ToRGB()(img)
+    reduction = shrink / REDUCING_GAP
+    if reduction < 2:
+        return decode_image(img)
+    width, height = img.size
+    return decode_image(img, (math.ceil(width / reduction), math.ceil(height / reduction)))
+
+
 class DraftResizedCrop(RandomResizedCropAndInterpolation):
     """timm's RandomResizedCrop (the same random draws, the same pixels for a decoded image), which decodes
     a JPEG that the crop shrinks a lot at a reduced scale first.
@@ -138,10 +155,10 @@ class DraftResizedCrop(RandomResizedCropAndInterpolation):
     Why: a photo of 4000x3000 px costs ~30x the decode and resize work of an ImageNet image while the
     224 px output keeps a few percent of its pixels. libjpeg decodes at 1/2, 1/4 or 1/8 scale for a fraction
     of the work (Pillow's ``Image.draft``). The crop box is drawn on the header's size; the JPEG is
-    decoded at the smallest scale that keeps the box >= ``REDUCING_GAP`` times the output, and the box,
-    rescaled, is resized to the output. That is Pillow's two-step resize (``reduce`` then resample, as in
-    its ``thumbnail``), so a crop shrunk less than ``2 * REDUCING_GAP`` times decodes in full and takes
-    timm's path unchanged: ImageNet-sized images never take the reduced path.
+    decoded at the smallest scale that keeps the box >= ``REDUCING_GAP`` times the output
+    (:func:`decode_shrunk`), and the box, rescaled, is resized to the output. That is Pillow's two-step
+    resize (``reduce`` then resample, as in its ``thumbnail``); a crop shrunk less than ``2 * REDUCING_GAP``
+    times decodes in full and takes timm's path unchanged, so ImageNet-sized images never take the other.
     """
 
     def __call__(self, img):
@@ -149,20 +166,31 @@ class DraftResizedCrop(RandomResizedCropAndInterpolation):
         interpolation = (random.choice(self.interpolation) if isinstance(self.interpolation, (tuple, list))
                          else self.interpolation)
         out_h, out_w = self.size
-        reduction = min(height / out_h, width / out_w) / REDUCING_GAP
-        if not is_undecoded_jpeg(img) or reduction < 2:
-            img = decode_image(img) if is_undecoded_jpeg(img) else ToRGB()(img)
-            return TF.resized_crop(img, top, left, height, width, list(self.size), interpolation)
         full_w, full_h = img.size
-        img = decode_image(img, (math.ceil(full_w / reduction), math.ceil(full_h / reduction)))
+        img = decode_shrunk(img, min(height / out_h, width / out_w))
+        if img.size == (full_w, full_h):
+            return TF.resized_crop(img, top, left, height, width, list(self.size), interpolation)
         sx, sy = img.width / full_w, img.height / full_h  # libjpeg rounds the scaled size up
         box = (left * sx, top * sy, (left + width) * sx, (top + height) * sy)
         return img.resize((out_w, out_h), TF.pil_modes_mapping[interpolation], box=box)
 
 
-class TrainTransform(transforms.Compose):
-    """The training chain; ``opens_lazily`` tells a dataset of files to hand it JPEGs undecoded (its first
-    step, :class:`DraftResizedCrop`, decodes them)."""
+class DraftResize(transforms.Resize):
+    """torchvision's Resize (the eval chain's, of the short side, or to (h, w)), which decodes a JPEG that it
+    shrinks a lot at a reduced scale first (:func:`decode_shrunk`), for ``vitzoo infer`` of photos."""
+
+    def forward(self, img):
+        width, height = img.size
+        if isinstance(self.size, int) or len(self.size) == 1:
+            shrink = min(width, height) / (self.size if isinstance(self.size, int) else self.size[0])
+        else:
+            shrink = min(height / self.size[0], width / self.size[1])
+        return super().forward(decode_shrunk(img, shrink))
+
+
+class LazyTransform(transforms.Compose):
+    """A chain whose first step decodes JPEGs itself (:class:`DraftResizedCrop`, :class:`DraftResize`):
+    ``opens_lazily`` tells a dataset of files to hand it JPEGs opened but undecoded."""
 
     opens_lazily = True
 
@@ -201,11 +229,14 @@ def build_train_transform(cfg: RunConfig, data_config: dict) -> Callable:
                                                    *final.transforms]))
     draft_crop = DraftResizedCrop(crop.size, scale=crop.scale, ratio=crop.ratio)
     draft_crop.interpolation = crop.interpolation  # (timm's own parsed form: a mode, or the random pair)
-    return patch_posterize(TrainTransform([draft_crop, *rest, *secondary.transforms, *final.transforms]))
+    return patch_posterize(LazyTransform([draft_crop, *rest, *secondary.transforms, *final.transforms]))
 
 
-def build_eval_transform(data_config: dict) -> Callable:
-    """Resize short side to ``size / crop_pct``, centre crop ``size``, normalise; takes any PIL image."""
+def build_eval_transform(data_config: dict, draft: bool = False) -> Callable:
+    """Resize short side to ``size / crop_pct``, centre crop ``size``, normalise; takes any PIL image.
+
+    ``draft``: large JPEGs decode at a reduced scale (:class:`DraftResize`; ``infer``, not ``eval``, whose
+    numbers must be timm's to the pixel)."""
     t = create_transform(
         input_size=data_config["input_size"],
         is_training=False,
@@ -214,6 +245,9 @@ def build_eval_transform(data_config: dict) -> Callable:
         mean=data_config["mean"],
         std=data_config["std"],
     )
+    resize, *rest = t.transforms
+    if draft and type(resize) is transforms.Resize:
+        return LazyTransform([DraftResize(resize.size, resize.interpolation, antialias=resize.antialias), *rest])
     return transforms.Compose([ToRGB(), *t.transforms])
 
 
