@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from timm.data.transforms import RandomResizedCropAndInterpolation
 
 from vitzoo.config import config_from_dict
