@@ -1,6 +1,6 @@
 """The transforms that decode large JPEGs at a reduced scale (data/transforms.py): the training crop
 (DraftResizedCrop) against timm's RandomResizedCropAndInterpolation, the infer resize (DraftResize) against
-the eval chain, each on the fully decoded image."""
+the eval chain, BEiT's pre-training views (mim/transforms.py) against themselves on the decoded image."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from vitzoo.data import build_dataset, build_eval_transform, build_train_transfo
 from vitzoo.data import transforms as vt
 from vitzoo.data.datasets import _open_rgb, is_undecoded_jpeg
 from vitzoo.data.synthetic import photo_like
+from vitzoo.mim.transforms import MIMTransform
 from vitzoo.predict import _ImageFiles
 
 
@@ -108,3 +109,25 @@ def test_infer_names_a_large_jpeg_that_breaks_while_decoding(tmp_path):
     assert files[0][1].shape == (3, 224, 224) and files[0][2] is None
     name, x, why = files[1]
     assert name == str(broken) and x is None and why.startswith("not a readable image (image file is truncated")
+
+
+def mim_views(path: Path, lazy: bool, seed: int) -> tuple[torch.Tensor, ...]:
+    """BEiT's two views of one crop (mim/transforms.py), colour jitter and flip on, seeded."""
+    cfg = config_from_dict({"data_path": "", "output_dir": "", "color_jitter": 0.4}, strict=True)
+    transform = MIMTransform(cfg, dict(EVAL_CONFIG), grid=(14, 14), second_size=112)
+    random.seed(seed), torch.manual_seed(seed)
+    return transform(_open_rgb(path, lazy=lazy))
+
+
+def test_beit_views_of_a_small_jpeg_are_unchanged_and_of_a_large_one_close(tmp_path, monkeypatch):
+    small, large = photo(tmp_path / "small.jpg", 500, 375), photo(tmp_path / "large.jpg", 1600, 1200)
+    for seed in range(3):
+        for a, b in zip(mim_views(small, False, seed), mim_views(small, True, seed)):
+            assert torch.equal(a, b)
+    decoded = spy_on_decoding(monkeypatch)
+    for seed in range(3):  # the jitter runs on the reduced image (contrast: its mean); measured <= 0.65 grey
+        (patches, view, mask), (patches_lazy, view_lazy, mask_lazy) = (mim_views(large, lazy, seed)
+                                                                        for lazy in (False, True))
+        assert torch.equal(mask, mask_lazy) and patches.shape == patches_lazy.shape == (3, 224, 224)
+        assert (patches - patches_lazy).abs().mean() * 0.5 * 255 < 1.0 and (view - view_lazy).abs().mean() * 255 < 1.0
+    assert any(w < 1600 for w, _ in decoded)

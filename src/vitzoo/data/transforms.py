@@ -148,6 +148,20 @@ def decode_shrunk(img: Any, shrink: float):
     return decode_image(img, (math.ceil(width / reduction), math.ceil(height / reduction)))
 
 
+def resized_crop(img: Any, full_size: tuple[int, int], box: tuple[int, int, int, int],
+                 size: tuple[int, int], interpolation: Any):
+    """torchvision's ``resized_crop`` of ``box`` = (top, left, height, width), drawn on an image of
+    ``full_size`` (w, h), from ``img`` as :func:`decode_shrunk` left it: the same call when it was decoded
+    in full; else the box scaled to the reduced image and resized from there in one step (Pillow's resize
+    of a float box)."""
+    top, left, height, width = box
+    if img.size == tuple(full_size):
+        return TF.resized_crop(img, top, left, height, width, list(size), interpolation)
+    sx, sy = img.width / full_size[0], img.height / full_size[1]  # libjpeg rounds the scaled size up
+    scaled = (left * sx, top * sy, (left + width) * sx, (top + height) * sy)
+    return img.resize((size[1], size[0]), TF.pil_modes_mapping[interpolation], box=scaled)
+
+
 class DraftResizedCrop(RandomResizedCropAndInterpolation):
     """timm's RandomResizedCrop (the same random draws, the same pixels for a decoded image), which decodes
     a JPEG that the crop shrinks a lot at a reduced scale first.
@@ -162,17 +176,12 @@ class DraftResizedCrop(RandomResizedCropAndInterpolation):
     """
 
     def __call__(self, img):
-        top, left, height, width = self.get_params(img, self.scale, self.ratio)
+        box = self.get_params(img, self.scale, self.ratio)  # (top, left, height, width) on the header's size
         interpolation = (random.choice(self.interpolation) if isinstance(self.interpolation, (tuple, list))
                          else self.interpolation)
-        out_h, out_w = self.size
-        full_w, full_h = img.size
-        img = decode_shrunk(img, min(height / out_h, width / out_w))
-        if img.size == (full_w, full_h):
-            return TF.resized_crop(img, top, left, height, width, list(self.size), interpolation)
-        sx, sy = img.width / full_w, img.height / full_h  # libjpeg rounds the scaled size up
-        box = (left * sx, top * sy, (left + width) * sx, (top + height) * sy)
-        return img.resize((out_w, out_h), TF.pil_modes_mapping[interpolation], box=box)
+        full_size = img.size
+        img = decode_shrunk(img, min(box[2] / self.size[0], box[3] / self.size[1]))
+        return resized_crop(img, full_size, box, self.size, interpolation)
 
 
 class DraftResize(transforms.Resize):

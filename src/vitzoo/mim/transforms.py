@@ -16,7 +16,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from vitzoo.config import RunConfig
-from vitzoo.data.transforms import ToRGB
+from vitzoo.data.transforms import ToRGB, decode_shrunk, resized_crop
 from vitzoo.mim.masking import BlockMaskGenerator
 
 _MODES = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
@@ -25,7 +25,13 @@ _NO_VIEW = torch.zeros(0)
 
 
 class MIMTransform:
-    """PIL image -> (patches (3, S, S) normalised, tokenizer view (3, s, s) in [0, 1] or empty, mask (h, w))."""
+    """PIL image -> (patches (3, S, S) normalised, tokenizer view (3, s, s) in [0, 1] or empty, mask (h, w)).
+
+    ``opens_lazily``: a dataset of files hands it JPEGs undecoded; one that the crop shrinks 4x or more
+    decodes at a reduced scale (``data.transforms.decode_shrunk``, as the classification recipe's crop).
+    """
+
+    opens_lazily = True
 
     def __init__(self, cfg: RunConfig, data_config: dict, grid: tuple[int, int], second_size: int | None,
                  train: bool = True):
@@ -50,13 +56,17 @@ class MIMTransform:
         return (h - side) // 2, (w - side) // 2, side, side
 
     def __call__(self, img) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        img = self.common(img)
-        top, left, h, w = self._crop_box(img)
-        patches = TF.resized_crop(img, top, left, h, w, [self.size, self.size], self.interpolation)
+        # The box is drawn from python's random, the jitter and flip from torch's: drawing it first, on the
+        # header's size, gives the same numbers, and lets a large JPEG decode at a reduced scale (for the
+        # larger view) before the jitter runs on it. A box drawn on the flipped image fits it (same size).
+        full_size = img.size
+        box = self._crop_box(img)
+        img = self.common(decode_shrunk(img, min(box[2], box[3]) / self.size))
+        patches = resized_crop(img, full_size, box, (self.size, self.size), self.interpolation)
         view = _NO_VIEW
         if self.second_size:
-            view = TF.to_tensor(TF.resized_crop(img, top, left, h, w, [self.second_size] * 2,
-                                                self.second_interpolation))
+            view = TF.to_tensor(resized_crop(img, full_size, box, (self.second_size,) * 2,
+                                             self.second_interpolation))
         return self.normalize(TF.to_tensor(patches)), view, self.masks()
 
     def __repr__(self) -> str:
