@@ -157,9 +157,16 @@ def resized_crop(img: Any, full_size: tuple[int, int], box: tuple[int, int, int,
     top, left, height, width = box
     if img.size == tuple(full_size):
         return TF.resized_crop(img, top, left, height, width, list(size), interpolation)
-    sx, sy = img.width / full_size[0], img.height / full_size[1]  # libjpeg rounds the scaled size up
-    scaled = (left * sx, top * sy, (left + width) * sx, (top + height) * sy)
+    s = decoded_scale(img, full_size)
+    scaled = (left * s, top * s, (left + width) * s, (top + height) * s)
     return img.resize((size[1], size[0]), TF.pil_modes_mapping[interpolation], box=scaled)
+
+
+def decoded_scale(img: Any, full_size: tuple[int, int]) -> float:
+    """The exact scale (1/2, 1/4, 1/8) libjpeg decoded ``img`` at. Not ``img.width / full_width``: libjpeg
+    rounds the scaled size up (1603 px at 1/2 -> 802), and that ratio would shift the far edge by half a
+    pixel, which on a 1603x1200 photo moved the infer crop by a pixel (4.3 grey levels on average)."""
+    return 2.0 ** -round(math.log2(full_size[0] / img.width))
 
 
 class DraftResizedCrop(RandomResizedCropAndInterpolation):
@@ -189,12 +196,23 @@ class DraftResize(transforms.Resize):
     shrinks a lot at a reduced scale first (:func:`decode_shrunk`), for ``vitzoo infer`` of photos."""
 
     def forward(self, img):
-        width, height = img.size
+        full_w, full_h = img.size
+        if self.max_size is not None:  # (not in the eval chain) torchvision's own path, decoded in full
+            return super().forward(decode_shrunk(img, 1.0))
+        out_w, out_h = self.output_size(full_w, full_h)
+        img = decode_shrunk(img, min(full_w / out_w, full_h / out_h))
+        if img.size == (full_w, full_h):
+            return super().forward(img)
+        s = decoded_scale(img, (full_w, full_h))  # the output size and extent are the full image's
+        return img.resize((out_w, out_h), TF.pil_modes_mapping[self.interpolation], box=(0, 0, full_w * s, full_h * s))
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """(w, h) torchvision's resize gives an image of this size: the short side to ``size`` (the long
+        one truncated), or (h, w) ``size`` as it is."""
         if isinstance(self.size, int) or len(self.size) == 1:
-            shrink = min(width, height) / (self.size if isinstance(self.size, int) else self.size[0])
-        else:
-            shrink = min(height / self.size[0], width / self.size[1])
-        return super().forward(decode_shrunk(img, shrink))
+            short = self.size if isinstance(self.size, int) else self.size[0]
+            return (short, int(short * height / width)) if width <= height else (int(short * width / height), short)
+        return self.size[1], self.size[0]
 
 
 class LazyTransform(transforms.Compose):
