@@ -98,8 +98,9 @@ def _open_rgb(path: Path, lazy: bool = False):
 
 
 def is_undecoded_jpeg(img: Any) -> bool:
-    """True for a JPEG opened lazily by :func:`_open_rgb` and not decoded yet."""
-    return getattr(img, "format", None) == "JPEG" and getattr(img, "_im", True) is None
+    """True for a JPEG opened lazily by :func:`_open_rgb` and not decoded yet (Pillow empties ``tile``, the
+    list of what is left to decode, when it loads an image)."""
+    return getattr(img, "format", None) == "JPEG" and bool(getattr(img, "tile", None))
 
 
 def decode_image(img: Any, draft_size: tuple[int, int] | None = None):
