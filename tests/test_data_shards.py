@@ -22,6 +22,7 @@ from vitzoo.data import (
     loader_from_batch,
     set_epoch,
 )
+from vitzoo.data.datasets import is_undecoded_jpeg
 from vitzoo.errors import UserError
 
 TINY = "{patch_size: 4, depth: 1, embed_dim: 24, num_heads: 2}"
@@ -168,3 +169,11 @@ def test_vitzoo_train_one_epoch_on_shards(data, tmp_path):
             "--cutmix", "0", "--reprob", "0", "--ckpt_save_every_seconds", "0"]
     assert main(args) == 0
     assert "eval results:" in (out / "train.log").read_text()
+
+
+def test_local_shards_hand_jpegs_undecoded_to_the_training_crop(data):
+    """As image folders do (data/transforms.py DraftResizedCrop decodes large JPEGs at a reduced scale)."""
+    ds = build_dataset(identity_cfg(data), "train")  # the training transform: opens_lazily
+    assert ds.transform.opens_lazily
+    assert sum(is_undecoded_jpeg(ds._load(r)) for r in range(len(ds))) == 3  # the three 1.jpg, not the PNGs
+    assert all(ds[i][0].shape == (3, 16, 16) for i in range(len(ds)))

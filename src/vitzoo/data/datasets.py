@@ -71,30 +71,38 @@ def _bad_image_errors() -> tuple[type[BaseException], ...]:
     return (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
-def _open_rgb(path: Path, lazy: bool = False):
-    """``path`` as an RGB PIL image, decoded now (so truncated files fail here, not inside a transform).
+def open_image(fileobj: Any, lazy: bool = False):
+    """An image file object as an RGB PIL image, decoded now (so truncated data fails here, not inside a
+    transform); ``_BadImage`` with a short reason when Pillow cannot read it.
 
-    ``lazy``: a JPEG comes back opened (its header read) but not decoded, for a transform that decodes
-    it with :func:`decode_image` at the scale it needs (``transforms.DraftResizedCrop``); other formats are
-    decoded as usual.
+    ``lazy``: a JPEG comes back opened (its header read) but not decoded, for a transform that decodes it
+    with :func:`decode_image` at the scale it needs (``opens_lazily``: ``transforms.DraftResizedCrop``);
+    other formats are decoded as usual.
     """
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with open(path, "rb") as f:
-            img = Image.open(io.BytesIO(f.read()) if lazy else f)
-            if lazy and img.format == "JPEG":
-                return img
-            return decode_image(img)
-    except FileNotFoundError:
-        raise
+        img = Image.open(fileobj)
+    except UnidentifiedImageError:  # (Pillow's text names the file object: <_io.BufferedReader ...>)
+        raise _BadImage("not an image format Pillow can decode") from None
     except _bad_image_errors() as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if isinstance(e, UnidentifiedImageError):  # Pillow's text names the file object: <_io.BufferedReader ...>
-            reason = "not an image format Pillow can decode"
+        raise _BadImage(_reason(e)) from e
+    return img if lazy and img.format == "JPEG" else decode_image(img)
+
+
+def _open_rgb(path: Path, lazy: bool = False):
+    """:func:`open_image` of the file at ``path`` (read whole first when ``lazy``, as the image outlives it)."""
+    try:
+        with open(path, "rb") as f:
+            return open_image(io.BytesIO(f.read()) if lazy else f, lazy)
+    except _BadImage:
         if os.path.getsize(path) == 0:
-            reason = "empty file (0 bytes)"
-        raise _BadImage(reason) from e
+            raise _BadImage("empty file (0 bytes)") from None
+        raise
+
+
+def _reason(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def is_undecoded_jpeg(img: Any) -> bool:
@@ -113,7 +121,7 @@ def decode_image(img: Any, draft_size: tuple[int, int] | None = None):
         img.load()
         return img if img.mode == "RGB" else img.convert("RGB")  # (convert would copy an RGB image)
     except _bad_image_errors() as e:
-        raise _BadImage(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+        raise _BadImage(_reason(e)) from e
 
 
 def load_image(path: str | os.PathLike, lazy: bool = False):

@@ -28,28 +28,16 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 
 import webdataset as wds
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from vitzoo.data.datasets import BadFileLog, _BadImage, seeded_augmentation
+from vitzoo.data.datasets import BadFileLog, _BadImage, open_image, seeded_augmentation
 from vitzoo.data.loader import mix_seed
 from vitzoo.errors import UserError
 
 # member extensions read as the image (first found wins), the image formats timm / torchvision read
 _SHUFFLE = 0x5348  # seed-domain tag of the shuffle buffers
 SHARD_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "pgm", "tif", "tiff")
-
-
-def decode_image(fileobj) -> Image.Image:
-    """Decode an image file object to RGB; _BadImage with a short reason (as datasets._open_rgb)."""
-    try:
-        img = Image.open(fileobj)
-        img.load()  # decode now: truncated data fails here, not inside a transform
-        return img if img.mode == "RGB" else img.convert("RGB")
-    except UnidentifiedImageError:
-        raise _BadImage("not an image format Pillow can decode") from None
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
-        raise _BadImage(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
 
 
 def _read_error(exn: Exception) -> bool:
@@ -121,7 +109,8 @@ class StreamedShardDataset(BadFileLog, IterableDataset):
                 if not text.isdigit():
                     raise _BadImage("no .cls member" if not text else ".cls is not an integer")
                 label = int(text)
-            return decode_image(io.BytesIO(sample[ext])), label
+            # decoded here, not lazily: whether a sample counts as a position must not wait for its transform
+            return open_image(io.BytesIO(sample[ext])), label
         except _BadImage as e:
             if self.bad_image_policy == "error":
                 raise UserError(f"unreadable image {name}: {e} (set bad_image_policy: skip to skip such "

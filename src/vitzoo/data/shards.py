@@ -32,8 +32,8 @@ from pathlib import Path
 import braceexpand
 
 from vitzoo.config import RunConfig
-from vitzoo.data.datasets import BaseDataset, _BadImage
-from vitzoo.data.shard_stream import SHARD_IMAGE_EXTS, StreamedShardDataset, decode_image
+from vitzoo.data.datasets import BaseDataset, _BadImage, open_image
+from vitzoo.data.shard_stream import SHARD_IMAGE_EXTS, StreamedShardDataset
 from vitzoo.errors import UserError
 
 URL_PREFIXES = ("http://", "https://", "pipe:", "gs://", "s3://", "ais://", "hf://")
@@ -197,7 +197,7 @@ class ShardDataset(BaseDataset):
         data = os.pread(self._fd(shard), size, offset)
         if len(data) < size:
             raise _BadImage(f"truncated member ({len(data)} of {size} bytes)")
-        return decode_image(io.BytesIO(data))
+        return open_image(io.BytesIO(data), lazy=getattr(self.transform, "opens_lazily", False))
 
 
 # ------------------------------------------------------------------------------------ the config's dataset
