@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_data import recipe_cfg, to_jpeg
+from bench_data import recipe_cfg, to_jpeg, write_photos
 
 from vitzoo import bench
 from vitzoo.data import build_dataset, build_loader, make_shapes_dataset
@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-images", type=int, default=1024)
     ap.add_argument("--size", type=int, default=400, help="side of the generated JPEGs")
     ap.add_argument("--unique", type=int, default=512, help="distinct images drawn; copies make up --num-images")
+    ap.add_argument("--photos", default="", metavar="WxH", help="generate --unique photo-like JPEGs of this "
+                    "size (a phone camera's: 4000x3000) instead of shapes")
+    ap.add_argument("--data", default="", help="an existing folder (DATA/train/<class>/...) instead of generating")
     ap.add_argument("--input-size", type=int, default=224)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json", default=None)
@@ -92,11 +95,15 @@ def main(argv: list[str] | None = None) -> int:
           f"torch {info['torch']}; {args.workers} loader workers", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = Path(args.data or tmp)
         unique = min(args.num_images, args.unique)
-        make_shapes_dataset(root, unique, 10, args.size, seed=0, num_classes=10, progress=False)
-        to_jpeg(root)
-        replicate(root / "train", args.num_images)
+        if args.photos:
+            write_photos(root, unique, *(int(v) for v in args.photos.lower().split("x")))
+        elif not args.data:
+            make_shapes_dataset(root, unique, 10, args.size, seed=0, num_classes=10, progress=False)
+            to_jpeg(root)
+        if not args.data:
+            replicate(root / "train", args.num_images)
         cfg = recipe_cfg(args, str(root))
         cfg.pin_mem = device.type == "cuda"
         loader = build_loader(cfg, build_dataset(cfg, "train"), "train")
