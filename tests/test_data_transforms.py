@@ -1,6 +1,7 @@
 """The transforms that decode large JPEGs at a reduced scale (data/transforms.py): the training crop
 (DraftResizedCrop) against timm's RandomResizedCropAndInterpolation, the infer resize (DraftResize) against
-the eval chain, BEiT's pre-training views (mim/transforms.py) against themselves on the decoded image."""
+the eval chain, BEiT's pre-training views (mim/transforms.py) against themselves on the decoded image; and
+the training chain's one-pass tensor conversion against timm's MaybeToTensor + Normalize."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from timm.data.transforms import RandomResizedCropAndInterpolation
+from timm.data.transforms import MaybeToTensor, RandomResizedCropAndInterpolation
+from torchvision.transforms import Normalize
 
 from vitzoo.config import config_from_dict
 from vitzoo.data import build_dataset, build_eval_transform, build_train_transform, resolve_data_config
@@ -135,3 +137,16 @@ def test_beit_views_of_a_small_jpeg_are_unchanged_and_of_a_large_one_close(tmp_p
         assert torch.equal(mask, mask_lazy) and patches.shape == patches_lazy.shape == (3, 224, 224)
         assert (patches - patches_lazy).abs().mean() * 0.5 * 255 < 1.0 and (view - view_lazy).abs().mean() * 255 < 1.0
     assert any(w < 1600 for w, _ in decoded)
+
+
+def test_training_tensor_is_timms_to_tensor_then_normalize_in_one_pass():
+    cfg = config_from_dict({"data_path": "", "output_dir": "", "input_size": 32}, strict=True)
+    steps = build_train_transform(cfg, resolve_data_config(cfg, None)).transforms
+    fused = next(t for t in steps if isinstance(t, vt.ToNormalizedTensor))
+    img = photo_like(50, 70).resize((32, 32))
+    mean, std = resolve_data_config(cfg, None)["mean"], resolve_data_config(cfg, None)["std"]
+    expected = Normalize(mean, std)(MaybeToTensor()(img))
+    got = fused(img)
+    assert got.dtype == torch.float32 and got.is_contiguous() and got.shape == expected.shape == (3, 32, 32)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)  # the last bit: (x - 255m) / 255s
+    assert not any(type(t).__name__ in ("MaybeToTensor", "Normalize") for t in steps)

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
+import numpy as np
+import torch
 from PIL import Image, ImageOps
 from timm.data import Mixup, create_transform
 from timm.data import auto_augment as taa
@@ -215,6 +217,32 @@ class DraftResize(transforms.Resize):
         return self.size[1], self.size[0]
 
 
+class ToNormalizedTensor:
+    """timm's ``MaybeToTensor`` then ``Normalize`` in one pass: RGB PIL (H, W, 3) uint8 -> (3, H, W) float32
+    ``(x - 255 mean) / (255 std)``. The three passes of the pair (to float, / 255, normalise) took 0.38 ms
+    for a 224 px image on the AVX2 EPYC, this 0.16 ms (a training worker's recipe: about 4 ms); the values
+    differ from the pair's in the last bit (<= 5e-7). Training only: eval keeps timm's pair to the bit."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        self.shift = torch.tensor([255.0 * m for m in mean]).view(3, 1, 1)
+        self.scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(3, 1, 1)
+
+    def __call__(self, img):
+        pixels = torch.from_numpy(np.array(img, np.uint8)).permute(2, 0, 1)  # (3, H, W) view of a copy
+        out = torch.empty(pixels.shape, dtype=torch.float32)
+        return out.copy_(pixels).sub_(self.shift).mul_(self.scale)
+
+    def __repr__(self) -> str:
+        return f"ToNormalizedTensor(mean={(self.shift.flatten() / 255).tolist()})"
+
+
+def fuse_to_tensor_normalize(steps: list) -> list:
+    """timm's final steps with its (MaybeToTensor, Normalize) pair as one :class:`ToNormalizedTensor`."""
+    if len(steps) >= 2 and type(steps[0]).__name__ == "MaybeToTensor" and isinstance(steps[1], transforms.Normalize):
+        return [ToNormalizedTensor(steps[1].mean, steps[1].std), *steps[2:]]
+    return list(steps)
+
+
 class LazyTransform(transforms.Compose):
     """A chain whose first step decodes JPEGs itself (:class:`DraftResizedCrop`, :class:`DraftResize`):
     ``opens_lazily`` tells a dataset of files to hand it JPEGs opened but undecoded."""
@@ -256,7 +284,8 @@ def build_train_transform(cfg: RunConfig, data_config: dict) -> Callable:
                                                    *final.transforms]))
     draft_crop = DraftResizedCrop(crop.size, scale=crop.scale, ratio=crop.ratio)
     draft_crop.interpolation = crop.interpolation  # (timm's own parsed form: a mode, or the random pair)
-    return patch_posterize(LazyTransform([draft_crop, *rest, *secondary.transforms, *final.transforms]))
+    return patch_posterize(LazyTransform([draft_crop, *rest, *secondary.transforms,
+                                          *fuse_to_tensor_normalize(final.transforms)]))
 
 
 def build_eval_transform(data_config: dict, draft: bool = False) -> Callable:
