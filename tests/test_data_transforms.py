@@ -149,4 +149,6 @@ def test_training_tensor_is_timms_to_tensor_then_normalize_in_one_pass():
     got = fused(img)
     assert got.dtype == torch.float32 and got.is_contiguous() and got.shape == expected.shape == (3, 32, 32)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)  # the last bit: (x - 255m) / 255s
+    already = torch.rand(3, 8, 8)  # anything but an RGB PIL image takes timm's pair itself
+    assert torch.equal(fused(already), Normalize(mean, std)(already))
     assert not any(type(t).__name__ in ("MaybeToTensor", "Normalize") for t in steps)
