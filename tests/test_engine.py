@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import math
 import random
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +15,14 @@ from torch import nn
 from vitzoo.config import load_config
 from vitzoo.engine import seeding
 from vitzoo.engine.ema import ModelEma
-from vitzoo.engine.loop import NonFiniteLossError, TrainStep, evaluate, format_eval, train_one_epoch
+from vitzoo.engine.loop import (
+    NonFiniteLossError,
+    TrainStep,
+    evaluate,
+    format_eval,
+    iter_updates,
+    train_one_epoch,
+)
 from vitzoo.engine.losses import (
     BinaryCrossEntropy,
     DistillationLoss,
@@ -23,6 +31,7 @@ from vitzoo.engine.losses import (
     build_criterion,
 )
 from vitzoo.engine.optim import build_optimizer, param_groups
+from vitzoo.engine.reporting import EpochStats
 from vitzoo.engine.scaling import FixedLossScaler
 from vitzoo.engine.schedule import LRScheduler
 from vitzoo.errors import UserError
@@ -337,3 +346,25 @@ def test_rng_state_roundtrip_weights_only():
     buf.seek(0)
     seeding.set_rng_state(torch.load(buf, weights_only=True))
     assert (random.random(), float(np.random.rand()), torch.rand(1).item()) == expect
+
+
+def test_updates_count_the_time_spent_waiting_for_the_loader():
+    """A loader that takes 30 ms per batch: the updates report at least that much waiting, and the epoch's
+    note says the loader set the pace; an in-memory one leaves the note plain."""
+    def slow(batches):
+        for batch in batches:
+            time.sleep(0.03)
+            yield batch
+
+    m = Linear()
+    step = TrainStep(m, _criterion(), torch.optim.SGD(m.parameters(), lr=0.1), CPU)
+    stats = EpochStats()  # (its clock starts now)
+    infos = list(iter_updates(step, slow(_batches(4, 4))))
+    assert all(info.data_seconds >= 0.03 * (k + 1) - 1e-6 for k, info in enumerate(infos))
+    for info in infos:
+        stats.add(info)
+    stats.finish(CPU, world=1)
+    assert 0.03 * 4 / stats.seconds <= stats.data_wait + 1e-9 <= 1.0
+    assert stats.data_wait_note().startswith("waited for data") and "the loader set the pace" in stats.data_wait_note()
+    stats.data_wait = 0.01
+    assert stats.data_wait_note() == "waited for data 1%"

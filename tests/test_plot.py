@@ -89,7 +89,8 @@ def test_curves_say_val_and_draw_the_lr_per_update(tmp_path, monkeypatch):
         stats = EpochStats()
         for _ in range(4):
             step += 1
-            stats.add(SimpleNamespace(loss=1.0, losses=1, samples=8, skipped=False, global_step=step, lr=0.1 * step))
+            stats.add(SimpleNamespace(loss=1.0, losses=1, samples=8, skipped=False, global_step=step, lr=0.1 * step,
+                                      data_seconds=0.0))
         metrics.add(stats.row(epoch, step, 0.1 * step, {"Loss": 1.0, "Top1-Acc": 0.5, "Top5-Acc": 1.0}))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["lr_steps"] == [[1, 0.1], [2, 0.2], [3, pytest.approx(0.3)], [4, 0.4]]

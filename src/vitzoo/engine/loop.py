@@ -8,6 +8,7 @@ update or stop), unscale + clip by global norm, step, EMA, scheduler.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ class UpdateInfo:
     lr: float
     skipped: bool
     samples: int  # samples this process has seen this epoch
+    data_seconds: float = 0.0  # of this epoch so far, how long this process waited for the loader
 
 
 def train_one_epoch(step: TrainStep, loader: Iterable, *, epoch: int = 0, start_batch: int = 0,
@@ -91,8 +93,8 @@ def iter_updates(step: TrainStep, loader: Iterable, *, epoch: int = 0, start_bat
     step.model.train()
     step.optimizer.zero_grad(set_to_none=True)
     window: list[float] = []  # losses of this update's micro-batches (nan included)
-    samples = 0
-    for i, (x, y) in enumerate(loader, start=start_batch):
+    samples, waited = 0, [0.0]
+    for i, (x, y) in enumerate(_timed(loader, waited), start=start_batch):
         if num_batches is not None and i >= num_batches:
             break
         x, y = _prepare(step, x, y)
@@ -109,7 +111,22 @@ def iter_updates(step: TrainStep, loader: Iterable, *, epoch: int = 0, start_bat
         good = [] if skipped else window
         mean = sum(good) / len(good) if good else float("nan")
         window = []
-        yield UpdateInfo(epoch, i + 1, global_step, mean, len(good), lr, skipped, samples)
+        yield UpdateInfo(epoch, i + 1, global_step, mean, len(good), lr, skipped, samples, waited[0])
+
+
+def _timed(loader: Iterable, waited: list[float]) -> Iterator[Any]:
+    """The loader's batches, adding the seconds spent waiting for each (worker start-up included) to
+    ``waited[0]``: the share of an epoch spent there says whether the loader or the step sets the pace
+    (the host blocks on every step's loss, so a step does not run ahead of it)."""
+    batches = iter(loader)
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        waited[0] += time.perf_counter() - start
+        yield batch
 
 
 def _prepare(step: TrainStep, x: Any, y: torch.Tensor) -> tuple[Any, torch.Tensor]:

@@ -193,8 +193,8 @@ class Trainer:
         """Validate (when due), report the epoch, write its checkpoint and keep it if it is among the best."""
         cfg = self.cfg
         report_bad_files(self.data.train_ds, self.folders.output, epoch + 1)
-        self.log.info("epoch %d/%d: train loss %.4f, %.1f img/s, %.0f s%s", epoch + 1, cfg.epochs, stats.loss,
-                      stats.img_per_sec, stats.seconds,
+        self.log.info("epoch %d/%d: train loss %.4f, %.1f img/s, %.0f s, %s%s", epoch + 1, cfg.epochs, stats.loss,
+                      stats.img_per_sec, stats.seconds, stats.data_wait_note(),
                       f", {stats.skipped} skipped update(s)" if stats.skipped else "")
         metrics: dict[str, Any] = {}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
