@@ -38,6 +38,14 @@ def to_jpeg(root: Path) -> None:
         p.unlink()
 
 
+def photo_size(text: str) -> tuple[int, int]:
+    """``--photos WxH`` (argparse type): 4000x3000 -> (4000, 3000)."""
+    width, _, height = text.lower().partition("x")
+    if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels, e.g. 4000x3000, got {text!r}")
+    return int(width), int(height)
+
+
 def write_photos(root: Path, n: int, width: int, height: int) -> None:
     from vitzoo.data.synthetic import photo_like
 
@@ -60,7 +68,7 @@ def main() -> None:
     ap.add_argument("--num-images", type=int, default=1024)
     ap.add_argument("--size", type=int, default=160, help="side of the generated images")
     ap.add_argument("--jpeg", action="store_true", help="re-encode the generated images as JPEG")
-    ap.add_argument("--photos", default="", metavar="WxH",
+    ap.add_argument("--photos", type=photo_size, default=None, metavar="WxH",
                     help="generate photo-like JPEGs of this size (--num-images of them, 2 classes) instead")
     ap.add_argument("--input-size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -78,7 +86,7 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory()
     root = Path(args.data or tmp.name)
     if args.photos:
-        write_photos(root, args.num_images, *(int(v) for v in args.photos.lower().split("x")))
+        write_photos(root, args.num_images, *args.photos)
     elif not args.data:
         make_shapes_dataset(root, args.num_images, 10, args.size, seed=0, num_classes=10)
         if args.jpeg:
@@ -115,7 +123,7 @@ def main() -> None:
         for name, loader in (("vitzoo", ours), ("timm", theirs)):
             rates[name].append(epoch_rate(loader))
     w = max(args.workers, 1)
-    source = (f"photo-like jpeg {args.photos}" if args.photos else args.data
+    source = (f"photo-like jpeg {'x'.join(map(str, args.photos))}" if args.photos else args.data
               or f"generated, {'jpeg' if args.jpeg else 'png'} {args.size}px")
     print(
         f"train pipeline, {len(timm_ds)} images ({source}) -> "

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_data import recipe_cfg, to_jpeg, write_photos
+from bench_data import photo_size, recipe_cfg, to_jpeg, write_photos
 
 from vitzoo import bench
 from vitzoo.data import build_dataset, build_loader, make_shapes_dataset
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-images", type=int, default=1024)
     ap.add_argument("--size", type=int, default=400, help="side of the generated JPEGs")
     ap.add_argument("--unique", type=int, default=512, help="distinct images drawn; copies make up --num-images")
-    ap.add_argument("--photos", default="", metavar="WxH", help="generate --unique photo-like JPEGs of this "
+    ap.add_argument("--photos", type=photo_size, default=None, metavar="WxH", help="generate --unique photo-like JPEGs of this "
                     "size (a phone camera's: 4000x3000) instead of shapes")
     ap.add_argument("--data", default="", help="an existing folder (DATA/train/<class>/...) instead of generating")
     ap.add_argument("--input-size", type=int, default=224)
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(args.data or tmp)
         unique = min(args.num_images, args.unique)
         if args.photos:
-            write_photos(root, unique, *(int(v) for v in args.photos.lower().split("x")))
+            write_photos(root, unique, *args.photos)
         elif not args.data:
             make_shapes_dataset(root, unique, 10, args.size, seed=0, num_classes=10, progress=False)
             to_jpeg(root)

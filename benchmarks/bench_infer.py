@@ -23,6 +23,7 @@ import io
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +32,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_data import photo_size
+
 from vitzoo import bench, precision
 from vitzoo.checkpoint import save_checkpoint
 from vitzoo.cli import main as vitzoo_cli
@@ -38,15 +42,15 @@ from vitzoo.data.synthetic import photo_like
 from vitzoo.models import create_model
 
 
-def make_jpegs(folder: Path, n: int, size: int, photos: str = "") -> list[Path]:
-    """``n`` JPEGs: smooth random colour fields of ``size`` px, or photo-like ones of ``photos`` = WxH
+def make_jpegs(folder: Path, n: int, size: int, photos: tuple[int, int] | None = None) -> list[Path]:
+    """``n`` JPEGs: smooth random colour fields of ``size`` px, or photo-like ones of ``photos`` = (w, h)
     (``data.synthetic.photo_like``: the detail a camera picture has)."""
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
         if photos:
-            img = photo_like(*(int(v) for v in photos.lower().split("x")), seed=i)
+            img = photo_like(*photos, seed=i)
         else:
             small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)  # upsampled: JPEG-like smooth content
             img = Image.fromarray(small).resize((size, size), Image.BICUBIC)
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="deit_small_patch16_224")
     ap.add_argument("--num-images", type=int, default=256)
     ap.add_argument("--size", type=int, default=256, help="JPEG side in px (resized/cropped to 224 by both)")
-    ap.add_argument("--photos", default="", metavar="WxH", help="photo-like JPEGs of this size instead "
+    ap.add_argument("--photos", type=photo_size, default=None, metavar="WxH", help="photo-like JPEGs of this size instead "
                     "(e.g. 4000x3000, a phone camera's), where vitzoo infer decodes at a reduced JPEG scale")
     ap.add_argument("--batch-size", type=int, default=32, help="the timm script's batch")
     ap.add_argument("--workers", type=int, default=2, help="the timm script's DataLoader workers")
