@@ -29,6 +29,7 @@ from vitzoo.data.loader import (
     loader_from_batch,
     relay_collate,
     set_epoch,
+    usable_cpus,
 )
 from vitzoo.data.synthetic import SHAPES, make_shapes_dataset
 from vitzoo.data.transforms import (
@@ -64,4 +65,5 @@ __all__ = [
     "report_bad_files",
     "resolve_data_config",
     "set_epoch",
+    "usable_cpus",
 ]

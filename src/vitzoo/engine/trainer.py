@@ -24,7 +24,7 @@ from vitzoo.checkpoint import (
     model_meta,
 )
 from vitzoo.config import RunConfig
-from vitzoo.data import loader_from_batch, report_bad_files, set_epoch
+from vitzoo.data import loader_from_batch, report_bad_files, set_epoch, usable_cpus
 from vitzoo.engine import dist
 from vitzoo.engine.build import TrainData, build_data, build_model, build_step
 from vitzoo.engine.dist import unwrap
@@ -194,7 +194,8 @@ class Trainer:
         cfg = self.cfg
         report_bad_files(self.data.train_ds, self.folders.output, epoch + 1)
         self.log.info("epoch %d/%d: train loss %.4f, %.1f img/s, %.0f s, %s%s", epoch + 1, cfg.epochs, stats.loss,
-                      stats.img_per_sec, stats.seconds, stats.data_wait_note(),
+                      stats.img_per_sec, stats.seconds,
+                      stats.data_wait_note(self.data.train_loader.num_workers, usable_cpus()),
                       f", {stats.skipped} skipped update(s)" if stats.skipped else "")
         metrics: dict[str, Any] = {}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
