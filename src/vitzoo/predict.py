@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from vitzoo.checkpoint import atomic_write_text
-from vitzoo.data import decoding_errors_named, list_images, load_image
+from vitzoo.data import decoding_errors_named, list_images, load_image, opens_lazily
 from vitzoo.data.gpu_jpeg import DevicePreprocess, EncodedFiles, pack_encoded, unpack_encoded
 from vitzoo.errors import UserError
 
@@ -53,7 +53,7 @@ class _ImageFiles(torch.utils.data.Dataset):
         p = self.paths[i]
         try:  # (a transform that opens_lazily decodes large JPEGs at a reduced scale: DraftResize)
             with decoding_errors_named(p):
-                return str(p), self.transform(load_image(p, getattr(self.transform, "opens_lazily", False))), None
+                return str(p), self.transform(load_image(p, opens_lazily(self.transform))), None
         except UserError as e:
             return str(p), None, str(e).removeprefix(f"{p}: ")
 

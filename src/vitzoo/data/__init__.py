@@ -20,6 +20,7 @@ from vitzoo.data.datasets import (
     decoding_errors_named,
     list_images,
     load_image,
+    opens_lazily,
     report_bad_files,
 )
 from vitzoo.data.loader import (
@@ -60,6 +61,7 @@ __all__ = [
     "load_image",
     "loader_from_batch",
     "make_shapes_dataset",
+    "opens_lazily",
     "read_cifar_bin",
     "relay_collate",
     "report_bad_files",

@@ -105,6 +105,12 @@ def _reason(e: BaseException) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
+def opens_lazily(transform: Any) -> bool:
+    """Whether ``transform`` decodes JPEGs itself (``transforms.LazyTransform``, ``MIMTransform``), so a
+    dataset hands them over opened but undecoded (:func:`open_image` with ``lazy``)."""
+    return bool(getattr(transform, "opens_lazily", False))
+
+
 def is_undecoded_jpeg(img: Any) -> bool:
     """True for a JPEG opened lazily by :func:`_open_rgb` and not decoded yet (Pillow empties ``tile``, the
     list of what is left to decode, when it loads an image)."""
@@ -297,8 +303,8 @@ class ImageFiles(BaseDataset):
         return [(self.paths[r], int(self.labels[r])) for r in self._index]
 
     def _load(self, record: int):
-        try:  # a transform that decodes JPEGs itself (at a reduced scale) says so: opens_lazily
-            return _open_rgb(Path(self.paths[record]), lazy=getattr(self.transform, "opens_lazily", False))
+        try:
+            return _open_rgb(Path(self.paths[record]), lazy=opens_lazily(self.transform))
         except FileNotFoundError:
             raise _BadImage("file disappeared") from None
 

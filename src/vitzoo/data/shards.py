@@ -32,7 +32,7 @@ from pathlib import Path
 import braceexpand
 
 from vitzoo.config import RunConfig
-from vitzoo.data.datasets import BaseDataset, _BadImage, open_image
+from vitzoo.data.datasets import BaseDataset, _BadImage, open_image, opens_lazily
 from vitzoo.data.shard_stream import SHARD_IMAGE_EXTS, StreamedShardDataset
 from vitzoo.errors import UserError
 
@@ -197,7 +197,7 @@ class ShardDataset(BaseDataset):
         data = os.pread(self._fd(shard), size, offset)
         if len(data) < size:
             raise _BadImage(f"truncated member ({len(data)} of {size} bytes)")
-        return open_image(io.BytesIO(data), lazy=getattr(self.transform, "opens_lazily", False))
+        return open_image(io.BytesIO(data), lazy=opens_lazily(self.transform))
 
 
 # ------------------------------------------------------------------------------------ the config's dataset
