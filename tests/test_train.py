@@ -121,6 +121,24 @@ def test_resume_is_bit_for_bit_mid_epoch_and_at_epoch_end(shapes, tmp_path):
         assert again["meta"]["metrics"] == final["meta"]["metrics"]
 
 
+def test_augmentation_on_the_device_trains_and_resumes_bit_for_bit(shapes, tmp_path):
+    """augment_on: device (RandAugment, erasing and mixup on the training device, here the CPU): the run
+    learns, and a resume from mid-epoch 2 reproduces the weights (the erasing noise is seeded per batch)."""
+    extra = ["--augment_on", "device", "--aa", "rand-m9-mstd0.5-inc1", "--reprob", "0.25", "--mixup", "0.8",
+             "--ckpt_save_every_step", "14", "--ckpt_keep_num", "0"]
+    full = tmp_path / "full"
+    summary = train(cfg_for(shapes, full, *extra))
+    assert summary["best_top1"] > 0.25  # above chance after 20 updates of the full recipe
+    assert "auto-augment, normalisation and random erasing on cpu" in (full / "train.log").read_text()
+    mid = store.list_checkpoints(full / "checkpoints")[1]
+    assert mid.name == store.ckpt_name(1, 14)
+    out = tmp_path / "resumed"
+    (out / "checkpoints").mkdir(parents=True)
+    shutil.copy(mid, out / "checkpoints" / mid.name)
+    again = train(cfg_for(shapes, out, *extra, "--resume", "auto"))
+    assert_same(weights(summary["last_checkpoint"]), weights(again["last_checkpoint"]))
+
+
 def test_nonfinite_stop_names_last_good_checkpoint(shapes, tmp_path):
     trainer = Trainer(cfg_for(shapes, tmp_path / "nan", "--nonfinite_policy", "stop"))
     real = trainer.step.criterion

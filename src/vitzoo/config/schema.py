@@ -124,6 +124,10 @@ class RunConfig:
     reprob: float = option("aug", 0.25, "random erasing probability", "re_prob", rule="[0, 1]")
     remode: str = option("aug", "pixel", "random erasing mode", "re_mode", choices=("pixel", "rand", "const"))
     recount: int = option("aug", 1, "random erasing count", "re_count", rule=">= 1")
+    augment_on: str = option("aug", "cpu", "where the recipe after crop and flip runs (auto-augment, normalise, "
+                             "erasing): cpu = loader workers (timm's way) | device = the training device, "
+                             "on whole batches, the same pixels (for GPU runs bound by the loader)",
+                             choices=("cpu", "device"))
     mixup: float = option("aug", 0.8, "mixup alpha (0 = off)", rule=">= 0")
     cutmix: float = option("aug", 1.0, "cutmix alpha (0 = off)", rule=">= 0")
     cutmix_minmax: list[float] | None = option("aug", None, "cutmix box ratio [min, max] with 0 < min < max "

@@ -37,6 +37,7 @@ from vitzoo.data.transforms import (
     build_eval_transform,
     build_mixup,
     build_train_transform,
+    device_stage,
     resolve_data_config,
 )
 from vitzoo.data.unlabeled import ImageTreeDataset, build_unlabeled_dataset
@@ -57,6 +58,7 @@ __all__ = [
     "build_unlabeled_dataset",
     "check_split_data",
     "decoding_errors_named",
+    "device_stage",
     "list_images",
     "load_image",
     "loader_from_batch",

@@ -33,6 +33,7 @@ from torchvision.transforms import functional as TF
 
 from vitzoo.config import RunConfig
 from vitzoo.constants import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD
+from vitzoo.data.augment_plan import AugmentPlanner
 from vitzoo.data.datasets import decode_image, is_undecoded_jpeg
 from vitzoo.errors import UserError
 
@@ -281,14 +282,37 @@ def build_train_transform(cfg: RunConfig, data_config: dict) -> Callable:
             _, secondary, _ = create_transform(interpolation=aa_interp, **kwargs)
     except (AssertionError, KeyError, ValueError, IndexError) as e:
         raise UserError(f"cannot build the training transform (aa={aa!r}): {e or type(e).__name__}") from None
+    if cfg.augment_on == "device":  # the workers crop and flip, and draw the rest for the device
+        secondary = [_device_plan(secondary.transforms, final.transforms, data_config)]
+        final = []
+    else:
+        secondary, final = secondary.transforms, fuse_to_tensor_normalize(final.transforms)
     crop, *rest = primary.transforms  # timm's RandomResizedCropAndInterpolation, then the flips
     if not isinstance(crop, RandomResizedCropAndInterpolation):  # (another timm crop mode: decoded images)
-        return patch_posterize(transforms.Compose([ToRGB(), *primary.transforms, *secondary.transforms,
-                                                   *final.transforms]))
+        return patch_posterize(transforms.Compose([ToRGB(), *primary.transforms, *secondary, *final]))
     draft_crop = DraftResizedCrop(crop.size, scale=crop.scale, ratio=crop.ratio)
     draft_crop.interpolation = crop.interpolation  # (timm's own parsed form: a mode, or the random pair)
-    return patch_posterize(LazyTransform([draft_crop, *rest, *secondary.transforms,
-                                          *fuse_to_tensor_normalize(final.transforms)]))
+    return patch_posterize(LazyTransform([draft_crop, *rest, *secondary, *final]))
+
+
+def _device_plan(secondary: list, final: list, data_config: dict) -> AugmentPlanner:
+    """``augment_on: device``: timm's auto-augment step and random erasing, drawn in the worker by an
+    :class:`AugmentPlanner` and applied on the device (:func:`device_stage`)."""
+    if len(secondary) > 1:
+        raise UserError("augment_on: device applies one auto-augment policy; use augment_on: cpu")
+    augment = secondary[0] if secondary else None
+    if augment is not None and type(augment).__name__ == "ColorJitter":
+        raise UserError("augment_on: device has no device colour jitter (aa: none turns it on); set "
+                        "color_jitter: 0, choose an aa policy, or use augment_on: cpu")
+    erasing = next((t for t in final if type(t).__name__ == "RandomErasing"), None)
+    return AugmentPlanner(augment, erasing, data_config["mean"], data_config["std"])
+
+
+def device_stage(transform: Any) -> Callable | None:
+    """The device half of a training chain built with ``augment_on: device`` (its last step's
+    :meth:`AugmentPlanner.device_stage`), None for any other chain."""
+    last = (getattr(transform, "transforms", None) or [None])[-1]
+    return last.device_stage() if isinstance(last, AugmentPlanner) else None
 
 
 def build_eval_transform(data_config: dict, draft: bool = False) -> Callable:

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from vitzoo.config import RunConfig
-from vitzoo.data import build_dataset, build_loader, build_mixup, resolve_data_config
+from vitzoo.data import build_dataset, build_loader, build_mixup, device_stage, resolve_data_config
+from vitzoo.data.datasets import base_dataset
 from vitzoo.engine.ema import ModelEma
 from vitzoo.engine.loop import TrainStep
 from vitzoo.engine.losses import build_criterion
@@ -125,8 +126,17 @@ def build_step(cfg: RunConfig, model: nn.Module, data: TrainData, device: torch.
         scheduler=build_scheduler(cfg, optimizer, lr, data.updates_per_epoch),
         scaler=build_scaler(precision, device, cfg.is_dynamic_loss_scale, cfg.loss_scale), mixup=data.mixup,
         clip_grad=cfg.clip_value, update_freq=cfg.update_freq, ema=ema, nonfinite_policy=cfg.nonfinite_policy,
-        channels_last=channels_last(cfg, device))
+        channels_last=channels_last(cfg, device), device_augment=_device_augment(data, device, log))
     return step, eval_net
+
+
+def _device_augment(data: TrainData, device: torch.device, log: logging.Logger) -> Callable | None:
+    """The device half of the train transform under ``augment_on: device``, announced once; else None."""
+    stage = device_stage(getattr(base_dataset(data.train_ds), "transform", None))
+    if stage is not None:
+        log.info("augmentation: crop and flip in the loader workers; auto-augment, normalisation and random "
+                 "erasing on %s, per batch (augment_on: device)", device)
+    return stage
 
 
 def warn_about_schedule(cfg: RunConfig, lr: float, log: logging.Logger, augmenting: bool = True) -> None:

@@ -50,6 +50,8 @@ class TrainStep:
     channels_last: bool = False
     # outputs = forward(model, x, y); None = model(x). Pre-training passes the mask and computes targets
     forward: Callable[[nn.Module, Any, Any], Any] | None = None
+    # augment_on: device -- (loader batch, device) -> the augmented, normalised images on the device
+    device_augment: Callable[[Any, torch.device], torch.Tensor] | None = None
 
 
 @dataclass
@@ -131,10 +133,12 @@ def _timed(loader: Iterable, waited: list[float]) -> Iterator[Any]:
 
 def _prepare(step: TrainStep, x: Any, y: torch.Tensor) -> tuple[Any, torch.Tensor]:
     y = y.to(step.device, non_blocking=True)
-    if not isinstance(x, torch.Tensor):  # a sample of several parts (pre-training: images, view, mask)
+    if step.device_augment is not None:  # crops + their augmentation plans -> augmented images
+        x = step.device_augment(x, step.device)
+    elif not isinstance(x, torch.Tensor):  # a sample of several parts (pre-training: images, view, mask)
         first, *rest = (t.to(step.device, non_blocking=True) for t in x)
         return (step.precision.cast_input(first), *rest), y
-    x = x.to(step.device, non_blocking=True)
+    x = x.to(step.device, non_blocking=True)  # (a no-op after device_augment)
     if step.mixup is not None:
         x, y = step.mixup(x, y)
     if step.channels_last:
