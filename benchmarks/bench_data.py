@@ -27,7 +27,8 @@ def recipe_cfg(args, data_path: str) -> RunConfig:
     """The DeiT recipe's data keys (RandAugment, random erasing, bicubic, ImageNet mean/std)."""
     return config_from_dict({"dataset": "folder", "data_path": data_path, "num_workers": args.workers,
                              "pin_mem": False, "batch_size": args.batch_size, "imagenet_default_mean_and_std": True,
-                             "crop_pct": 0.875, "input_size": args.input_size, "seed": 0}, strict=True)
+                             "crop_pct": 0.875, "input_size": args.input_size, "seed": 0,
+                             "augment_on": args.augment_on}, strict=True)
 
 
 def to_jpeg(root: Path) -> None:
@@ -57,8 +58,23 @@ def write_photos(root: Path, n: int, width: int, height: int) -> None:
 
 def epoch_rate(loader) -> float:
     n, t0 = 0, time.perf_counter()
-    for x, _ in loader:
-        n += x.shape[0]
+    for x, y in loader:
+        n += y.shape[0]
+    return n / (time.perf_counter() - t0)
+
+
+def stage_rate(stage, loader, device: str, batches: int = 4) -> float:
+    """img/s of the device stage of ``augment_on: device`` alone, on ``batches`` of the loader's batches."""
+    import torch
+
+    held = [x for _, (x, _) in zip(range(batches), loader)]
+    stage(held[0], device)  # warm-up (kernels, allocator)
+    n, t0 = 0, time.perf_counter()
+    for x in held:
+        out = stage(x, device)
+        n += out.shape[0]
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     return n / (time.perf_counter() - t0)
 
 
@@ -74,12 +90,15 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="timed epochs per loader (alternating)")
+    ap.add_argument("--augment-on", choices=("cpu", "device"), default="cpu",
+                    help="vitzoo's augment_on: device = its workers stop after crop, flip and the plan")
+    ap.add_argument("--device", default="cpu", help="where --augment-on device's stage is timed (cpu, cuda)")
     args = ap.parse_args()
 
     import torch
     from timm.data import create_dataset, create_loader
 
-    from vitzoo.data import build_dataset, build_loader, make_shapes_dataset
+    from vitzoo.data import build_dataset, build_loader, device_stage, make_shapes_dataset
     from vitzoo.data.transforms import patch_posterize
 
     torch.set_num_threads(1)
@@ -93,7 +112,8 @@ def main() -> None:
             to_jpeg(root)
     cfg = recipe_cfg(args, str(root))
 
-    ours = build_loader(cfg, build_dataset(cfg, "train"), "train")
+    ours_ds = build_dataset(cfg, "train")
+    ours = build_loader(cfg, ours_ds, "train")
     timm_ds = create_dataset("", root=str(root / "train"), is_training=True)
     theirs = create_loader(
         timm_ds,
@@ -135,6 +155,11 @@ def main() -> None:
             f"(epochs: {', '.join(f'{v:.0f}' for v in r)})"
         )
     print(f"  ratio vitzoo / timm: {max(rates['vitzoo']) / max(rates['timm']):.3f}")
+    stage = device_stage(ours_ds.transform)
+    if stage is not None:
+        best = max(stage_rate(stage, ours, args.device) for _ in range(args.rounds))
+        print(f"  augment_on: device -- the device stage alone on {args.device} (1 thread if cpu): "
+              f"{best:8.1f} img/s")
     del ours, theirs  # stop the persistent workers before the temporary folder goes
     gc.collect()
     tmp.cleanup()

@@ -10,6 +10,9 @@ Three rates, measured in one run on one machine:
    FLOPs counted on the model, its utilisation of the matmul peak measured in the same run.
 3. **fed**: the loader feeding the step (pinned memory, non-blocking copies), one epoch after a warm-up.
 
+With ``--augment-on device`` the workers stop after crop, flip and drawing the plan, and the fed rate
+includes the device stage (RandAugment, normalise, erasing on the batch: ``augment_on: device``).
+
 The verdict says which side bounds training: fed / min(loader, model) near 1 means the slower side sets
 the pace; loader < model means more workers (or decoding on the GPU) would pay. The folder is generated
 (``make-dataset shapes`` images re-encoded as JPEG quality 90 at ``--size`` px, about ImageNet's mean
@@ -35,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_data import photo_size, recipe_cfg, to_jpeg, write_photos
 
 from vitzoo import bench
-from vitzoo.data import build_dataset, build_loader, make_shapes_dataset
+from vitzoo.data import build_dataset, build_loader, device_stage, make_shapes_dataset
 from vitzoo.engine.dist import resolve_device
 from vitzoo.models import create_model
 from vitzoo.precision import resolve_precision
@@ -53,19 +56,21 @@ def replicate(folder: Path, total: int) -> None:
 def loader_rate(loader) -> float:
     """img/s of one epoch of the loader alone."""
     n, t0 = 0, time.perf_counter()
-    for x, *_ in loader:
-        n += x.shape[0]
+    for _, y, *_ in loader:
+        n += y.shape[0]
     return n / (time.perf_counter() - t0)
 
 
-def fed_rate(loader, step, device: torch.device, batches: int | None = None) -> float:
-    """img/s of the loader feeding ``step(x, y)``: host-to-device copies overlap the previous step."""
+def fed_rate(loader, step, device: torch.device, batches: int | None = None, stage=None) -> float:
+    """img/s of the loader feeding ``step(x, y)``: host-to-device copies overlap the previous step;
+    ``stage``: the device half of ``augment_on: device`` runs on each batch first."""
     n, t0 = 0, time.perf_counter()
     for i, (x, y, *_) in enumerate(loader):
         if batches is not None and i >= batches:
             break
-        step(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-        n += x.shape[0]
+        x = stage(x, device) if stage is not None else x.to(device, non_blocking=True)
+        step(x, y.to(device, non_blocking=True))
+        n += y.shape[0]
     bench.sync(device)
     return n / (time.perf_counter() - t0)
 
@@ -87,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default="", help="an existing folder (DATA/train/<class>/...) instead of generating")
     ap.add_argument("--input-size", type=int, default=224)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--augment-on", choices=("cpu", "device"), default="cpu",
+                    help="augment_on of the recipe: device = RandAugment, normalise, erasing on the device")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
@@ -106,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             replicate(root / "train", args.num_images)
         cfg = recipe_cfg(args, str(root))
         cfg.pin_mem = device.type == "cuda"
-        loader = build_loader(cfg, build_dataset(cfg, "train"), "train")
+        dataset = build_dataset(cfg, "train")
+        loader, stage = build_loader(cfg, dataset, "train"), device_stage(dataset.transform)
         loader_rate(loader)  # warm-up: worker start, file cache
         loader_rates = [loader_rate(loader) for _ in range(args.rounds)]
         print(f"# loader: {', '.join(f'{r:.0f}' for r in loader_rates)} img/s per epoch", flush=True)
@@ -123,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         model = create_model(args.model, num_classes=10, img_size=args.input_size).to(device).train()
         model = torch.compile(model) if args.compile else model
         step = bench.train_step(model, amp, device)
-        fed_rate(loader, step, device, batches=3)  # warm-up (and compilation)
-        fed = max(fed_rate(loader, step, device) for _ in range(args.rounds))
+        fed_rate(loader, step, device, batches=3, stage=stage)  # warm-up (and compilation)
+        fed = max(fed_rate(loader, step, device, stage=stage) for _ in range(args.rounds))
         del loader
         gc.collect()
 
@@ -133,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| model | batch | precision | workers | loader img/s | model img/s | fed img/s | fed / min |")
     print("|---|---|---|---|---|---|---|---|")
     print(f"| {args.model} | {args.batch_size} | {row['ours_precision'].split(' (')[0]}"
-          f"{' + compile' if args.compile else ''} | {args.workers} | {best_loader:.0f} | {model_rate:.0f} | "
+          f"{' + compile' if args.compile else ''} | {args.workers}{' + device aug' if stage else ''} | {best_loader:.0f} | {model_rate:.0f} | "
           f"{fed:.0f} | {fed / min(best_loader, model_rate):.2f} |")
     print(f"bound by {bound}: the loader gives {best_loader / model_rate:.2f}x what the model takes")
     if args.json:

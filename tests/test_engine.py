@@ -367,6 +367,7 @@ def test_updates_count_the_time_spent_waiting_for_the_loader():
     assert 0.03 * 4 / stats.seconds <= stats.data_wait + 1e-9 <= 1.0
     assert stats.data_wait_note(2, 8).startswith("waited for data") and stats.data_wait_note(2, 8).endswith(
         "(the loader set the pace: 2 loader worker(s) per process, 8 CPU(s); raise num_workers)")
+    assert stats.data_wait_note(2, 2, "augment_on: device helps").endswith("2 CPU(s); augment_on: device helps)")
     assert stats.data_wait_note(2, 2).endswith("2 CPU(s); each CPU already has one)")
     stats.data_wait = 0.01
     assert stats.data_wait_note(2, 8) == "waited for data 1%"

@@ -150,6 +150,8 @@ def test_pretrain_refuses_a_model_that_is_not_beit_and_a_missing_tokenizer(shape
     assert cli(pretrain_args(shapes, tmp_path / "c", "--mim_target", "tokenizer", "--tokenizer_path",
                              str(tmp_path / "missing.safetensors"))) == 2
     assert "tokenizer_path: file not found" in capsys.readouterr().err
+    assert cli(pretrain_args(shapes, tmp_path / "d", "--augment_on", "device")) == 2
+    assert "augment_on: device is for classification training" in capsys.readouterr().err
 
 
 def test_pretrain_curves_and_resume_continue_the_run(shapes, tmp_path):

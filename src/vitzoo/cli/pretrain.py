@@ -52,6 +52,9 @@ def check_inputs(cfg: RunConfig) -> None:
         raise UserError(f"data_path: no such folder: {cfg.data_path}")
     if cfg.dataset in ("cifar10", "cifar100"):
         raise UserError("pretrain reads image folders or WebDataset shards (dataset: folder | webdataset)")
+    if cfg.augment_on == "device":
+        raise UserError("augment_on: device is for classification training; BEiT pre-training makes its two "
+                        "views in the loader workers (drop augment_on)")
     check_files(cfg, {"pretrained": cfg.pretrained,
                       "tokenizer_path": cfg.tokenizer_path if cfg.mim_target != "pixels" else ""})
 

@@ -2,38 +2,31 @@
 batch, as :mod:`vitzoo.data.augment_plan` planned them per image.
 
 Each op is Pillow's arithmetic (what timm's ops call) on (n, 3, H, W) uint8 tensors with one argument per
-image, so a batch takes one call per op kind and layer rather than one per image:
-- point ops as a 256-entry table per image and channel (Pillow's ``ImageOps`` builds the same tables):
-  autocontrast, equalize, invert, posterize, solarize, solarize-add -- the same integers as Pillow;
+image, so a batch takes one call per op kind and layer rather than one per image, and every op gives
+Pillow's integers (tests/test_data_augment_device.py compares each with timm's op):
+- point ops as 256-entry tables per image and channel, as Pillow's ``ImageOps`` builds them: autocontrast,
+  equalize, invert, posterize, solarize, solarize-add;
 - ``ImageEnhance``'s blends in float32, truncated as Pillow's ``ImagingBlend`` does: colour (against
   Pillow's integer luma), contrast (against the rounded mean luma), brightness (against black), sharpness
-  (against Pillow's SMOOTH filter, borders kept) -- the same integers, or off by one where float rounding
-  differs;
-- geometric ops (rotate, shear, translate) as one affine resampling (``grid_sample``, pixel centres as
-  Pillow's) with the fill colour where the sample falls outside: not Pillow's filter weights at every
-  pixel (bicubic here has a = -0.75, Pillow's -0.5), within a few grey levels of Pillow's on average
-  (tests/test_data_augment_device.py measures each op against timm's).
+  (against Pillow's SMOOTH filter, borders kept);
+- rotate, shear and translate as Pillow's affine resampling (Geometry.c): the sample point of each output
+  pixel centre, the fill where it falls outside the image, Pillow's bilinear / bicubic polynomials on
+  edge-clamped taps in float64, truncated. (``grid_sample`` was 0.3-0.6 grey levels off on average: its
+  bicubic has a = -0.75 and it blends the fill in at the border.)
+On a GPU these are a few dozen kernels per batch; on a CPU they cost more than the workers save (the
+trainer warns), so ``augment_on: device`` is for GPU runs.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from vitzoo.data.augment_plan import (
-    AFFINE,
-    AUTOCONTRAST,
-    BICUBIC,
-    BILINEAR,
-    BRIGHTNESS,
-    COLOR,
-    CONTRAST,
-    EQUALIZE,
-    INVERT,
-    NONE,
-    POSTERIZE,
-    SHARPNESS,
-    SOLARIZE,
-)
+# Plan rows: [kind, p0 .. p6]; one row per auto-augment layer, NONE where the op was not applied.
+NONE, AFFINE, AUTOCONTRAST, EQUALIZE, INVERT, POSTERIZE, SOLARIZE, SOLARIZE_ADD, COLOR, CONTRAST, \
+    BRIGHTNESS, SHARPNESS = range(12)
+PLAN_WIDTH = 8
+# Pillow's resampling filter codes (Image.Resampling) an AFFINE row carries in p6
+NEAREST, BILINEAR, BICUBIC = 0, 2, 3
 
 
 def _levels(device: torch.device) -> torch.Tensor:

@@ -26,14 +26,23 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vitzoo.data.augment_ops import (
+    AFFINE,
+    AUTOCONTRAST,
+    BICUBIC,
+    BRIGHTNESS,
+    COLOR,
+    CONTRAST,
+    EQUALIZE,
+    INVERT,
+    PLAN_WIDTH,
+    POSTERIZE,
+    SHARPNESS,
+    SOLARIZE,
+    SOLARIZE_ADD,
+    DeviceAugment,
+)
 from vitzoo.errors import UserError
-
-# Plan rows: [kind, p0 .. p6]; one row per auto-augment layer, NONE where the op was not applied.
-NONE, AFFINE, AUTOCONTRAST, EQUALIZE, INVERT, POSTERIZE, SOLARIZE, SOLARIZE_ADD, COLOR, CONTRAST, \
-    BRIGHTNESS, SHARPNESS = range(12)
-PLAN_WIDTH = 8
-# Pillow's resampling filter codes (Image.Resampling) an AFFINE row carries in p6
-NEAREST, BILINEAR, BICUBIC = 0, 2, 3
 
 _POINT_OPS = {  # timm op name -> (kind, how many level args it takes)
     "AutoContrast": AUTOCONTRAST, "Equalize": EQUALIZE, "Invert": INVERT,
@@ -181,8 +190,6 @@ class AugmentPlanner:
 
     def device_stage(self):
         """The :class:`~vitzoo.data.augment_ops.DeviceAugment` that applies this planner's plans."""
-        from vitzoo.data.augment_ops import DeviceAugment  # (it imports this module's constants)
-
         return DeviceAugment(self.mean, self.std, self.fill, self.erase_mode)
 
     def __repr__(self) -> str:

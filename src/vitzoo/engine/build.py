@@ -136,6 +136,9 @@ def _device_augment(data: TrainData, device: torch.device, log: logging.Logger) 
     if stage is not None:
         log.info("augmentation: crop and flip in the loader workers; auto-augment, normalisation and random "
                  "erasing on %s, per batch (augment_on: device)", device)
+        if device.type == "cpu":  # measured: 21 ms per image there against 1.4 ms saved per image in a worker
+            log.warning("augment_on: device on a CPU runs the augmentation in the training process, between "
+                        "steps, on the cores the workers would use: it pays on a GPU; augment_on: cpu here")
     return stage
 
 

@@ -131,13 +131,14 @@ class EpochStats:
         self.skipped = int(skipped / world)  # every process skipped the same updates
         self.data_wait = data_seconds / world / self.seconds if self.seconds > 0 else 0.0  # the processes' mean
 
-    def data_wait_note(self, workers: int, cpus: int) -> str:
+    def data_wait_note(self, workers: int, cpus: int, remedy: str = "") -> str:
         """'waited for data 12%' -- and, where that is more than LOADER_BOUND_ABOVE of the epoch, that the
         loader set the pace (as on an H100 fed by 8 workers: 881 img/s of the 5,148 the step takes), with
-        ``workers`` (loader processes per training process) against the ``cpus`` this process may use."""
+        ``workers`` (loader processes per training process) against the ``cpus`` this process may use, and
+        ``remedy`` (another setting that would help) where every CPU already has a worker."""
         note = f"waited for data {100 * self.data_wait:.0f}%"
         if self.data_wait > LOADER_BOUND_ABOVE:
-            room = "raise num_workers" if workers < cpus else "each CPU already has one"
+            room = "raise num_workers" if workers < cpus else (remedy or "each CPU already has one")
             note += f" (the loader set the pace: {workers} loader worker(s) per process, {cpus} CPU(s); {room})"
         return note
 

@@ -195,7 +195,7 @@ class Trainer:
         report_bad_files(self.data.train_ds, self.folders.output, epoch + 1)
         self.log.info("epoch %d/%d: train loss %.4f, %.1f img/s, %.0f s, %s%s", epoch + 1, cfg.epochs, stats.loss,
                       stats.img_per_sec, stats.seconds,
-                      stats.data_wait_note(self.data.train_loader.num_workers, usable_cpus()),
+                      stats.data_wait_note(self.data.train_loader.num_workers, usable_cpus(), self._loader_remedy()),
                       f", {stats.skipped} skipped update(s)" if stats.skipped else "")
         metrics: dict[str, Any] = {}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
@@ -209,6 +209,12 @@ class Trainer:
         if metrics:
             self.save_best(pos, metrics)
         return metrics
+
+    def _loader_remedy(self) -> str:
+        """What a loader-bound GPU run with every CPU busy can still change (README "Data pipeline")."""
+        if self.device.type == "cuda" and self.cfg.augment_on == "cpu" and self.step.device_augment is None:
+            return "augment_on: device moves auto-augment, normalisation and erasing onto the GPU"
+        return ""
 
     def evaluate(self) -> dict[str, Any]:
         ema = self.step.ema if self.cfg.use_ema_for_eval else None
