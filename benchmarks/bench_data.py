@@ -23,12 +23,12 @@ from pathlib import Path
 from vitzoo.config import RunConfig, config_from_dict
 
 
-def recipe_cfg(args, data_path: str) -> RunConfig:
+def recipe_cfg(args, data_path: str, augment_on: str | None = None) -> RunConfig:
     """The DeiT recipe's data keys (RandAugment, random erasing, bicubic, ImageNet mean/std)."""
     return config_from_dict({"dataset": "folder", "data_path": data_path, "num_workers": args.workers,
                              "pin_mem": False, "batch_size": args.batch_size, "imagenet_default_mean_and_std": True,
                              "crop_pct": 0.875, "input_size": args.input_size, "seed": 0,
-                             "augment_on": args.augment_on}, strict=True)
+                             "augment_on": augment_on or args.augment_on}, strict=True)
 
 
 def to_jpeg(root: Path) -> None:
@@ -90,8 +90,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="timed epochs per loader (alternating)")
-    ap.add_argument("--augment-on", choices=("cpu", "device"), default="cpu",
-                    help="vitzoo's augment_on: device = its workers stop after crop, flip and the plan")
+    ap.add_argument("--augment-on", choices=("cpu", "device", "both"), default="cpu",
+                    help="vitzoo's augment_on: device = its workers stop after crop, flip and the plan; "
+                         "both = a vitzoo loader of each kind, alternating with timm's")
     ap.add_argument("--device", default="cpu", help="where --augment-on device's stage is timed (cpu, cuda)")
     args = ap.parse_args()
 
@@ -110,10 +111,13 @@ def main() -> None:
         make_shapes_dataset(root, args.num_images, 10, args.size, seed=0, num_classes=10)
         if args.jpeg:
             to_jpeg(root)
-    cfg = recipe_cfg(args, str(root))
-
-    ours_ds = build_dataset(cfg, "train")
-    ours = build_loader(cfg, ours_ds, "train")
+    cfg = recipe_cfg(args, str(root), "cpu" if args.augment_on == "both" else None)
+    modes = ("cpu", "device") if args.augment_on == "both" else (args.augment_on,)
+    ours = {}  # name -> (dataset, loader)
+    for mode in modes:
+        mode_cfg = recipe_cfg(args, str(root), mode)
+        ds = build_dataset(mode_cfg, "train")
+        ours["vitzoo" if mode == "cpu" else "vitzoo device-aug"] = ds, build_loader(mode_cfg, ds, "train")
     timm_ds = create_dataset("", root=str(root / "train"), is_training=True)
     theirs = create_loader(
         timm_ds,
@@ -136,11 +140,12 @@ def main() -> None:
     )
     # timm's RandAugment posterize crashes at 0 bits on Pillow >= 13; give timm the same fix as ours
     patch_posterize(timm_ds.transform)
-    rates = {"vitzoo": [], "timm": []}
-    for name, loader in (("vitzoo", ours), ("timm", theirs)):
+    loaders = {**{name: loader for name, (_, loader) in ours.items()}, "timm": theirs}
+    rates: dict[str, list[float]] = {name: [] for name in loaders}
+    for loader in loaders.values():
         epoch_rate(loader)  # warm-up: worker start, file cache
     for _ in range(args.rounds):
-        for name, loader in (("vitzoo", ours), ("timm", theirs)):
+        for name, loader in loaders.items():
             rates[name].append(epoch_rate(loader))
     w = max(args.workers, 1)
     source = (f"photo-like jpeg {'x'.join(map(str, args.photos))}" if args.photos else args.data
@@ -151,16 +156,18 @@ def main() -> None:
     )
     for name, r in rates.items():
         print(
-            f"  {name:7s} {max(r):8.1f} img/s   {max(r) / w:7.1f} img/s/worker   "
+            f"  {name:17s} {max(r):8.1f} img/s   {max(r) / w:7.1f} img/s/worker   "
             f"(epochs: {', '.join(f'{v:.0f}' for v in r)})"
         )
-    print(f"  ratio vitzoo / timm: {max(rates['vitzoo']) / max(rates['timm']):.3f}")
-    stage = device_stage(ours_ds.transform)
-    if stage is not None:
-        best = max(stage_rate(stage, ours, args.device) for _ in range(args.rounds))
-        print(f"  augment_on: device -- the device stage alone on {args.device} (1 thread if cpu): "
-              f"{best:8.1f} img/s")
-    del ours, theirs  # stop the persistent workers before the temporary folder goes
+    for name in ours:
+        print(f"  ratio {name} / timm: {max(rates[name]) / max(rates['timm']):.3f}")
+    for name, (ds, loader) in ours.items():
+        stage = device_stage(ds.transform)
+        if stage is not None:
+            best = max(stage_rate(stage, loader, args.device) for _ in range(args.rounds))
+            print(f"  augment_on: device -- the device stage alone on {args.device} (1 thread if cpu): "
+                  f"{best:8.1f} img/s")
+    del ours, loaders, theirs  # stop the persistent workers before the temporary folder goes
     gc.collect()
     tmp.cleanup()
 
