@@ -25,7 +25,10 @@ OPS = [("AutoContrast", ()), ("Equalize", ()), ("Invert", ()), ("PosterizeIncrea
        ("ColorIncreasing", (1.7,)), ("ColorIncreasing", (0.3,)), ("ContrastIncreasing", (1.8,)),
        ("ContrastIncreasing", (0.4,)), ("BrightnessIncreasing", (1.6,)), ("SharpnessIncreasing", (1.8,)),
        ("SharpnessIncreasing", (0.2,)), ("Rotate", (23.0,)), ("Rotate", (-17.0,)), ("ShearX", (0.25,)),
-       ("ShearY", (-0.2,)), ("TranslateXRel", (0.3,)), ("TranslateYRel", (-0.25,))]
+       ("ShearY", (-0.2,)), ("TranslateXRel", (0.3,)), ("TranslateYRel", (-0.25,)),
+       # the names AutoAugment's policies ('original', 'v0', ...) use for the same arithmetic
+       ("Posterize", (5,)), ("Solarize", (200,)), ("Color", (0.5,)), ("Contrast", (1.3,)),
+       ("Brightness", (0.7,)), ("Sharpness", (1.5,)), ("TranslateX", (-40.0,)), ("TranslateY", (35.0,))]
 
 
 def make_cfg(**kw):

@@ -90,13 +90,13 @@ def _luma(images: torch.Tensor) -> torch.Tensor:
 
 def _smooth(images: torch.Tensor) -> torch.Tensor:
     """Pillow's ``ImageFilter.SMOOTH`` (3x3, centre 5, the rest 1, / 13, rounded), border pixels kept."""
-    kernel = torch.ones(3, 1, 3, 3, device=images.device)
+    kernel = torch.ones(3, 1, 3, 3, device=images.device, dtype=torch.float64)
     kernel[:, :, 1, 1] = 5.0
-    x = images.float()
+    x = images.double()  # (float64: a GPU's TF32 convolutions would round the sums to 10 bits)
     inner = F.conv2d(x, kernel / 13.0, groups=3).add_(0.5).floor_().clamp_(0, 255)
     out = x.clone()
     out[:, :, 1:-1, 1:-1] = inner
-    return out
+    return out.float()
 
 
 def blend(images: torch.Tensor, kind: int, factor: torch.Tensor) -> torch.Tensor:
@@ -228,18 +228,27 @@ class DeviceAugment:
     augmented, erased (B, 3, H, W) float32 batch on ``device``, as timm's CPU chain would give it."""
 
     def __init__(self, mean: tuple, std: tuple, fill: tuple, erase_mode: str = "pixel") -> None:
-        self.shift = torch.tensor([255.0 * m for m in mean]).view(1, 3, 1, 1)
-        self.scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1)
-        self.fill = torch.tensor([float(v) for v in fill])
+        self.mean, self.std, self.fill = tuple(mean), tuple(std), tuple(float(v) for v in fill)
         self.erase_mode = erase_mode
+        self._constants: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
+    def constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(255 mean, 1 / (255 std), fill) on ``device``, made once per device."""
+        if device not in self._constants:
+            shift = torch.tensor([255.0 * m for m in self.mean], device=device).view(1, 3, 1, 1)
+            scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=device).view(1, 3, 1, 1)
+            self._constants[device] = shift, scale, torch.tensor(self.fill, device=device)
+        return self._constants[device]
 
     def __call__(self, batch, device: torch.device | str) -> torch.Tensor:
+        device = torch.device(device)
+        shift, scale, fill = self.constants(device)
         pixels, plan, boxes, seeds = (t.to(device, non_blocking=True) for t in batch)
         images = pixels.permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W) uint8
         if plan.shape[1]:
-            images = apply_plan(images, plan, self.fill.to(device))
-        x = images.float().sub_(self.shift.to(device)).mul_(self.scale.to(device))  # as ToNormalizedTensor
+            images = apply_plan(images, plan, fill)
+        x = images.float().sub_(shift).mul_(scale)  # as ToNormalizedTensor
         return erase(x, boxes, seeds, self.erase_mode)
 
     def __repr__(self) -> str:
-        return f"DeviceAugment(fill={self.fill.tolist()}, erase_mode={self.erase_mode!r})"
+        return f"DeviceAugment(fill={list(self.fill)}, erase_mode={self.erase_mode!r})"
