@@ -129,3 +129,21 @@ def test_autoaugment_policies_and_no_augmentation_plan_too():
         assert plan.shape == (rows, PLAN_WIDTH) and boxes.shape == (0, 4)
         out = device_stage(chain)((pixels[None], plan[None], boxes[None], seed[None]), "cpu")
         assert out.shape == (1, 3, 224, 224) and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("mode", ["const", "rand"])
+def test_erasing_modes_fill_the_boxes_as_timms(mode):
+    """const: zeros; rand: one normal colour per box and channel (pixel mode: the chain test above)."""
+    chain = build_train_transform(make_cfg(augment_on="device", reprob=1.0, remode=mode), DEFAULT_DATA_CONFIG)
+    parts = []
+    for seed in range(4):
+        with seeded_augmentation(seed):
+            parts.append(chain(Image.open(io.BytesIO(jpeg_bytes()))))
+    batch = [torch.stack(p) for p in zip(*parts)]
+    out = device_stage(chain)(batch, "cpu")
+    for image, (top, left, h, w) in zip(out, batch[2][:, 0].tolist()):
+        assert h > 0
+        box = image[:, top:top + h, left:left + w]
+        colour = box[:, :1, :1]
+        assert torch.equal(box, colour.expand_as(box))  # one value per channel
+        assert bool((colour == 0).all()) == (mode == "const")

@@ -128,8 +128,7 @@ def check_device_recipe(augment: Any) -> None:
         return
     if not (hasattr(augment, "ops") and hasattr(augment, "num_layers")) and not hasattr(augment, "policy"):
         raise UserError(f"augment_on: device applies timm's RandAugment ('rand-...') and AutoAugment policies, "
-                        f"not {type(augment).__name__} (colour jitter with aa: none, or AugMix); use "
-                        "augment_on: cpu")
+                        f"not {type(augment).__name__}; use augment_on: cpu")
     bad = sorted({op.name for op in _ops_of(augment) if op.name not in SUPPORTED_OPS})
     if bad:
         raise UserError(f"augment_on: device has no device version of the auto-augment op(s) {', '.join(bad)}; "
