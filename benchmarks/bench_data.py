@@ -67,11 +67,11 @@ def stage_rate(stage, loader, device: str, batches: int = 4) -> float:
     """img/s of the device stage of ``augment_on: device`` alone, on ``batches`` of the loader's batches."""
     import torch
 
-    held = [x for _, (x, _) in zip(range(batches), loader)]
-    stage(held[0], device)  # warm-up (kernels, allocator)
+    held = [batch for _, batch in zip(range(batches), loader)]
+    stage(*held[0], device)  # warm-up (kernels, allocator)
     n, t0 = 0, time.perf_counter()
-    for x in held:
-        out = stage(x, device)
+    for x, y in held:
+        out, _ = stage(x, y, device)
         n += out.shape[0]
     if device.startswith("cuda"):
         torch.cuda.synchronize()

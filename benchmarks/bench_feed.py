@@ -68,8 +68,9 @@ def fed_rate(loader, step, device: torch.device, batches: int | None = None, sta
     for i, (x, y, *_) in enumerate(loader):
         if batches is not None and i >= batches:
             break
-        x = stage(x, device) if stage is not None else x.to(device, non_blocking=True)
-        step(x, y.to(device, non_blocking=True))
+        if stage is not None:
+            x, y = stage(x, y, device)
+        step(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
         n += y.shape[0]
     bench.sync(device)
     return n / (time.perf_counter() - t0)

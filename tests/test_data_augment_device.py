@@ -82,7 +82,7 @@ def test_split_chain_gives_timms_images_outside_the_erased_boxes():
     pixels, plans, boxes, seeds = (torch.stack(p) for p in zip(*parts))
     assert pixels.dtype == torch.uint8 and pixels.shape == (48, 224, 224, 3)
     assert len(set(plans[:, :, 0].flatten().tolist())) >= 8  # many op kinds in one batch
-    got = stage((pixels, plans, boxes, seeds), "cpu")
+    got, _ = stage((pixels, plans, boxes, seeds), torch.zeros(48, dtype=torch.int64), "cpu")
     expected = torch.stack(expected)
     erased = torch.zeros(48, 1, 224, 224, dtype=torch.bool)
     for i, (top, left, h, w) in enumerate(boxes[:, 0].tolist()):
@@ -91,7 +91,7 @@ def test_split_chain_gives_timms_images_outside_the_erased_boxes():
     assert (got - expected).abs().masked_fill(erased, 0).max() < 1e-5
     inside = (got - expected).abs()[erased.expand_as(got)]
     assert inside.numel() and inside.mean() > 0.5  # noise, not the image
-    again = stage((pixels, plans, boxes, seeds), "cpu")
+    again, _ = stage((pixels, plans, boxes, seeds), torch.zeros(48, dtype=torch.int64), "cpu")
     assert torch.equal(got, again)  # the noise is the seeds', not the global generator's
 
 
@@ -127,7 +127,7 @@ def test_autoaugment_policies_and_no_augmentation_plan_too():
         with seeded_augmentation(5):
             pixels, plan, boxes, seed = chain(Image.open(io.BytesIO(jpeg_bytes())))
         assert plan.shape == (rows, PLAN_WIDTH) and boxes.shape == (0, 4)
-        out = device_stage(chain)((pixels[None], plan[None], boxes[None], seed[None]), "cpu")
+        out, _ = device_stage(chain)((pixels[None], plan[None], boxes[None], seed[None]), torch.zeros(1), "cpu")
         assert out.shape == (1, 3, 224, 224) and out.dtype == torch.float32
 
 
@@ -140,7 +140,7 @@ def test_erasing_modes_fill_the_boxes_as_timms(mode):
         with seeded_augmentation(seed):
             parts.append(chain(Image.open(io.BytesIO(jpeg_bytes()))))
     batch = [torch.stack(p) for p in zip(*parts)]
-    out = device_stage(chain)(batch, "cpu")
+    out, _ = device_stage(chain)(batch, torch.zeros(4), "cpu")
     for image, (top, left, h, w) in zip(out, batch[2][:, 0].tolist()):
         assert h > 0
         box = image[:, top:top + h, left:left + w]

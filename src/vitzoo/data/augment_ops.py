@@ -240,11 +240,16 @@ class DeviceAugment:
             self._constants[device] = shift, scale, torch.tensor(self.fill, device=device)
         return self._constants[device]
 
-    def __call__(self, batch, device: torch.device | str) -> torch.Tensor:
+    def __call__(self, batch, labels: torch.Tensor, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A worker batch (uint8 (B, H, W, 3) crops, plans, boxes, seeds) and its labels -> on ``device``."""
         device = torch.device(device)
-        shift, scale, fill = self.constants(device)
         pixels, plan, boxes, seeds = (t.to(device, non_blocking=True) for t in batch)
         images = pixels.permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W) uint8
+        return self.apply(images, plan, boxes, seeds), labels.to(device, non_blocking=True)
+
+    def apply(self, images: torch.Tensor, plan: torch.Tensor, boxes: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) uint8 crops and their plans, on one device -> the augmented, normalised float32 batch."""
+        shift, scale, fill = self.constants(images.device)
         if plan.shape[1]:
             images = apply_plan(images, plan, fill)
         x = images.float().sub_(shift).mul_(scale)  # as ToNormalizedTensor

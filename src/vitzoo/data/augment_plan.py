@@ -172,6 +172,11 @@ class AugmentPlanner:
     def __call__(self, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         if img.mode != "RGB":
             img = img.convert("RGB")
+        return (torch.from_numpy(np.array(img, np.uint8)), *self.draw(img))
+
+    def draw(self, img: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The plan for an image of ``img.size`` (only the size is read): the auto-augment rows, the erasing
+        boxes, the erasing noise's seed."""
         plan = torch.zeros(self.rows, PLAN_WIDTH, dtype=torch.float64)
         if self.augment is not None:
             self._drawn.clear()
@@ -185,7 +190,7 @@ class AugmentPlanner:
             for i, box in enumerate(stand_in.boxes):
                 boxes[i] = torch.tensor(box)
         seed = torch.tensor(random.getrandbits(62))  # drawn last: the draws above stay timm's
-        return torch.from_numpy(np.array(img, np.uint8)), plan, boxes, seed
+        return plan, boxes, seed
 
     def device_stage(self):
         """The :class:`~vitzoo.data.augment_ops.DeviceAugment` that applies this planner's plans."""

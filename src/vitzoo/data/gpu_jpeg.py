@@ -143,6 +143,37 @@ def eval_batches(files: list[tuple[str, int]], preprocess: DevicePreprocess, bat
             yield torch.stack([items[i][1] for i in keep]), labels[keep].to(preprocess.device)
 
 
+def decode_jpegs(encoded: list[tuple[str, torch.Tensor]], device: torch.device) -> list[torch.Tensor | str]:
+    """Decoded CHW uint8 RGB images (or why not) of (path, bytes), in one device call when every JPEG decodes."""
+    if not encoded:
+        return []
+    if device.type == "cuda":
+        # host-device sync: torchvision's nvJPEG decode writes its outputs on a private stream that does
+        # not wait for the caller's, so it can overwrite freed memory that queued kernels still read
+        # (pytorch/vision#9606, reproduced on H100s); an idle caller's stream makes that impossible
+        torch.cuda.current_stream(device).synchronize()
+    try:
+        return list(decode_jpeg([data for _, data in encoded], mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:  # one bad file fails the whole call: find it
+        return [decode_one(path, data, device) for path, data in encoded]
+
+
+def decode_one(path: str, data: torch.Tensor, device: torch.device) -> torch.Tensor | str:
+    """One JPEG: the device, then the CPU's libjpeg (CMYK, unusual sampling), then PIL from the file,
+    whose reason for refusing it is then the one the CPU path reports."""
+    for where in dict.fromkeys([device, torch.device("cpu")]):
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=where)
+        except RuntimeError:
+            pass
+    if not path:  # (bytes from a shard: no file to ask PIL about)
+        return "not a JPEG that libjpeg can decode"
+    try:
+        return pil_to_chw(load_image(path))
+    except UserError as e:
+        return str(e).removeprefix(f"{path}: ")
+
+
 def pil_to_chw(image) -> torch.Tensor:
     return TF.pil_to_tensor(image.convert("RGB"))
 
@@ -181,31 +212,7 @@ class DevicePreprocess:
         return out
 
     def decode(self, encoded: list[tuple[str, torch.Tensor]]) -> list[torch.Tensor | str]:
-        """Decoded CHW uint8 images (or why not) of (path, bytes), in one device call when every JPEG decodes."""
-        if not encoded:
-            return []
-        if self.device.type == "cuda":
-            # host-device sync: torchvision's nvJPEG decode writes its outputs on a private stream that does
-            # not wait for the caller's, so it can overwrite freed memory that queued kernels still read
-            # (pytorch/vision#9606, reproduced on H100s); an idle caller's stream makes that impossible
-            torch.cuda.current_stream(self.device).synchronize()
-        try:
-            return list(decode_jpeg([data for _, data in encoded], mode=ImageReadMode.RGB, device=self.device))
-        except RuntimeError:  # one bad file fails the whole call: find it
-            return [self.decode_one(path, data) for path, data in encoded]
-
-    def decode_one(self, path: str, data: torch.Tensor) -> torch.Tensor | str:
-        """One JPEG: the device, then the CPU's libjpeg (CMYK, unusual sampling), then PIL from the file,
-        whose reason for refusing it is then the one the CPU path reports."""
-        for device in dict.fromkeys([self.device, torch.device("cpu")]):
-            try:
-                return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-            except RuntimeError:
-                pass
-        try:
-            return pil_to_chw(load_image(path))
-        except UserError as e:
-            return str(e).removeprefix(f"{path}: ")
+        return decode_jpegs(encoded, self.device)
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 CHW -> normalised float CHW: resize the shorter side, round to 8 bits as PIL, crop."""

@@ -50,8 +50,9 @@ class TrainStep:
     channels_last: bool = False
     # outputs = forward(model, x, y); None = model(x). Pre-training passes the mask and computes targets
     forward: Callable[[nn.Module, Any, Any], Any] | None = None
-    # augment_on: device -- (loader batch, device) -> the augmented, normalised images on the device
-    device_augment: Callable[[Any, torch.device], torch.Tensor] | None = None
+    # augment_on: device -- (loader batch, labels, device) -> the augmented, normalised images and their
+    # labels on the device
+    device_augment: Callable[[Any, torch.Tensor, torch.device], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 @dataclass
@@ -132,10 +133,10 @@ def _timed(loader: Iterable, waited: list[float]) -> Iterator[Any]:
 
 
 def _prepare(step: TrainStep, x: Any, y: torch.Tensor) -> tuple[Any, torch.Tensor]:
+    if step.device_augment is not None:  # crops (or JPEG bytes) + their augmentation plans -> images
+        x, y = step.device_augment(x, y, step.device)
     y = y.to(step.device, non_blocking=True)
-    if step.device_augment is not None:  # crops + their augmentation plans -> augmented images
-        x = step.device_augment(x, step.device)
-    elif not isinstance(x, torch.Tensor):  # a sample of several parts (pre-training: images, view, mask)
+    if not isinstance(x, torch.Tensor):  # a sample of several parts (pre-training: images, view, mask)
         first, *rest = (t.to(step.device, non_blocking=True) for t in x)
         return (step.precision.cast_input(first), *rest), y
     x = x.to(step.device, non_blocking=True)  # (a no-op after device_augment)
