@@ -22,13 +22,17 @@ from pathlib import Path
 
 from vitzoo.config import RunConfig, config_from_dict
 
+MODES = {"cpu": ("vitzoo", "cpu", "cpu"), "device": ("vitzoo device-aug", "device", "cpu"),
+         "decode": ("vitzoo device-decode", "device", "device")}  # --augment-on: (label, augment_on, decode_on)
 
-def recipe_cfg(args, data_path: str, augment_on: str | None = None) -> RunConfig:
+
+def recipe_cfg(args, data_path: str, augment_on: str | None = None, decode_on: str = "cpu") -> RunConfig:
     """The DeiT recipe's data keys (RandAugment, random erasing, bicubic, ImageNet mean/std)."""
     return config_from_dict({"dataset": "folder", "data_path": data_path, "num_workers": args.workers,
                              "pin_mem": False, "batch_size": args.batch_size, "imagenet_default_mean_and_std": True,
                              "crop_pct": 0.875, "input_size": args.input_size, "seed": 0,
-                             "augment_on": augment_on or args.augment_on}, strict=True)
+                             "augment_on": augment_on or MODES[args.augment_on][1], "decode_on": decode_on},
+                            strict=True)
 
 
 def to_jpeg(root: Path) -> None:
@@ -90,9 +94,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="timed epochs per loader (alternating)")
-    ap.add_argument("--augment-on", choices=("cpu", "device", "both"), default="cpu",
-                    help="vitzoo's augment_on: device = its workers stop after crop, flip and the plan; "
-                         "both = a vitzoo loader of each kind, alternating with timm's")
+    ap.add_argument("--augment-on", default="cpu", help="vitzoo's loader(s), comma-separated: cpu (the whole "
+                    "recipe in the workers), device (augment_on: device: the workers stop after crop, flip and "
+                    "the plan), decode (and decode_on: device: the workers read the files and draw); each "
+                    "alternates with timm's")
     ap.add_argument("--device", default="cpu", help="where --augment-on device's stage is timed (cpu, cuda)")
     args = ap.parse_args()
 
@@ -111,13 +116,16 @@ def main() -> None:
         make_shapes_dataset(root, args.num_images, 10, args.size, seed=0, num_classes=10)
         if args.jpeg:
             to_jpeg(root)
-    cfg = recipe_cfg(args, str(root), "cpu" if args.augment_on == "both" else None)
-    modes = ("cpu", "device") if args.augment_on == "both" else (args.augment_on,)
+    modes = args.augment_on.split(",")
+    if not set(modes) <= set(MODES):
+        ap.error(f"--augment-on takes {', '.join(MODES)} (comma-separated), got {args.augment_on!r}")
+    cfg = recipe_cfg(args, str(root), "cpu")
     ours = {}  # name -> (dataset, loader)
     for mode in modes:
-        mode_cfg = recipe_cfg(args, str(root), mode)
+        label, augment_on, decode_on = MODES[mode]
+        mode_cfg = recipe_cfg(args, str(root), augment_on, decode_on)
         ds = build_dataset(mode_cfg, "train")
-        ours["vitzoo" if mode == "cpu" else "vitzoo device-aug"] = ds, build_loader(mode_cfg, ds, "train")
+        ours[label] = ds, build_loader(mode_cfg, ds, "train")
     timm_ds = create_dataset("", root=str(root / "train"), is_training=True)
     theirs = create_loader(
         timm_ds,
@@ -156,7 +164,7 @@ def main() -> None:
     )
     for name, r in rates.items():
         print(
-            f"  {name:17s} {max(r):8.1f} img/s   {max(r) / w:7.1f} img/s/worker   "
+            f"  {name:20s} {max(r):8.1f} img/s   {max(r) / w:7.1f} img/s/worker   "
             f"(epochs: {', '.join(f'{v:.0f}' for v in r)})"
         )
     for name in ours:
@@ -165,8 +173,7 @@ def main() -> None:
         stage = device_stage(ds.transform)
         if stage is not None:
             best = max(stage_rate(stage, loader, args.device) for _ in range(args.rounds))
-            print(f"  augment_on: device -- the device stage alone on {args.device} (1 thread if cpu): "
-                  f"{best:8.1f} img/s")
+            print(f"  {name}: its device stage alone on {args.device} (1 thread if cpu): {best:8.1f} img/s")
     del ours, loaders, theirs  # stop the persistent workers before the temporary folder goes
     gc.collect()
     tmp.cleanup()

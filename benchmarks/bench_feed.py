@@ -11,7 +11,8 @@ Three rates, measured in one run on one machine:
 3. **fed**: the loader feeding the step (pinned memory, non-blocking copies), one epoch after a warm-up.
 
 With ``--augment-on device`` the workers stop after crop, flip and drawing the plan, and the fed rate
-includes the device stage (RandAugment, normalise, erasing on the batch: ``augment_on: device``).
+includes the device stage (RandAugment, normalise, erasing on the batch: ``augment_on: device``); with
+``--augment-on decode`` they only read the files and draw, and the device decodes too (``decode_on``).
 
 The verdict says which side bounds training: fed / min(loader, model) near 1 means the slower side sets
 the pace; loader < model means more workers (or decoding on the GPU) would pay. The folder is generated
@@ -35,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_data import photo_size, recipe_cfg, to_jpeg, write_photos
+from bench_data import MODES, photo_size, recipe_cfg, to_jpeg, write_photos
 
 from vitzoo import bench
 from vitzoo.data import build_dataset, build_loader, device_stage, make_shapes_dataset
@@ -93,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default="", help="an existing folder (DATA/train/<class>/...) instead of generating")
     ap.add_argument("--input-size", type=int, default=224)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--augment-on", choices=("cpu", "device"), default="cpu",
-                    help="augment_on of the recipe: device = RandAugment, normalise, erasing on the device")
+    ap.add_argument("--augment-on", choices=tuple(MODES), default="cpu",
+                    help="device = augment_on: device (RandAugment, normalise, erasing on the device); decode = "
+                         "and decode_on: device (JPEG decode, crop and flip there too)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             to_jpeg(root)
         if not args.data:
             replicate(root / "train", args.num_images)
-        cfg = recipe_cfg(args, str(root))
+        _, augment_on, decode_on = MODES[args.augment_on]
+        cfg = recipe_cfg(args, str(root), augment_on, decode_on)
         cfg.pin_mem = device.type == "cuda"
         dataset = build_dataset(cfg, "train")
         loader, stage = build_loader(cfg, dataset, "train"), device_stage(dataset.transform)
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| model | batch | precision | workers | loader img/s | model img/s | fed img/s | fed / min |")
     print("|---|---|---|---|---|---|---|---|")
     print(f"| {args.model} | {args.batch_size} | {row['ours_precision'].split(' (')[0]}"
-          f"{' + compile' if args.compile else ''} | {args.workers}{' + device aug' if stage else ''} | {best_loader:.0f} | {model_rate:.0f} | "
+          f"{' + compile' if args.compile else ''} | {args.workers}{'' if args.augment_on == 'cpu' else ' + device ' + args.augment_on} | {best_loader:.0f} | {model_rate:.0f} | "
           f"{fed:.0f} | {fed / min(best_loader, model_rate):.2f} |")
     print(f"bound by {bound}: the loader gives {best_loader / model_rate:.2f}x what the model takes")
     if args.json:

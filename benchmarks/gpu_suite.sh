@@ -43,13 +43,13 @@ compiled)
   ;;
 feed)
   for w in 8 16; do
-    for aug in cpu device; do  # augment_on: device -- RandAugment, normalise and erasing on the GPU
+    for aug in cpu device decode; do  # augment_on / decode_on: device -- augmentation / decoding on the GPU
       $py benchmarks/bench_feed.py --model deit_small_patch16_224 --device cuda --batch-size 256 --workers $w \
           --num-images 4096 --size 400 --augment-on $aug --json "$out/feed_w${w}_$aug.json"
     done
   done
   $py benchmarks/bench_data.py --num-images 2048 --size 400 --jpeg --workers 8 --batch-size 256 --rounds 2 \
-      --augment-on device --device cuda
+      --augment-on cpu,device,decode --device cuda
   ;;
 decode)
   $py benchmarks/bench_decode.py --device cuda --num-images 2048 --workers 8 --batch-size 256

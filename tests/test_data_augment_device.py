@@ -147,3 +147,85 @@ def test_erasing_modes_fill_the_boxes_as_timms(mode):
         colour = box[:, :1, :1]
         assert torch.equal(box, colour.expand_as(box))  # one value per channel
         assert bool((colour == 0).all()) == (mode == "const")
+
+
+# ------------------------------------------------------------------------------------ decode_on: device
+def decode_chain(**kw):
+    return build_train_transform(make_cfg(augment_on="device", decode_on="device", **kw), DEFAULT_DATA_CONFIG)
+
+
+def test_device_decode_draws_what_the_worker_path_draws_and_crops_within_two_grey_levels():
+    """Same seeds: the plans equal those of augment_on: device with the workers decoding (so the crop and
+    flip draws came first, in timm's order), and the crops -- decoded by libjpeg-turbo here (nvJPEG on a
+    GPU), resized by torch's antialiased filter -- are within 2 grey levels of Pillow's."""
+    data = jpeg_bytes()
+    plain = build_train_transform(make_cfg(augment_on="device"), DEFAULT_DATA_CONFIG)
+    decoding = decode_chain()
+    from vitzoo.data.datasets import open_image
+    from vitzoo.data.device_decode import EncodedBatch
+
+    crops, samples = [], []
+    for seed in range(12):
+        with seeded_augmentation(seed):
+            crops.append(plain(open_image(io.BytesIO(data), lazy=True)))
+        with seeded_augmentation(seed):
+            samples.append(decoding(open_image(io.BytesIO(data), lazy=True)))
+    assert all(s.data == data and s.pixels is None for s in samples)  # the bytes, undecoded
+    batch = EncodedBatch.collate(samples)
+    for (pixels, plan, boxes, seed), sample in zip(crops, samples):
+        assert torch.equal(plan, sample.plan) and torch.equal(boxes, sample.boxes) and seed == sample.seed
+    stage = device_stage(decoding)
+    made = torch.stack([stage.resized_crop(img, c) for img, c in zip(
+        [torch.from_numpy(np.array(Image.open(io.BytesIO(data)))).permute(2, 0, 1)] * 12, batch.crops.tolist())])
+    pillow = torch.stack([c[0] for c in crops]).permute(0, 3, 1, 2)
+    assert (made.int() - pillow.int()).abs().max() <= 2
+    out, labels = stage(batch, torch.arange(12), "cpu")
+    assert out.shape == (12, 3, 224, 224) and torch.equal(labels, torch.arange(12))
+
+
+def test_device_decode_mixes_formats_and_replaces_an_unreadable_jpeg(tmp_path, caplog):
+    good = jpeg_bytes()
+    broken = bytearray(good)  # Pillow opens it (the header is whole), no decoder decodes it: its first
+    at = broken.find(b"\xff\xc4")  # Huffman table is garbage
+    broken[at + 5:at + 25] = b"\xff" * 20
+    broken = bytes(broken)
+    png = io.BytesIO()
+    photo_like(300, 200, seed=4).convert("RGB").save(png, "PNG")
+    from vitzoo.data.datasets import open_image
+    from vitzoo.data.loader import relay_collate
+
+    chain = decode_chain()
+    items = []
+    for i, data in enumerate([good, broken, png.getvalue(), good]):
+        with seeded_augmentation(i):
+            items.append((chain(open_image(io.BytesIO(data), lazy=True)), 10 + i))
+    batch, labels, _ = relay_collate(items)
+    assert batch.sizes[2] == 0 and batch.made.shape == (1, 224, 224, 3)  # the PNG was cropped in the worker
+    with caplog.at_level("WARNING", logger="vitzoo"):
+        out, labels = device_stage(chain)(batch, labels, "cpu")
+    assert out.shape == (4, 3, 224, 224)
+    assert labels.tolist() == [10, 12, 12, 13]  # the broken JPEG's place: the next image, with its label
+    assert "replaced in its batch by the next image" in caplog.text
+
+
+def test_device_decode_through_loader_workers(tmp_path):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    for i in range(6):
+        photo_like(80, 64, seed=i).convert("RGB").save(tmp_path / "train" / "a" / f"{i}.jpg", quality=90)
+    photo_like(80, 64, seed=9).convert("RGB").save(tmp_path / "train" / "a" / "9.png")
+    from vitzoo.data import build_dataset
+
+    cfg = make_cfg(data_path=str(tmp_path), augment_on="device", decode_on="device", num_workers=2, batch_size=7,
+                   input_size=32, persistent_workers=False)
+    ds = build_dataset(cfg, "train", data_config={**DEFAULT_DATA_CONFIG, "input_size": (3, 32, 32)})
+    (x, y), = list(build_loader(cfg, ds, "train"))
+    assert sorted(x.sizes).count(0) == 1 and x.made.shape == (1, 32, 32, 3)
+    out, y = device_stage(ds.transform)(x, y, "cpu")
+    assert out.shape == (7, 3, 32, 32) and out.dtype == torch.float32
+
+
+def test_decode_on_device_needs_augment_on_device():
+    from vitzoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs 'augment_on: device'"):
+        make_cfg(decode_on="device")

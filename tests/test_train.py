@@ -129,7 +129,8 @@ def test_augmentation_on_the_device_trains_and_resumes_bit_for_bit(shapes, tmp_p
     full = tmp_path / "full"
     summary = train(cfg_for(shapes, full, *extra))
     assert summary["best_top1"] > 0.25  # above chance after 20 updates of the full recipe
-    assert "auto-augment, normalisation and random erasing on cpu" in (full / "train.log").read_text()
+    assert "flip in the loader workers; auto-augment, normalisation and random erasing on cpu" in (
+        full / "train.log").read_text()
     mid = store.list_checkpoints(full / "checkpoints")[1]
     assert mid.name == store.ckpt_name(1, 14)
     out = tmp_path / "resumed"
@@ -137,6 +138,23 @@ def test_augmentation_on_the_device_trains_and_resumes_bit_for_bit(shapes, tmp_p
     shutil.copy(mid, out / "checkpoints" / mid.name)
     again = train(cfg_for(shapes, out, *extra, "--resume", "auto"))
     assert_same(weights(summary["last_checkpoint"]), weights(again["last_checkpoint"]))
+
+
+def test_decoding_on_the_device_trains(shapes, tmp_path):
+    """decode_on: device on JPEGs: the workers read the files and draw; decode, crop, RandAugment, erasing
+    and mixup run in the training process (here the CPU), and the run learns."""
+    from PIL import Image
+
+    data = tmp_path / "jpegs"
+    shutil.copytree(shapes, data)
+    for png in data.rglob("*.png"):
+        Image.open(png).convert("RGB").save(png.with_suffix(".jpg"), quality=95)
+        png.unlink()
+    out = tmp_path / "run"
+    summary = train(cfg_for(data, out, "--augment_on", "device", "--decode_on", "device", "--aa",
+                            "rand-m9-mstd0.5-inc1", "--reprob", "0.25", "--epochs", "3"))
+    assert summary["best_top1"] > 0.25  # above chance (4 classes)
+    assert "JPEG decode, crop, flip, auto-augment" in (out / "train.log").read_text()
 
 
 def test_nonfinite_stop_names_last_good_checkpoint(shapes, tmp_path):

@@ -128,6 +128,10 @@ class RunConfig:
                              "erasing): cpu = loader workers (timm's way) | device = the training device, "
                              "on whole batches, the same pixels (for GPU runs bound by the loader)",
                              choices=("cpu", "device"))
+    decode_on: str = option("aug", "cpu", "where training JPEGs are decoded, cropped and resized: cpu = loader "
+                            "workers | device = nvJPEG on the GPU, the workers only read the files and draw "
+                            "(needs augment_on: device; other formats still decode in the workers)",
+                            choices=("cpu", "device"))
     mixup: float = option("aug", 0.8, "mixup alpha (0 = off)", rule=">= 0")
     cutmix: float = option("aug", 1.0, "cutmix alpha (0 = off)", rule=">= 0")
     cutmix_minmax: list[float] | None = option("aug", None, "cutmix box ratio [min, max] with 0 < min < max "

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, Sampler, default_colla
 
 from vitzoo.config import RunConfig
 from vitzoo.data.datasets import SampleKey, base_dataset
+from vitzoo.data.device_decode import EncodedBatch, EncodedCrop
 from vitzoo.data.transforms import build_eval_transform, build_train_transform
 from vitzoo.errors import UserError
 
@@ -88,8 +89,12 @@ class SeededSampler(Sampler[SampleKey]):
 
 
 def relay_collate(batch: list) -> tuple:
-    """Default collate + the bad files this worker's dataset copy found since the last batch."""
-    x, y = default_collate(batch)
+    """Default collate (or, for ``decode_on: device``, :meth:`EncodedBatch.collate`) + the bad files this
+    worker's dataset copy found since the last batch."""
+    if isinstance(batch[0][0], EncodedCrop):
+        x, y = EncodedBatch.collate([s for s, _ in batch]), torch.tensor([label for _, label in batch])
+    else:
+        x, y = default_collate(batch)
     info = get_worker_info()
     bad = []
     if info is not None:  # in the main process the dataset records into .bad_files directly

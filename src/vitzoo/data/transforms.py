@@ -35,6 +35,7 @@ from vitzoo.config import RunConfig
 from vitzoo.constants import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD
 from vitzoo.data.augment_plan import AugmentPlanner
 from vitzoo.data.datasets import decode_image, is_undecoded_jpeg
+from vitzoo.data.device_decode import CropPlanner, DeviceDecode
 from vitzoo.errors import UserError
 
 DEFAULT_DATA_CONFIG = {
@@ -285,6 +286,14 @@ def build_train_transform(cfg: RunConfig, data_config: dict) -> Callable:
     if cfg.augment_on == "device":  # the workers crop and flip, and draw the rest for the device
         secondary = [_device_plan(secondary.transforms, final.transforms, data_config)]
         final = []
+        if cfg.decode_on == "device":  # ... or only draw the crop and flips too
+            crop, *flips = primary.transforms
+            if not isinstance(crop, RandomResizedCropAndInterpolation):
+                raise UserError(f"decode_on: device draws timm's random resized crop, not {type(crop).__name__}; "
+                                "use decode_on: cpu")
+            draft_crop = DraftResizedCrop(crop.size, scale=crop.scale, ratio=crop.ratio)
+            draft_crop.interpolation = crop.interpolation
+            return CropPlanner(crop, flips, secondary[0], transforms.Compose([draft_crop, *flips, secondary[0]]))
     else:
         secondary, final = secondary.transforms, fuse_to_tensor_normalize(final.transforms)
     crop, *rest = primary.transforms  # timm's RandomResizedCropAndInterpolation, then the flips
@@ -311,6 +320,8 @@ def _device_plan(secondary: list, final: list, data_config: dict) -> AugmentPlan
 def device_stage(transform: Any) -> Callable | None:
     """The device half of a training chain built with ``augment_on: device`` (its last step's
     :meth:`AugmentPlanner.device_stage`), None for any other chain."""
+    if isinstance(transform, CropPlanner):
+        return DeviceDecode(transform.planner.device_stage(), transform.size)
     last = (getattr(transform, "transforms", None) or [None])[-1]
     return last.device_stage() if isinstance(last, AugmentPlanner) else None
 

@@ -1,0 +1,204 @@
+"""``decode_on: device`` (with ``augment_on: device``): training JPEGs decoded, cropped and resized on the GPU.
+
+Why: with ``augment_on: device`` a loader worker still decodes each JPEG and resizes its random crop, about
+3 ms of a 400 px JPEG on the AVX2 EPYC, so a 16-core host feeds a few thousand images per second to a GPU
+that takes more. Here a worker reads the file's header only and *draws* the crop box, its filter and the
+flips (timm's ``RandomResizedCropAndInterpolation.get_params`` and the flips' own draws, on the header's
+size, in timm's order), then the auto-augment / erasing plan (:mod:`vitzoo.data.augment_plan`); the batch
+crosses to the main process as its files' bytes. The device decodes the batch in one
+``torchvision.io.decode_jpeg`` call (nvJPEG on CUDA), crops, resizes with torch's antialiased filter
+(whose weights follow PIL's: a few grey levels from Pillow's pixels, as ``--decode device`` of eval),
+flips, and hands the crops to :class:`~vitzoo.data.augment_ops.DeviceAugment`.
+
+Images that are not undecoded JPEGs (PNG, a decoded CIFAR image) take the worker path of
+``augment_on: device`` and join the batch as crops. A JPEG that no decoder accepts (the device, the CPU's
+libjpeg, then Pillow) is replaced in its batch by the batch's next good image and label, and named in a
+warning: one bad file never stops a run, and no image trains under another's label.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from vitzoo.data.augment_ops import DeviceAugment
+from vitzoo.data.augment_plan import AugmentPlanner
+from vitzoo.data.datasets import is_undecoded_jpeg
+from vitzoo.data.gpu_jpeg import decode_jpegs
+from vitzoo.errors import UserError
+
+log = logging.getLogger("vitzoo")
+
+# the crop's filters by Pillow's code (the plan's convention) -> torch's
+_TORCH_FILTERS = {0: InterpolationMode.NEAREST, 2: InterpolationMode.BILINEAR, 3: InterpolationMode.BICUBIC}
+_CODES = {"nearest": 0, "bilinear": 2, "bicubic": 3}
+
+
+def filter_code(interpolation: Any) -> int:
+    """timm's crop filter (a torchvision InterpolationMode or a Pillow code) -> Pillow's code; UserError for
+    a filter torch's resize lacks (lanczos, box, hamming)."""
+    name = getattr(interpolation, "value", interpolation)
+    if isinstance(name, int) and name in _TORCH_FILTERS:
+        return name
+    if name not in _CODES:
+        raise UserError(f"decode_on: device resizes with {', '.join(_CODES)}, not {name}; use decode_on: cpu")
+    return _CODES[name]
+
+
+@dataclass
+class EncodedCrop:
+    """A worker's sample: a JPEG's bytes and its crop (top, left, height, width, hflip, vflip, filter), or
+    (``data`` empty) the crop already made, as uint8 (H, W, 3) ``pixels``; and its plan."""
+
+    name: str
+    data: bytes
+    crop: torch.Tensor  # (7,) float64
+    pixels: torch.Tensor | None
+    plan: torch.Tensor
+    boxes: torch.Tensor
+    seed: torch.Tensor
+
+
+@dataclass
+class EncodedBatch:
+    """A batch of :class:`EncodedCrop`: the JPEGs' bytes joined into one tensor (one shared-memory transfer
+    rather than one per file, as ``--decode device`` of eval does), the made crops stacked."""
+
+    names: list[str]
+    joined: torch.Tensor  # uint8, every JPEG's bytes end to end
+    sizes: list[int]  # each sample's byte count, 0 where ``made`` holds its crop
+    crops: torch.Tensor  # (B, 7)
+    made: torch.Tensor  # (K, H, W, 3) uint8, the samples with size 0, in order
+    plan: torch.Tensor
+    boxes: torch.Tensor
+    seeds: torch.Tensor
+    _pinned: bool = field(default=False, repr=False)
+
+    @classmethod
+    def collate(cls, samples: list[EncodedCrop]) -> EncodedBatch:
+        made = [s.pixels for s in samples if not s.data]
+        return cls([s.name for s in samples],
+                   torch.frombuffer(bytearray(b"".join(s.data for s in samples)) or bytearray(1), dtype=torch.uint8),
+                   [len(s.data) for s in samples], torch.stack([s.crop for s in samples]),
+                   torch.stack(made) if made else torch.empty(0, 0, 0, 3, dtype=torch.uint8),
+                   torch.stack([s.plan for s in samples]), torch.stack([s.boxes for s in samples]),
+                   torch.stack([s.seed for s in samples]))
+
+    def pin_memory(self) -> EncodedBatch:
+        """(The DataLoader's pin-memory thread calls this.)"""
+        for name in ("joined", "crops", "made", "plan", "boxes", "seeds"):
+            setattr(self, name, getattr(self, name).pin_memory())
+        self._pinned = True
+        return self
+
+
+class CropPlanner:
+    """The last step of a worker's chain under ``decode_on: device``: an undecoded JPEG -> its bytes and
+    drawn crop; anything else through ``made`` (timm's crop and flips, then the plan) -> an
+    :class:`EncodedCrop` either way. The draws are those of ``crop`` and ``flips``, in their order."""
+
+    opens_lazily = True
+
+    def __init__(self, crop: Any, flips: list, planner: AugmentPlanner, made: Any) -> None:
+        for flip in flips:
+            if type(flip).__name__ not in ("RandomHorizontalFlip", "RandomVerticalFlip"):
+                raise UserError(f"decode_on: device has no device version of {type(flip).__name__}; "
+                                "use decode_on: cpu")
+        self.crop, self.flips, self.planner, self.made = crop, flips, planner, made
+        self.size = tuple(crop.size)  # (h, w) of the output
+        choices = crop.interpolation if isinstance(crop.interpolation, (list, tuple)) else [crop.interpolation]
+        for interpolation in choices:
+            filter_code(interpolation)  # (refuses one torch lacks now, not in a worker)
+
+    def __call__(self, img: Any) -> EncodedCrop:
+        name = str(getattr(img, "filename", "") or "")
+        if not is_undecoded_jpeg(img):
+            pixels, plan, boxes, seed = self.made(img)
+            return EncodedCrop(name, b"", torch.zeros(7, dtype=torch.float64), pixels, plan, boxes, seed)
+        top, left, height, width = self.crop.get_params(img, self.crop.scale, self.crop.ratio)
+        interpolation = self.crop.interpolation
+        if isinstance(interpolation, (list, tuple)):  # timm's 'random': drawn per image, as its crop does
+            interpolation = random.choice(interpolation)
+        flipped = {type(f).__name__: bool(torch.rand(1) < f.p) for f in self.flips}  # torchvision's draws
+        crop = torch.tensor([top, left, height, width, flipped.get("RandomHorizontalFlip", False),
+                             flipped.get("RandomVerticalFlip", False), filter_code(interpolation)],
+                            dtype=torch.float64)
+        img.fp.seek(0)
+        data = img.fp.read()
+        plan, boxes, seed = self.planner.draw(_Sized((self.size[1], self.size[0])))
+        return EncodedCrop(name, data, crop, None, plan, boxes, seed)
+
+    def __repr__(self) -> str:
+        return f"CropPlanner(size={self.size}, then the plan: {self.planner!r})"
+
+
+@dataclass
+class _Sized:
+    """What the plan's recorders read of an image: its (w, h)."""
+
+    size: tuple[int, int]
+
+
+class DeviceDecode:
+    """The device stage under ``decode_on: device``: an :class:`EncodedBatch` and its labels -> decoded,
+    cropped, resized, flipped, then :class:`DeviceAugment`-ed images and the labels, on ``device``."""
+
+    def __init__(self, augment: DeviceAugment, size: tuple[int, int]) -> None:
+        self.augment, self.size = augment, tuple(size)
+        self.warned: set[str] = set()
+
+    def __call__(self, batch: EncodedBatch, labels: torch.Tensor,
+                 device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        device = torch.device(device)
+        views = iter(batch.joined.split([n for n in batch.sizes if n]) if any(batch.sizes) else [])
+        jpegs = [(i, next(views)) for i, n in enumerate(batch.sizes) if n]
+        decoded = dict(zip((i for i, _ in jpegs), decode_jpegs([(batch.names[i], v) for i, v in jpegs], device)))
+        made = iter(batch.made.to(device, non_blocking=True).permute(0, 3, 1, 2))
+        crops = batch.crops.tolist()  # (host: a few numbers per image)
+        images: list[torch.Tensor | None] = []
+        for i, n in enumerate(batch.sizes):
+            if not n:
+                images.append(next(made))
+            elif isinstance(decoded[i], str):
+                self._warn(batch.names[i], decoded[i])
+                images.append(None)
+            else:
+                images.append(self.resized_crop(decoded[i].to(device), crops[i]))
+        keep = _replacements(images)
+        labels = labels[keep]
+        x = torch.stack([images[i] for i in keep])  # (B, 3, H, W) uint8
+        plan, boxes, seeds = (t.to(device, non_blocking=True)[keep] for t in (batch.plan, batch.boxes, batch.seeds))
+        return self.augment.apply(x, plan, boxes, seeds), labels.to(device, non_blocking=True)
+
+    def resized_crop(self, image: torch.Tensor, crop: list[float]) -> torch.Tensor:
+        """timm's crop of a decoded (3, H, W) uint8 image: the box, resized to the output with antialiasing,
+        rounded to 8 bits as PIL's, then the flips."""
+        top, left, height, width, hflip, vflip, code = (int(v) for v in crop)
+        box = image[:, top:top + height, left:left + width].float()
+        out = TF.resize(box, list(self.size), interpolation=_TORCH_FILTERS.get(code, InterpolationMode.BICUBIC),
+                        antialias=True)
+        out = out.clamp_(0, 255).round_().to(torch.uint8)
+        if hflip:
+            out = out.flip(-1)
+        if vflip:
+            out = out.flip(-2)
+        return out
+
+    def _warn(self, name: str, why: str) -> None:
+        if name not in self.warned:
+            self.warned.add(name)
+            log.warning("unreadable image %s (%s): replaced in its batch by the next image", name or "(a shard "
+                        "sample)", why)
+
+
+def _replacements(images: list) -> list[int]:
+    """For each position, itself, or where its image is missing the next position that has one."""
+    good = [i for i, x in enumerate(images) if x is not None]
+    if not good:
+        raise UserError("a whole training batch was unreadable: is the dataset corrupt?")
+    return [i if images[i] is not None else next((j for j in good if j > i), good[0]) for i in range(len(images))]
