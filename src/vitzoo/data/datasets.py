@@ -94,7 +94,9 @@ def _open_rgb(path: Path, lazy: bool = False):
     """:func:`open_image` of the file at ``path`` (read whole first when ``lazy``, as the image outlives it)."""
     try:
         with open(path, "rb") as f:
-            return open_image(io.BytesIO(f.read()) if lazy else f, lazy)
+            img = open_image(io.BytesIO(f.read()) if lazy else f, lazy)
+        img.filename = str(path)  # (Pillow's record of the source, empty for bytes: decode_on: device names it)
+        return img
     except _BadImage:
         if os.path.getsize(path) == 0:
             raise _BadImage("empty file (0 bytes)") from None
