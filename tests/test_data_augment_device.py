@@ -154,7 +154,7 @@ def decode_chain(**kw):
     return build_train_transform(make_cfg(augment_on="device", decode_on="device", **kw), DEFAULT_DATA_CONFIG)
 
 
-def test_device_decode_draws_what_the_worker_path_draws_and_crops_within_two_grey_levels():
+def test_device_decode_draws_what_the_worker_path_draws_and_crops_within_two_grey_levels(monkeypatch):
     """Same seeds: the plans equal those of augment_on: device with the workers decoding (so the crop and
     flip draws came first, in timm's order), and the crops -- decoded by libjpeg-turbo here (nvJPEG on a
     GPU), resized by torch's antialiased filter -- are within 2 grey levels of Pillow's."""
@@ -181,6 +181,10 @@ def test_device_decode_draws_what_the_worker_path_draws_and_crops_within_two_gre
     assert (made.int() - pillow.int()).abs().max() <= 2
     out, labels = stage(batch, torch.arange(12), "cpu")
     assert out.shape == (12, 3, 224, 224) and torch.equal(labels, torch.arange(12))
+    from vitzoo.data import device_decode
+
+    monkeypatch.setattr(device_decode, "DECODE_BYTES", 1)  # one JPEG per decode call: the same batch
+    assert torch.equal(stage(batch, torch.arange(12), "cpu")[0], out)
 
 
 def test_device_decode_mixes_formats_and_replaces_an_unreadable_jpeg(tmp_path, caplog):

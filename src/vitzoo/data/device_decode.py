@@ -37,6 +37,9 @@ log = logging.getLogger("vitzoo")
 # the crop's filters by Pillow's code (the plan's convention) -> torch's
 _TORCH_FILTERS = {0: InterpolationMode.NEAREST, 2: InterpolationMode.BILINEAR, 3: InterpolationMode.BICUBIC}
 _CODES = {"nearest": 0, "bilinear": 2, "bicubic": 3}
+# JPEG bytes per decode call: an ImageNet batch of 256 (~28 MB) in one call, 12 MP photos (~4 MB each,
+# 36 MB decoded) eight at a time
+DECODE_BYTES = 32 << 20
 
 
 def filter_code(interpolation: Any) -> int:
@@ -157,18 +160,19 @@ class DeviceDecode:
         device = torch.device(device)
         views = iter(batch.joined.split([n for n in batch.sizes if n]) if any(batch.sizes) else [])
         jpegs = [(i, next(views)) for i, n in enumerate(batch.sizes) if n]
-        decoded = dict(zip((i for i, _ in jpegs), decode_jpegs([(batch.names[i], v) for i, v in jpegs], device)))
-        made = iter(batch.made.to(device, non_blocking=True).permute(0, 3, 1, 2))
         crops = batch.crops.tolist()  # (host: a few numbers per image)
-        images: list[torch.Tensor | None] = []
+        images: list[torch.Tensor | None] = [None] * len(batch.sizes)
+        for chunk in _chunks(jpegs, DECODE_BYTES):  # decoded a chunk at a time: a batch of 12 MP photos
+            decoded = decode_jpegs([(batch.names[i], v) for i, v in chunk], device)  # would need 9 GB at once
+            for (i, _), image in zip(chunk, decoded):
+                if isinstance(image, str):
+                    self._warn(batch.names[i], image)
+                else:
+                    images[i] = self.resized_crop(image.to(device), crops[i])
+        made = iter(batch.made.to(device, non_blocking=True).permute(0, 3, 1, 2))
         for i, n in enumerate(batch.sizes):
             if not n:
-                images.append(next(made))
-            elif isinstance(decoded[i], str):
-                self._warn(batch.names[i], decoded[i])
-                images.append(None)
-            else:
-                images.append(self.resized_crop(decoded[i].to(device), crops[i]))
+                images[i] = next(made)
         keep = _replacements(images)
         labels = labels[keep]
         x = torch.stack([images[i] for i in keep])  # (B, 3, H, W) uint8
@@ -194,6 +198,19 @@ class DeviceDecode:
             self.warned.add(name)
             log.warning("unreadable image %s (%s): replaced in its batch by the next image", name or "(a shard "
                         "sample)", why)
+
+
+def _chunks(items: list[tuple[int, torch.Tensor]], max_bytes: int):
+    """``items`` (index, bytes) in consecutive runs of at most ``max_bytes`` (at least one item each)."""
+    run, total = [], 0
+    for item in items:
+        if run and total + item[1].numel() > max_bytes:
+            yield run
+            run, total = [], 0
+        run.append(item)
+        total += item[1].numel()
+    if run:
+        yield run
 
 
 def _replacements(images: list) -> list[int]:
