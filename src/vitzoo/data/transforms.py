@@ -11,6 +11,10 @@ Large JPEGs (phone photos) are decoded at libjpeg's reduced scales where the cro
 them 4x or more (:class:`DraftResizedCrop` for training, :class:`DraftResize` for ``vitzoo infer``);
 everything smaller takes timm's path to the pixel. ``eval`` keeps timm's path for every image.
 
+``augment_on: device`` ends the workers' chain after the flips with an :class:`AugmentPlanner` (the rest of
+the recipe drawn, applied by the device: :func:`device_stage`); ``decode_on: device`` makes the chain a
+:class:`~vitzoo.data.device_decode.CropPlanner`, which only draws the crop and flips of a JPEG as well.
+
 Means and stds: the model's ``data_config`` by default; ``imagenet_default_mean_and_std: true`` forces
 ImageNet's, ``false`` forces 0.5/0.5 (BEiT's fine-tuning recipe, seed 002).
 """
@@ -283,25 +287,21 @@ def build_train_transform(cfg: RunConfig, data_config: dict) -> Callable:
             _, secondary, _ = create_transform(interpolation=aa_interp, **kwargs)
     except (AssertionError, KeyError, ValueError, IndexError) as e:
         raise UserError(f"cannot build the training transform (aa={aa!r}): {e or type(e).__name__}") from None
+    crop, *flips = primary.transforms  # timm's RandomResizedCropAndInterpolation, then the flips
     if cfg.augment_on == "device":  # the workers crop and flip, and draw the rest for the device
-        secondary = [_device_plan(secondary.transforms, final.transforms, data_config)]
-        final = []
-        if cfg.decode_on == "device":  # ... or only draw the crop and flips too
-            crop, *flips = primary.transforms
-            if not isinstance(crop, RandomResizedCropAndInterpolation):
-                raise UserError(f"decode_on: device draws timm's random resized crop, not {type(crop).__name__}; "
-                                "use decode_on: cpu")
-            draft_crop = DraftResizedCrop(crop.size, scale=crop.scale, ratio=crop.ratio)
-            draft_crop.interpolation = crop.interpolation
-            return CropPlanner(crop, flips, secondary[0], transforms.Compose([draft_crop, *flips, secondary[0]]))
+        secondary, final = [_device_plan(secondary.transforms, final.transforms, data_config)], []
     else:
         secondary, final = secondary.transforms, fuse_to_tensor_normalize(final.transforms)
-    crop, *rest = primary.transforms  # timm's RandomResizedCropAndInterpolation, then the flips
     if not isinstance(crop, RandomResizedCropAndInterpolation):  # (another timm crop mode: decoded images)
+        if cfg.decode_on == "device":
+            raise UserError(f"decode_on: device draws timm's random resized crop, not {type(crop).__name__}; "
+                            "use decode_on: cpu")
         return patch_posterize(transforms.Compose([ToRGB(), *primary.transforms, *secondary, *final]))
     draft_crop = DraftResizedCrop(crop.size, scale=crop.scale, ratio=crop.ratio)
     draft_crop.interpolation = crop.interpolation  # (timm's own parsed form: a mode, or the random pair)
-    return patch_posterize(LazyTransform([draft_crop, *rest, *secondary, *final]))
+    if cfg.decode_on == "device":  # the workers only draw the crop and flips too (JPEGs; others as above)
+        return CropPlanner(crop, flips, secondary[0], transforms.Compose([draft_crop, *flips, secondary[0]]))
+    return patch_posterize(LazyTransform([draft_crop, *flips, *secondary, *final]))
 
 
 def _device_plan(secondary: list, final: list, data_config: dict) -> AugmentPlanner:
