@@ -196,8 +196,8 @@ class DeviceDecode:
     def _warn(self, name: str, why: str) -> None:
         if name not in self.warned:
             self.warned.add(name)
-            log.warning("unreadable image %s (%s): replaced in its batch by the next image", name or "(a shard "
-                        "sample)", why)
+            log.warning("%s: %s; replaced in its batch by the next image (decode_on: device)",
+                        name or "a JPEG of a shard", why)
 
 
 def _chunks(items: list[tuple[int, torch.Tensor]], max_bytes: int):
