@@ -150,11 +150,18 @@ def test_decoding_on_the_device_trains(shapes, tmp_path):
     for png in data.rglob("*.png"):
         Image.open(png).convert("RGB").save(png.with_suffix(".jpg"), quality=95)
         png.unlink()
+    broken = min((data / "train").rglob("*.jpg"))  # whole header, garbage Huffman table
+    raw = bytearray(broken.read_bytes())
+    at = raw.find(b"\xff\xc4")
+    raw[at + 5:at + 25] = b"\xff" * 20
+    broken.write_bytes(bytes(raw))
     out = tmp_path / "run"
     summary = train(cfg_for(data, out, "--augment_on", "device", "--decode_on", "device", "--aa",
                             "rand-m9-mstd0.5-inc1", "--reprob", "0.25", "--epochs", "3"))
     assert summary["best_top1"] > 0.25  # above chance (4 classes)
-    assert "JPEG decode, crop, flip, auto-augment" in (out / "train.log").read_text()
+    log = (out / "train.log").read_text()
+    assert "JPEG decode, crop, flip, auto-augment" in log
+    assert f"{broken}: not a readable image" in log and str(broken) in (out / "bad_files.txt").read_text()
 
 
 def test_nonfinite_stop_names_last_good_checkpoint(shapes, tmp_path):

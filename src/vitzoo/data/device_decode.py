@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,6 +155,9 @@ class DeviceDecode:
     def __init__(self, augment: DeviceAugment, size: tuple[int, int]) -> None:
         self.augment, self.size = augment, tuple(size)
         self.warned: set[str] = set()
+        # the trainer's: where unreadable files are recorded (the dataset's bad-file report) and said
+        self.report_bad: Callable[[list[tuple[str, str]]], None] | None = None
+        self.log = log
 
     def __call__(self, batch: EncodedBatch, labels: torch.Tensor,
                  device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,8 +200,10 @@ class DeviceDecode:
     def _warn(self, name: str, why: str) -> None:
         if name not in self.warned:
             self.warned.add(name)
-            log.warning("%s: %s; replaced in its batch by the next image (decode_on: device)",
-                        name or "a JPEG of a shard", why)
+            if self.report_bad is not None:
+                self.report_bad([(name, why)])
+            self.log.warning("%s: %s; replaced in its batch by the next image (decode_on: device)",
+                             name or "a JPEG of a shard", why)
 
 
 def _chunks(items: list[tuple[int, torch.Tensor]], max_bytes: int):

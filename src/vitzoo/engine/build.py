@@ -133,9 +133,13 @@ def build_step(cfg: RunConfig, model: nn.Module, data: TrainData, device: torch.
 
 def _device_augment(data: TrainData, device: torch.device, log: logging.Logger) -> Callable | None:
     """The device half of the train transform under ``augment_on: device``, announced once; else None."""
-    stage = device_stage(getattr(base_dataset(data.train_ds), "transform", None))
+    dataset = base_dataset(data.train_ds)
+    stage = device_stage(getattr(dataset, "transform", None))
     if stage is not None:
         decoded_there = isinstance(stage, DeviceDecode)
+        if decoded_there:  # unreadable JPEGs: in this run's log, and in the epoch's bad_files.txt
+            stage.log = log
+            stage.report_bad = getattr(dataset, "merge_bad_files", None)
         log.info("augmentation: %s in the loader workers; %sauto-augment, normalisation and random erasing on %s, "
                  "per batch (augment_on: device%s)", "file reads and random draws" if decoded_there else
                  "decode, crop and flip", "JPEG decode, crop, flip, " if decoded_there else "", device,
