@@ -233,3 +233,40 @@ def test_decode_on_device_needs_augment_on_device():
 
     with pytest.raises(ConfigError, match="needs 'augment_on: device'"):
         make_cfg(decode_on="device")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_same_pixels_as_on_the_cpu(monkeypatch):
+    """`pytest -m gpu`: the plans of 64 drawn images applied on CUDA equal the CPU's (TF32 is where they could
+    differ), and decode_on: device's crops (nvJPEG against libjpeg-turbo) agree within a few grey levels."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)  # as the trainer sets them
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    data = jpeg_bytes()
+    chain = build_train_transform(make_cfg(augment_on="device"), DEFAULT_DATA_CONFIG)
+    parts = []
+    for seed in range(64):
+        with seeded_augmentation(seed):
+            parts.append(chain(Image.open(io.BytesIO(data))))
+    batch = [torch.stack(p) for p in zip(*parts)]
+    stage = device_stage(chain)
+    on_cpu, _ = stage(batch, torch.zeros(64), "cpu")
+    on_gpu, _ = stage(batch, torch.zeros(64), "cuda")
+    erased = torch.zeros_like(on_cpu, dtype=torch.bool)
+    for i, (top, left, h, w) in enumerate(batch[2][:, 0].tolist()):
+        erased[i, :, top:top + h, left:left + w] = True
+    assert (on_gpu.cpu() - on_cpu).abs().masked_fill(erased, 0).max() < 1e-5
+    from vitzoo.data.datasets import open_image
+    from vitzoo.data.device_decode import EncodedBatch
+
+    decoding = decode_chain(aa="none", color_jitter=0.0, reprob=0.0)
+    samples = []
+    for seed in range(16):
+        with seeded_augmentation(seed):
+            samples.append(decoding(open_image(io.BytesIO(data), lazy=True)))
+    encoded = EncodedBatch.collate(samples)
+    cpu_crops, _ = device_stage(decoding)(encoded, torch.zeros(16), "cpu")
+    gpu_crops, _ = device_stage(decoding)(encoded, torch.zeros(16), "cuda")
+    std = torch.tensor(DEFAULT_DATA_CONFIG["std"]).view(1, 3, 1, 1) * 255
+    levels = ((gpu_crops.cpu() - cpu_crops) * std).abs()
+    assert levels.mean() < 0.5 and levels.max() <= 4.01
