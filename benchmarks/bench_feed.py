@@ -44,6 +44,8 @@ from vitzoo.engine.dist import resolve_device
 from vitzoo.models import create_model
 from vitzoo.precision import resolve_precision
 
+WHAT_ON_DEVICE = {"cpu": "", "device": " (augment_on: device)", "decode": " (decode_on: device)"}
+
 
 def replicate(folder: Path, total: int) -> None:
     """Copy the generated JPEGs under new names until ``folder`` holds ``total``: drawing 400 px shapes is
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| model | batch | precision | workers | loader img/s | model img/s | fed img/s | fed / min |")
     print("|---|---|---|---|---|---|---|---|")
     print(f"| {args.model} | {args.batch_size} | {row['ours_precision'].split(' (')[0]}"
-          f"{' + compile' if args.compile else ''} | {args.workers}{'' if args.augment_on == 'cpu' else ' + device ' + args.augment_on} | {best_loader:.0f} | {model_rate:.0f} | "
+          f"{' + compile' if args.compile else ''} | {args.workers}{WHAT_ON_DEVICE[args.augment_on]} | {best_loader:.0f} | {model_rate:.0f} | "
           f"{fed:.0f} | {fed / min(best_loader, model_rate):.2f} |")
     print(f"bound by {bound}: the loader gives {best_loader / model_rate:.2f}x what the model takes")
     if args.json:
