@@ -212,8 +212,12 @@ class Trainer:
 
     def _loader_remedy(self) -> str:
         """What a loader-bound GPU run with every CPU busy can still change (README "Data pipeline")."""
-        if self.device.type == "cuda" and self.cfg.augment_on == "cpu" and self.step.device_augment is None:
+        if self.device.type != "cuda":
+            return ""
+        if self.cfg.augment_on == "cpu":
             return "augment_on: device moves auto-augment, normalisation and erasing onto the GPU"
+        if self.cfg.decode_on == "cpu":
+            return "decode_on: device moves the JPEG decoding and the crop onto the GPU too"
         return ""
 
     def evaluate(self) -> dict[str, Any]:
