@@ -44,7 +44,7 @@ from vitzoo.data.augment_ops import (
 )
 from vitzoo.errors import UserError
 
-_POINT_OPS = {  # timm op name -> (kind, how many level args it takes)
+_POINT_OPS = {  # timm op name -> plan row kind (the argument, if any, in p0)
     "AutoContrast": AUTOCONTRAST, "Equalize": EQUALIZE, "Invert": INVERT,
     "Posterize": POSTERIZE, "PosterizeIncreasing": POSTERIZE, "PosterizeOriginal": POSTERIZE,
     "Solarize": SOLARIZE, "SolarizeIncreasing": SOLARIZE, "SolarizeAdd": SOLARIZE_ADD,
