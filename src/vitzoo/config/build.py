@@ -148,7 +148,7 @@ def _validate(cfg: RunConfig) -> None:
     need(cfg.is_dynamic_loss_scale or cfg.loss_scale > 0,
          "config key 'loss_scale' must be > 0 when 'is_dynamic_loss_scale' is false")
     need(cfg.decode_on == "cpu" or cfg.augment_on == "device", "config key 'decode_on: device' needs "
-         "'augment_on: device' (the device decodes, crops and augments, or the workers do all three)")
+         "'augment_on: device' (a crop made on the device is augmented there too)")
     if cfg.distillation_type != "none":
         need(bool(cfg.teacher_model.strip()), f"distillation_type '{cfg.distillation_type}' needs a teacher: "
              "set 'teacher_model' (and 'teacher_path' to its weights file)")
