@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -81,7 +81,6 @@ class EncodedBatch:
     plan: torch.Tensor
     boxes: torch.Tensor
     seeds: torch.Tensor
-    _pinned: bool = field(default=False, repr=False)
 
     @classmethod
     def collate(cls, samples: list[EncodedCrop]) -> EncodedBatch:
@@ -97,7 +96,6 @@ class EncodedBatch:
         """(The DataLoader's pin-memory thread calls this.)"""
         for name in ("joined", "crops", "made", "plan", "boxes", "seeds"):
             setattr(self, name, getattr(self, name).pin_memory())
-        self._pinned = True
         return self
 
 
