@@ -85,6 +85,7 @@ class EncodedBatch:
     @classmethod
     def collate(cls, samples: list[EncodedCrop]) -> EncodedBatch:
         made = [s.pixels for s in samples if not s.data]
+        # (torch.frombuffer refuses an empty buffer: a batch without JPEGs carries one unused byte)
         return cls([s.name for s in samples],
                    torch.frombuffer(bytearray(b"".join(s.data for s in samples)) or bytearray(1), dtype=torch.uint8),
                    [len(s.data) for s in samples], torch.stack([s.crop for s in samples]),
