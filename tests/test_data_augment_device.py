@@ -11,7 +11,7 @@ from timm.data import auto_augment as taa
 
 from vitzoo.config import config_from_dict
 from vitzoo.data import build_loader, build_train_transform, device_stage
-from vitzoo.data.augment_ops import apply_plan
+from vitzoo.data.augment_ops import DeviceAugment, apply_plan
 from vitzoo.data.augment_plan import PLAN_WIDTH, _Recorder
 from vitzoo.data.datasets import seeded_augmentation
 from vitzoo.data.synthetic import photo_like
@@ -147,6 +147,27 @@ def test_erasing_modes_fill_the_boxes_as_timms(mode):
         colour = box[:, :1, :1]
         assert torch.equal(box, colour.expand_as(box))  # one value per channel
         assert bool((colour == 0).all()) == (mode == "const")
+
+
+
+def test_the_stage_never_reads_the_device_back(photo):
+    """Every op and filter in two layers, and erasing boxes, on images on the meta device, which has no data:
+    a read-back from the device (``.item()``, a boolean mask, ``unique``, ``bincount``) fails there, and on
+    a GPU it would wait for the training step still running on it."""
+    rows: list = []
+    for resample in (Image.BILINEAR, Image.BICUBIC, Image.NEAREST):
+        for name, args in OPS:
+            _Recorder(name, rows)(photo, *args, fillcolor=FILL, resample=resample)
+    plan = torch.zeros(len(rows), 2, PLAN_WIDTH, dtype=torch.float64)
+    for i, row in enumerate(rows):
+        plan[i, 0, : len(row)] = plan[-1 - i, 1, : len(row)] = torch.tensor(row, dtype=torch.float64)
+    boxes = torch.tensor([[[10, 20, 30, 40]], [[0, 0, 0, 0]]] * (len(rows) // 2), dtype=torch.float64)
+    stage = DeviceAugment((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), FILL, erase_mode="const")
+    images = torch.empty(len(rows), 3, 224, 224, dtype=torch.uint8, device="meta")
+    out = stage.apply(images, plan, boxes, torch.arange(len(rows)))
+    assert out.device.type == "meta" and out.shape == images.shape and out.dtype == torch.float32
+    with pytest.raises(NotImplementedError):  # (what the old boolean masks did)
+        images[torch.zeros(len(rows), dtype=torch.bool, device="meta")]
 
 
 # ------------------------------------------------------------------------------------ decode_on: device

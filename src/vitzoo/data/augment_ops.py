@@ -55,9 +55,10 @@ def equalize_tables(images: torch.Tensor) -> torch.Tensor:
     """Pillow ``ImageOps.equalize``: per channel, step = (pixels - count of the top level) // 255, and
     level i -> (step // 2 + pixels below i) // step; identity where step is 0."""
     n, c = images.shape[:2]
-    rows = torch.arange(n * c, device=images.device).view(n, c, 1) * 256
-    hist = torch.bincount((images.reshape(n, c, -1).long() + rows).flatten(), minlength=n * c * 256)
-    hist = hist.view(n, c, 256)
+    bins = (images.reshape(n, c, -1).long() + torch.arange(n * c, device=images.device).view(n, c, 1) * 256)
+    # (scatter_add rather than bincount, which reads its input's maximum back to the host on a GPU)
+    hist = torch.zeros(n * c * 256, dtype=torch.long, device=images.device)
+    hist = hist.scatter_add_(0, bins.flatten(), torch.ones_like(bins).flatten()).view(n, c, 256)
     top = 255 - torch.flip(hist > 0, dims=[2]).long().argmax(dim=2)  # highest level present
     step = (hist.sum(dim=2) - hist.gather(2, top[..., None]).squeeze(2)) // 255  # (n, c)
     below = torch.cumsum(hist, dim=2) - hist  # pixels below each level
@@ -173,45 +174,62 @@ def affine(images: torch.Tensor, coeffs: torch.Tensor, resample: int, fill: torc
     return out.clamp_(0, 255).trunc_().to(torch.uint8)
 
 
+def _groups(rows: torch.Tensor):
+    """One layer's plan rows (B, PLAN_WIDTH), on the host -> (kind, filter, indices of the images that drew
+    it) for each op and filter present; the filter is -1 but for AFFINE."""
+    kinds = rows[:, 0].long()
+    filters = torch.where(kinds == AFFINE, rows[:, 7].long(), -1)
+    for kind, resample in sorted(set(zip(kinds.tolist(), filters.tolist()))):
+        if kind != NONE:
+            yield kind, resample, ((kinds == kind) & (filters == resample)).nonzero().flatten()
+
+
 def apply_plan(images: torch.Tensor, plan: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
-    """Run each image's planned ops, layer by layer: (B, 3, H, W) uint8, (B, rows, PLAN_WIDTH) -> uint8.
-    One call per op kind (and filter) present in a layer, on the images that drew it."""
+    """Run each image's planned ops, layer by layer: (B, 3, H, W) uint8 on the device, (B, rows,
+    PLAN_WIDTH) on the host -> uint8. One call per op kind (and filter) present in a layer, on the images
+    that drew it (each image draws at most one op a layer, so their order does not matter).
+
+    Every choice is read from the plan on the host, and only index and argument tensors cross to the
+    device: on a GPU the stage queues its kernels without once waiting for the device, so it overlaps the
+    previous training step still running there (tests/test_data_augment_device.py runs it on the meta
+    device, where any read-back fails)."""
+    plan = plan.cpu()  # (a no-op for the trainer's plans: they stay on the host)
+    device = images.device
     for layer in range(plan.shape[1]):
         rows = plan[:, layer]
-        kinds = rows[:, 0].long()
-        for kind in kinds.unique().tolist():  # (host sync: a handful of ints per layer)
-            if kind == NONE:
-                continue
-            chosen = kinds == kind
+        for kind, resample, chosen in _groups(rows):
+            picked = chosen.to(device, non_blocking=True)
+            args = rows[chosen].to(device, non_blocking=True)
+            subset = images.index_select(0, picked)
             if kind == AFFINE:
-                for resample in rows[chosen, 7].long().unique().tolist():
-                    picked = chosen & (rows[:, 7].long() == resample)
-                    images[picked] = affine(images[picked], rows[picked, 1:7], resample, fill)
-                continue
-            subset, arg = images[chosen], rows[chosen, 1]
-            if kind in (COLOR, CONTRAST, BRIGHTNESS, SHARPNESS):
-                images[chosen] = blend(subset, kind, arg)
+                result = affine(subset, args[:, 1:7], resample, fill)
+            elif kind in (COLOR, CONTRAST, BRIGHTNESS, SHARPNESS):
+                result = blend(subset, kind, args[:, 1])
             elif kind == AUTOCONTRAST:
-                images[chosen] = apply_tables(subset, autocontrast_tables(subset))
+                result = apply_tables(subset, autocontrast_tables(subset))
             elif kind == EQUALIZE:
-                images[chosen] = apply_tables(subset, equalize_tables(subset))
+                result = apply_tables(subset, equalize_tables(subset))
             else:
-                images[chosen] = apply_tables(subset, point_tables(kind, arg, images.device).expand(-1, 3, -1))
+                result = apply_tables(subset, point_tables(kind, args[:, 1], device).expand(-1, 3, -1))
+            images.index_copy_(0, picked, result)
     return images
 
 
 def erase(x: torch.Tensor, boxes: torch.Tensor, seeds: torch.Tensor, mode: str) -> torch.Tensor:
-    """timm's RandomErasing at the planned boxes (B, count, 4: top, left, h, w; h = 0: none) on the normalised
-    batch: per-pixel normal noise (``pixel``), a normal colour per box (``rand``) or zeros (``const``), from
-    a generator seeded by the batch's first seed (so a resumed run erases with the same noise)."""
-    if boxes.numel() == 0 or not bool((boxes[..., 2] > 0).any()):  # (host sync)
+    """timm's RandomErasing at the planned boxes (B, count, 4: top, left, h, w; h = 0: none; on the host) on
+    the normalised batch: per-pixel normal noise (``pixel``), a normal colour per box (``rand``) or zeros
+    (``const``), from a generator seeded by the batch's first seed (so a resumed run erases with the same
+    noise)."""
+    boxes, seeds = boxes.cpu(), seeds.cpu()
+    if boxes.numel() == 0 or not bool((boxes[..., 2] > 0).any()):
         return x
     n, c, h, w = x.shape
-    gen = torch.Generator(device=x.device).manual_seed(int(seeds[0]))
+    gen = torch.Generator(device=x.device).manual_seed(int(seeds[0])) if mode != "const" else None
     ys = torch.arange(h, device=x.device).view(1, h, 1)
     xs = torch.arange(w, device=x.device).view(1, 1, w)
+    on_device = boxes.to(x.device, non_blocking=True)
     for j in range(boxes.shape[1]):  # later boxes over earlier ones, as timm writes them in turn
-        top, left, bh, bw = (boxes[:, j, k].view(n, 1, 1) for k in range(4))
+        top, left, bh, bw = (on_device[:, j, k].view(n, 1, 1) for k in range(4))
         inside = ((ys >= top) & (ys < top + bh) & (xs >= left) & (xs < left + bw))[:, None]  # (n, 1, h, w)
         if mode == "pixel":
             values = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
@@ -243,12 +261,13 @@ class DeviceAugment:
     def __call__(self, batch, labels: torch.Tensor, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """A worker batch (uint8 (B, H, W, 3) crops, plans, boxes, seeds) and its labels -> on ``device``."""
         device = torch.device(device)
-        pixels, plan, boxes, seeds = (t.to(device, non_blocking=True) for t in batch)
-        images = pixels.permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W) uint8
+        pixels, plan, boxes, seeds = batch  # (the plans stay on the host: apply_plan reads them there)
+        images = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W) uint8
         return self.apply(images, plan, boxes, seeds), labels.to(device, non_blocking=True)
 
     def apply(self, images: torch.Tensor, plan: torch.Tensor, boxes: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) uint8 crops and their plans, on one device -> the augmented, normalised float32 batch."""
+        """(B, 3, H, W) uint8 crops on the device, their plans, boxes and seeds on the host -> the augmented,
+        normalised float32 batch."""
         shift, scale, fill = self.constants(images.device)
         if plan.shape[1]:
             images = apply_plan(images, plan, fill)

@@ -179,7 +179,7 @@ class DeviceDecode:
         keep = _replacements(images)
         labels = labels[keep]
         x = torch.stack([images[i] for i in keep])  # (B, 3, H, W) uint8
-        plan, boxes, seeds = (t.to(device, non_blocking=True)[keep] for t in (batch.plan, batch.boxes, batch.seeds))
+        plan, boxes, seeds = (t[keep] for t in (batch.plan, batch.boxes, batch.seeds))  # (on the host)
         return self.augment.apply(x, plan, boxes, seeds), labels.to(device, non_blocking=True)
 
     def resized_crop(self, image: torch.Tensor, crop: list[float]) -> torch.Tensor:
