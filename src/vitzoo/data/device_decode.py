@@ -6,9 +6,10 @@ that takes more. Here a worker reads the file's header only and *draws* the crop
 flips (timm's ``RandomResizedCropAndInterpolation.get_params`` and the flips' own draws, on the header's
 size, in timm's order), then the auto-augment / erasing plan (:mod:`vitzoo.data.augment_plan`); the batch
 crosses to the main process as its files' bytes. The device decodes the batch in one
-``torchvision.io.decode_jpeg`` call (nvJPEG on CUDA), crops, resizes with torch's antialiased filter
-(whose weights follow PIL's: a few grey levels from Pillow's pixels, as ``--decode device`` of eval),
-flips, and hands the crops to :class:`~vitzoo.data.augment_ops.DeviceAugment`.
+``torchvision.io.decode_jpeg`` call (nvJPEG on CUDA), crops, resizes with Pillow's arithmetic in a few
+batched matrix products (:mod:`vitzoo.data.pillow_resize`: the worker path's integers), flips, and hands
+the crops to :class:`~vitzoo.data.augment_ops.DeviceAugment`. On a CPU the pixels are the worker path's
+bit for bit (libjpeg-turbo decodes for both); on a GPU nvJPEG's decoding differs by a grey level or so.
 
 Images that are not undecoded JPEGs (PNG, a decoded CIFAR image) take the worker path of
 ``augment_on: device`` and join the batch as crops. A JPEG that no decoder accepts (the device, the CPU's
@@ -24,20 +25,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from vitzoo.data.augment_ops import DeviceAugment
 from vitzoo.data.augment_plan import AugmentPlanner
 from vitzoo.data.datasets import is_undecoded_jpeg
 from vitzoo.data.gpu_jpeg import decode_jpegs
+from vitzoo.data.pillow_resize import FILTER_NAMES, resize
 from vitzoo.errors import UserError
 
 log = logging.getLogger("vitzoo")
 
-# the crop's filters by Pillow's code (the plan's convention) -> torch's
-_TORCH_FILTERS = {0: InterpolationMode.NEAREST, 2: InterpolationMode.BILINEAR, 3: InterpolationMode.BICUBIC}
-_CODES = {"nearest": 0, "bilinear": 2, "bicubic": 3}
 # JPEG bytes per decode call: an ImageNet batch of 256 (~28 MB) in one call, 12 MP photos (~4 MB each,
 # 36 MB decoded) eight at a time
 DECODE_BYTES = 32 << 20
@@ -45,13 +42,13 @@ DECODE_BYTES = 32 << 20
 
 def filter_code(interpolation: Any) -> int:
     """timm's crop filter (a torchvision InterpolationMode or a Pillow code) -> Pillow's code; UserError for
-    a filter torch's resize lacks (lanczos, box, hamming)."""
+    one the device's resize lacks (lanczos, hamming: their sines would need libm's exact values)."""
     name = getattr(interpolation, "value", interpolation)
-    if isinstance(name, int) and name in _TORCH_FILTERS:
+    if isinstance(name, int) and name in FILTER_NAMES.values():
         return name
-    if name not in _CODES:
-        raise UserError(f"decode_on: device resizes with {', '.join(_CODES)}, not {name}; use decode_on: cpu")
-    return _CODES[name]
+    if name not in FILTER_NAMES:
+        raise UserError(f"decode_on: device resizes with {', '.join(FILTER_NAMES)}, not {name}; use decode_on: cpu")
+    return FILTER_NAMES[name]
 
 
 @dataclass
@@ -167,11 +164,16 @@ class DeviceDecode:
         images: list[torch.Tensor | None] = [None] * len(batch.sizes)
         for chunk in _chunks(jpegs, DECODE_BYTES):  # decoded a chunk at a time: a batch of 12 MP photos
             decoded = decode_jpegs([(batch.names[i], v) for i, v in chunk], device)  # would need 9 GB at once
+            good = []
             for (i, _), image in zip(chunk, decoded):
                 if isinstance(image, str):
                     self._warn(batch.names[i], image)
                 else:
-                    images[i] = self.resized_crop(image.to(device), crops[i])
+                    good.append((i, image.to(device)))
+            if good:
+                made_here = self.resized_crops([image for _, image in good], [crops[i] for i, _ in good])
+                for (i, _), crop in zip(good, made_here):
+                    images[i] = crop
         made = iter(batch.made.to(device, non_blocking=True).permute(0, 3, 1, 2))
         for i, n in enumerate(batch.sizes):
             if not n:
@@ -182,18 +184,17 @@ class DeviceDecode:
         plan, boxes, seeds = (t[keep] for t in (batch.plan, batch.boxes, batch.seeds))  # (on the host)
         return self.augment.apply(x, plan, boxes, seeds), labels.to(device, non_blocking=True)
 
-    def resized_crop(self, image: torch.Tensor, crop: list[float]) -> torch.Tensor:
-        """timm's crop of a decoded (3, H, W) uint8 image: the box, resized to the output with antialiasing,
-        rounded to 8 bits as PIL's, then the flips."""
-        top, left, height, width, hflip, vflip, code = (int(v) for v in crop)
-        box = image[:, top:top + height, left:left + width].float()
-        out = TF.resize(box, list(self.size), interpolation=_TORCH_FILTERS.get(code, InterpolationMode.BICUBIC),
-                        antialias=True)
-        out = out.clamp_(0, 255).round_().to(torch.uint8)
-        if hflip:
-            out = out.flip(-1)
-        if vflip:
-            out = out.flip(-2)
+    def resized_crops(self, images: list[torch.Tensor], crops: list[list[float]]) -> torch.Tensor:
+        """timm's crops of decoded (3, H, W) uint8 images: each box resized to the output as Pillow resizes
+        it, then the flips -> (n, 3, h, w) uint8."""
+        boxes = [image[:, int(top):int(top + height), int(left):int(left + width)]
+                 for image, (top, left, height, width, *_) in zip(images, crops)]
+        out = resize(boxes, self.size, [int(crop[6]) for crop in crops])
+        for dim, column in ((-1, 4), (-2, 5)):  # horizontal, vertical flips
+            flipped = [j for j, crop in enumerate(crops) if crop[column]]
+            if flipped:
+                index = torch.tensor(flipped).to(out.device, non_blocking=True)
+                out.index_copy_(0, index, out.index_select(0, index).flip(dim))
         return out
 
     def _warn(self, name: str, why: str) -> None:
