@@ -66,3 +66,11 @@ def test_reduced_precision_float32_products_are_switched_off_around_it():
     finally:
         torch.set_float32_matmul_precision(before)
     assert np.array_equal(got.permute(1, 2, 0).numpy(), np.array(img.resize((224, 224), BICUBIC)))
+
+
+def test_it_never_reads_the_device_back():
+    """Every size and coefficient is decided on the host: on the meta device (no data; a read-back fails)
+    a batch of both pass orders and all filters goes through."""
+    images = [torch.empty(3, h, w, dtype=torch.uint8, device="meta") for h, w in SHAPES]
+    out = resize(images, (224, 224), [NEAREST, BOX, BILINEAR, BICUBIC] * 2 + [BICUBIC] * (len(SHAPES) - 8))
+    assert out.device.type == "meta" and out.shape == (len(SHAPES), 3, 224, 224) and out.dtype == torch.uint8
