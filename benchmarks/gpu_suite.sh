@@ -43,7 +43,7 @@ compiled)
   ;;
 feed)
   # the device ops on CUDA against the CPU's pixels (augment_on / decode_on: device) before timing them
-  $py -m pytest -q -m gpu tests/test_data_augment_device.py
+  $py -m pytest -q -m gpu tests/test_data_augment_device.py tests/test_data_pillow_resize.py
   for w in 8 16; do
     for aug in cpu device decode; do  # augment_on / decode_on: device -- augmentation / decoding on the GPU
       $py benchmarks/bench_feed.py --model deit_small_patch16_224 --device cuda --batch-size 256 --workers $w \

@@ -74,3 +74,18 @@ def test_it_never_reads_the_device_back():
     images = [torch.empty(3, h, w, dtype=torch.uint8, device="meta") for h, w in SHAPES]
     out = resize(images, (224, 224), [NEAREST, BOX, BILINEAR, BICUBIC] * 2 + [BICUBIC] * (len(SHAPES) - 8))
     assert out.device.type == "meta" and out.shape == (len(SHAPES), 3, 224, 224) and out.dtype == torch.uint8
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_same_integers(monkeypatch):
+    """`pytest -m gpu`: with TF32 on (as the trainer sets it) the CUDA products still give Pillow's pixels."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    images, expected = [], []
+    for seed, shape in enumerate(SHAPES):
+        img, tensor = pillow_pair(shape, seed)
+        images.append(tensor.cuda())
+        expected.append(torch.from_numpy(np.array(img.resize((224, 224), BICUBIC))).permute(2, 0, 1))
+    got = resize(images, (224, 224), [BICUBIC] * len(images)).cpu()
+    assert torch.allclose(got.float(), torch.stack(expected).float(), atol=0)
+    assert torch.backends.cuda.matmul.allow_tf32  # restored
