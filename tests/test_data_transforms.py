@@ -84,6 +84,18 @@ def test_train_set_hands_jpegs_undecoded_to_the_crop(tmp_path):
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == 0
 
 
+
+def test_random_interpolation_is_for_training_only():
+    """interpolation: random draws bilinear or bicubic per training crop (timm's); the evaluation resize
+    and the checkpoint's preprocessing keep the model's filter (timm's eval transform has no random)."""
+    cfg = config_from_dict({"data_path": "", "num_workers": 0, "output_dir": "", "interpolation": "random"},
+                           strict=True)
+    data_config = resolve_data_config(cfg, {"interpolation": "bilinear"})
+    assert data_config["interpolation"] == "bilinear"
+    crop = build_train_transform(cfg, data_config).transforms[0]
+    assert isinstance(crop.interpolation, (list, tuple)) and len(crop.interpolation) == 2
+    assert build_eval_transform(data_config) is not None
+
 EVAL_CONFIG = {"input_size": (3, 224, 224), "crop_pct": 0.875, "mean": (0.5,) * 3, "std": (0.5,) * 3,
                "interpolation": "bicubic"}
 

@@ -93,7 +93,9 @@ def resolve_data_config(cfg: RunConfig | None, model: Any = None,
             dc["input_size"] = _size3(cfg.input_size)
         if "crop_pct" in keys and cfg.crop_pct is not None:
             dc["crop_pct"] = cfg.crop_pct
-        if "interpolation" in keys:
+        if "interpolation" in keys and cfg.interpolation != "random":
+            # (random is a training draw between bilinear and bicubic, timm's train-interpolation; the
+            # evaluation resize and the checkpoint's preprocessing keep the model's filter)
             dc["interpolation"] = cfg.interpolation
         if "imagenet_default_mean_and_std" in keys and cfg.imagenet_default_mean_and_std is not None:
             use_imagenet = cfg.imagenet_default_mean_and_std
@@ -261,7 +263,7 @@ class LazyTransform(transforms.Compose):
 
 def build_train_transform(cfg: RunConfig, data_config: dict) -> Callable:
     """The training augmentation chain (timm ``create_transform(is_training=True)``) for ``data_config``."""
-    interp = _interp(data_config["interpolation"], "interpolation")
+    interp = "random" if cfg.interpolation == "random" else _interp(data_config["interpolation"], "interpolation")
     aa = None if cfg.aa == "none" else cfg.aa
     kwargs = {
         "input_size": data_config["input_size"],
