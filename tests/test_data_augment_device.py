@@ -58,6 +58,18 @@ def test_each_op_gives_pillows_pixels(photo, name, args, resample):
     assert np.array_equal(got, expected), np.abs(got.astype(int) - expected).max()
 
 
+
+def test_smooth_is_pillows_on_noise_too():
+    """Sharpness blends against Pillow's SMOOTH: on noise (every rounding case) the same integers."""
+    from PIL import ImageFilter
+
+    from vitzoo.data.augment_ops import _smooth
+
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (97, 131, 3), dtype=np.uint8))
+    expected = np.array(noise.filter(ImageFilter.SMOOTH))
+    got = _smooth(as_batch(noise))[0].permute(1, 2, 0).to(torch.uint8).numpy()
+    assert np.array_equal(got, expected)
+
 def jpeg_bytes() -> bytes:
     buf = io.BytesIO()
     photo_like(400, 320, seed=1).convert("RGB").save(buf, "JPEG", quality=90)

@@ -8,7 +8,7 @@ Pillow's integers (tests/test_data_augment_device.py compares each with timm's o
   equalize, invert, posterize, solarize, solarize-add;
 - ``ImageEnhance``'s blends in float32, truncated as Pillow's ``ImagingBlend`` does: colour (against
   Pillow's integer luma), contrast (against the rounded mean luma), brightness (against black), sharpness
-  (against Pillow's SMOOTH filter, borders kept);
+  (against Pillow's SMOOTH filter, borders kept: its exact rounding, from integer sums in float32);
 - rotate, shear and translate as Pillow's affine resampling (Geometry.c): the sample point of each output
   pixel centre, the fill where it falls outside the image, Pillow's bilinear / bicubic polynomials on
   edge-clamped taps in float64, truncated. (``grid_sample`` was 0.3-0.6 grey levels off on average: its
@@ -90,14 +90,19 @@ def _luma(images: torch.Tensor) -> torch.Tensor:
 
 
 def _smooth(images: torch.Tensor) -> torch.Tensor:
-    """Pillow's ``ImageFilter.SMOOTH`` (3x3, centre 5, the rest 1, / 13, rounded), border pixels kept."""
-    kernel = torch.ones(3, 1, 3, 3, device=images.device, dtype=torch.float64)
+    """Pillow's ``ImageFilter.SMOOTH`` (3x3, centre 5, the rest 1, / 13, rounded), border pixels kept.
+
+    Pillow sums in float32 with the kernel divided by 13, then adds 0.5 and truncates (Filter.c). That is
+    the exact rounding of sum / 13: the sum of integers over 13 is never within 1/26 of a half, far beyond
+    float32's error. So here the integer sum (at most 3315: exact in float32, and in TF32 products too),
+    then floor((2 sum + 13) / 26)."""
+    kernel = torch.ones(3, 1, 3, 3, device=images.device)
     kernel[:, :, 1, 1] = 5.0
-    x = images.double()  # (float64: a GPU's TF32 convolutions would round the sums to 10 bits)
-    inner = F.conv2d(x, kernel / 13.0, groups=3).add_(0.5).floor_().clamp_(0, 255)
+    x = images.float()
+    total = F.conv2d(x, kernel, groups=3)
     out = x.clone()
-    out[:, :, 1:-1, 1:-1] = inner
-    return out.float()
+    out[:, :, 1:-1, 1:-1] = total.mul_(2).add_(13).div_(26).floor_()
+    return out
 
 
 def blend(images: torch.Tensor, kind: int, factor: torch.Tensor) -> torch.Tensor:
