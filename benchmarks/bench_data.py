@@ -67,19 +67,25 @@ def epoch_rate(loader) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def stage_rate(stage, loader, device: str, batches: int = 4) -> float:
-    """img/s of the device stage of ``augment_on: device`` alone, on ``batches`` of the loader's batches."""
+def stage_rate(stage, loader, device: str, batches: int = 4) -> tuple[float, float]:
+    """(img/s of the device stage of ``augment_on: device`` alone, host ms per batch to queue it) on
+    ``batches`` of the loader's batches. On a GPU the second is what the training step waits for when the
+    stage reads nothing back (it then overlaps the step still running); on a CPU the two are one."""
     import torch
 
     held = [batch for _, batch in zip(range(batches), loader)]
     stage(*held[0], device)  # warm-up (kernels, allocator)
-    n, t0 = 0, time.perf_counter()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    n, host, t0 = 0, 0.0, time.perf_counter()
     for x, y in held:
+        queued = time.perf_counter()
         out, _ = stage(x, y, device)
+        host += time.perf_counter() - queued
         n += out.shape[0]
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return n / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0), host / len(held) * 1e3
 
 
 def main() -> None:
@@ -172,8 +178,9 @@ def main() -> None:
     for name, (ds, loader) in ours.items():
         stage = device_stage(ds.transform)
         if stage is not None:
-            best = max(stage_rate(stage, loader, args.device) for _ in range(args.rounds))
-            print(f"  {name}: its device stage alone on {args.device} (1 thread if cpu): {best:8.1f} img/s")
+            rate, host_ms = max(stage_rate(stage, loader, args.device) for _ in range(args.rounds))
+            print(f"  {name}: its device stage alone on {args.device} (1 thread if cpu): {rate:8.1f} img/s, "
+                  f"{host_ms:.1f} ms of host time per batch of {args.batch_size} to queue it")
     del ours, loaders, theirs  # stop the persistent workers before the temporary folder goes
     gc.collect()
     tmp.cleanup()
