@@ -15,7 +15,7 @@ Rounds alternate (cpu, device, cpu, ...) after one warm-up of each (page cache, 
 round of each is reported. The photos are generated: smooth noise at three scales plus grain, 500x375
 JPEG quality 90 by default, about ImageNet's mean size in pixels and bytes (~100 KB), so decoding costs
 what it costs on real photos. A parity line compares the two paths' preprocessed pixels on the first
-images (on CUDA: nvJPEG + torch's resize vs libjpeg + PIL's).
+images (on CUDA: nvJPEG + Pillow's resize arithmetic vs libjpeg + PIL's; on a CPU they are equal).
 
     python benchmarks/bench_decode.py --num-images 4096 --device cuda --workers 8 --batch-size 256
     python benchmarks/bench_decode.py --num-images 64 --device cpu --workers 2 --batch-size 32   # smoke

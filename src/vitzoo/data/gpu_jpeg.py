@@ -5,9 +5,10 @@ so a handful of loader workers cap inference at a few hundred images per second 
 deit_small at over 20,000. Here the workers only read file bytes; the JPEGs of a batch are decoded in one
 ``torchvision.io.decode_jpeg`` call on the device (nvJPEG on CUDA, libjpeg-turbo on a CPU), then resized,
 centre-cropped and normalised there, as timm's eval transform does on the CPU (``transforms_imagenet_eval``:
-shorter side to ``floor(size / crop_pct)``, centre crop ``size``). The resize is torch's antialiased one,
-whose filters follow PIL's; results are rounded to 8 bits as PIL's are, so the two paths agree to a few
-grey levels (tests/test_gpu_jpeg.py measures it) and on the predicted class.
+shorter side to ``floor(size / crop_pct)``, centre crop ``size``). The resize is Pillow's arithmetic, batched
+(:mod:`vitzoo.data.pillow_resize`), computing the crop's pixels only, and the normalisation torchvision's, so
+on a CPU (libjpeg-turbo decoding, as PIL's) the two paths give the same tensors (tests/test_gpu_jpeg.py);
+on a GPU, nvJPEG's decoding differs by a grey level or so.
 
 Files that are not JPEGs (PNG, WebP, ...) are decoded by PIL in the workers and join the batch as pixels.
 A JPEG that the device decoder refuses is retried on the CPU, then by PIL; one that nothing can decode is
@@ -22,15 +23,13 @@ from pathlib import Path
 
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from vitzoo.data.datasets import load_image
+from vitzoo.data.pillow_resize import FILTER_NAMES, resize
 from vitzoo.errors import UserError
 
 JPEG_MAGIC = b"\xff\xd8\xff"  # SOI marker + the first byte of the next marker
-INTERPOLATION = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
-                 "nearest": InterpolationMode.NEAREST}
 
 Item = tuple[str, torch.Tensor | None, str | None]  # (path, image or None, why it could not be read)
 
@@ -187,35 +186,42 @@ class DevicePreprocess:
             raise UserError(f"--decode device supports square inputs; this model takes {size[0]}x{size[1]} "
                             "(use --decode cpu)")
         interpolation = str(data_config.get("interpolation") or "bicubic").lower()
-        if interpolation not in INTERPOLATION:
-            raise UserError(f"--decode device supports {', '.join(INTERPOLATION)} resizing, not {interpolation!r} "
+        if interpolation not in FILTER_NAMES:
+            raise UserError(f"--decode device supports {', '.join(FILTER_NAMES)} resizing, not {interpolation!r} "
                             "(use --decode cpu)")
         self.device = device
         self.crop = int(size[0])
         self.scale = math.floor(self.crop / float(data_config.get("crop_pct") or 0.875))  # timm's arithmetic
-        self.interpolation = INTERPOLATION[interpolation]
-        self.mean = torch.tensor(data_config["mean"], device=device).view(3, 1, 1) * 255
-        self.std = torch.tensor(data_config["std"], device=device).view(3, 1, 1) * 255
+        self.filter = FILTER_NAMES[interpolation]  # (Pillow's code)
+        self.mean = torch.tensor(data_config["mean"], device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(data_config["std"], device=device).view(1, 3, 1, 1)
 
     def __call__(self, items: list[Item]) -> list[Item]:
         jpegs = [i for i, (_, data, _) in enumerate(items) if data is not None and data.dim() == 1]
-        pixels = dict(zip(jpegs, self.decode([items[i][:2] for i in jpegs])))
-        out: list[Item] = []
-        for i, (name, data, why) in enumerate(items):
-            image = pixels.get(i, data)
-            if isinstance(image, str):
-                out.append((name, None, image))
-            elif image is None:
-                out.append((name, None, why))
-            else:
-                out.append((name, self.preprocess(image.to(self.device, non_blocking=True)), None))
-        return out
+        decoded = dict(zip(jpegs, self.decode([items[i][:2] for i in jpegs])))  # an image, or why not
+        images = {}  # item -> uint8 CHW: decoded here, or by PIL in a worker
+        for i, (_, data, _) in enumerate(items):
+            image = decoded.get(i, data)
+            if isinstance(image, torch.Tensor):
+                images[i] = image.to(self.device, non_blocking=True)
+        made = dict(zip(images, self.preprocess(list(images.values())))) if images else {}
+        return [(name, made[i], None) if i in made else (name, None, decoded.get(i, why))
+                for i, (name, _, why) in enumerate(items)]
 
     def decode(self, encoded: list[tuple[str, torch.Tensor]]) -> list[torch.Tensor | str]:
         return decode_jpegs(encoded, self.device)
 
-    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8 CHW -> normalised float CHW: resize the shorter side, round to 8 bits as PIL, crop."""
-        x = TF.resize(image.float(), [self.scale], interpolation=self.interpolation, antialias=True)
-        x = TF.center_crop(x.clamp_(0, 255).round_(), [self.crop, self.crop])
-        return (x - self.mean) / self.std
+    def preprocess(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """uint8 CHW images -> (B, 3, crop, crop) normalised float: timm's eval transform -- the shorter side
+        resized to ``scale`` (torchvision's sizes), the centre crop (its offsets) -- in Pillow's integers,
+        computed for the crop only, then ToTensor and Normalize's arithmetic."""
+        resized, offsets = [], []
+        for image in images:
+            height, width = image.shape[1:]
+            if width <= height:  # (torchvision's _compute_resized_output_size, as its Resize(int))
+                resized.append((int(self.scale * height / width), self.scale))
+            else:
+                resized.append((self.scale, int(self.scale * width / height)))
+            offsets.append(tuple(round((side - self.crop) / 2.0) for side in resized[-1]))  # center_crop
+        x = resize(images, (self.crop, self.crop), [self.filter] * len(images), resized, offsets)
+        return x.float().div_(255).sub_(self.mean).div_(self.std)

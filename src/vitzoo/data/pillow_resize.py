@@ -130,15 +130,20 @@ def _ieee_float32():
         torch.set_float32_matmul_precision(precision)
 
 
-def _resample(x: torch.Tensor, sizes: list[int], out_size: int, codes: list[int], axis: int) -> torch.Tensor:
+def _resample(x: torch.Tensor, sizes: list[int], out_size: int, codes: list[int], axis: int,
+              resized: list[int], starts: list[int]) -> torch.Tensor:
     """One 8-bit pass along ``axis`` (2: the rows, vertical; 3: the columns, horizontal) of ``x``
-    (B, C, H, W), float32 integers, image i using its first ``sizes[i]`` pixels along it -> float32
-    integers in 0..255 with ``out_size`` pixels along ``axis``.
+    (B, C, H, W), float32 integers: image i, its first ``sizes[i]`` pixels along it resized to
+    ``resized[i]``, of which the ``out_size`` from ``starts[i]`` are made -> float32 integers in 0..255.
 
     The output is made TILE pixels at a time from the window of input pixels those TILE read (as wide as
     the widest image's window), so a product spans about TILE * scale + taps inputs, not the whole line."""
     batch, channels, length = x.shape[0], x.shape[1], x.shape[axis]
-    first, weights = zip(*(coefficients(n, out_size, code) for n, code in zip(sizes, codes)))
+    first, weights = [], []
+    for n, full, code, start in zip(sizes, resized, codes, starts):
+        image_first, image_weights = coefficients(n, full, code)  # (a crop of the resize: its rows only)
+        first.append(image_first[start:start + out_size])
+        weights.append(image_weights[start:start + out_size])
     taps = max(w.shape[1] for w in weights)
     first = torch.stack(first)  # (B, out), on the host: every size below is decided there
     weights = torch.stack([torch.nn.functional.pad(w, (0, taps - w.shape[1])) for w in weights])  # (B, out, taps)
@@ -203,14 +208,19 @@ def horizontal_first(in_size: tuple[int, int], out_size: tuple[int, int]) -> boo
     return PILLOW_MAJOR < 13 or not (shrink_h > 0 and shrink_h > shrink_w * 2)
 
 
-def resize(images: list[torch.Tensor], size: tuple[int, int], codes: list[int]) -> torch.Tensor:
-    """Pillow's ``Image.resize`` of each (3, h_i, w_i) uint8 image to ``size`` (h, w) with filter
-    ``codes[i]``, all on one device -> (B, 3, h, w) uint8, a few padded batches at a time."""
+def resize(images: list[torch.Tensor], size: tuple[int, int], codes: list[int],
+           resized: list[tuple[int, int]] | None = None, offsets: list[tuple[int, int]] | None = None) -> torch.Tensor:
+    """Pillow's ``Image.resize`` of each (3, h_i, w_i) uint8 image with filter ``codes[i]``, all on one
+    device -> (B, 3, h, w) uint8, a few padded batches at a time. Each image is resized to ``size`` (h, w),
+    or to ``resized[i]`` and cropped to the ``size`` window at ``offsets[i]`` (top, left): only the window's
+    pixels are computed, and they are those of the resize then the crop."""
     device = images[0].device
     out = torch.empty(len(images), 3, *size, dtype=torch.uint8, device=device)
     shapes = [tuple(im.shape[1:]) for im in images]
+    resized = resized or [tuple(size)] * len(images)
+    offsets = offsets or [(0, 0)] * len(images)
     for across_first in (True, False):
-        chosen = [i for i, shape in enumerate(shapes) if horizontal_first(shape, size) == across_first]
+        chosen = [i for i, shape in enumerate(shapes) if horizontal_first(shape, resized[i]) == across_first]
         chosen.sort(key=lambda i: shapes[i][0] * shapes[i][1])  # (similar sizes share a padded batch)
         for group in _groups(chosen, shapes):
             heights, widths = [shapes[i][0] for i in group], [shapes[i][1] for i in group]
@@ -218,13 +228,13 @@ def resize(images: list[torch.Tensor], size: tuple[int, int], codes: list[int]) 
             for row, i in enumerate(group):
                 padded[row, :, :heights[row], :widths[row]] = images[i]
             filters = [codes[i] for i in group]
+            vertical = {"sizes": heights, "out_size": size[0], "codes": filters, "axis": 2,
+                        "resized": [resized[i][0] for i in group], "starts": [offsets[i][0] for i in group]}
+            horizontal = {"sizes": widths, "out_size": size[1], "codes": filters, "axis": 3,
+                          "resized": [resized[i][1] for i in group], "starts": [offsets[i][1] for i in group]}
             with _ieee_float32():
-                if across_first:
-                    x = _resample(padded, widths, size[1], filters, axis=3)
-                    x = _resample(x, heights, size[0], filters, axis=2)
-                else:
-                    x = _resample(padded, heights, size[0], filters, axis=2)
-                    x = _resample(x, widths, size[1], filters, axis=3)
+                first, second = (horizontal, vertical) if across_first else (vertical, horizontal)
+                x = _resample(_resample(padded, **first), **second)
             out.index_copy_(0, torch.tensor(group).to(device, non_blocking=True), x.to(torch.uint8))
     return out
 
