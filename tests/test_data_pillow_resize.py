@@ -49,7 +49,7 @@ def test_each_image_takes_its_own_filter():
 @pytest.mark.parametrize(("width", "plan"), [(400, (11, 2)), (4000, (8, 3)), (40000, (0, 1))])
 def test_large_shrinks_split_the_coefficients_finer_and_stay_exact(width, plan):
     """A wider filter sums more products: the coefficients are split into more digits (float32 holds their
-    sums), and past a ~150x shrink the product runs in float64."""
+    sums), and past a ~50x bicubic shrink the product runs in float64."""
     assert pr._digit_plan(coefficients(width, 224, BICUBIC)[1][None]) == plan
     img, tensor = pillow_pair((4, width), 3)
     assert np.array_equal(resize([tensor], (4, 224), [BICUBIC])[0].permute(1, 2, 0).numpy(),

@@ -100,10 +100,11 @@ def coefficients(in_size: int, out_size: int, code: int) -> tuple[torch.Tensor, 
 
 def _digit_plan(weights: torch.Tensor) -> tuple[int, int]:
     """(bits per digit, digits) that keep every partial sum of 8-bit pixels times one digit of ``weights``
-    (rows of int64 coefficients) below 2^24; (0, 1) where none does (a float64 product then)."""
-    for bits, digits in ((PRECISION_BITS + 2, 1), (11, 2), (8, 3)):
+    (rows of int64 coefficients) below 2^23, half float32's exact range, so that a digit's sums plus the
+    carry from the digit below stay exact; (0, 1) where none does (a float64 product then). For bicubic,
+    two digits of 11 bits serve shrinks up to ~7x, three of 8 bits up to ~48x."""
+    for bits, digits in ((11, 2), (8, 3)):
         parts = _split(weights, bits, digits)
-        # (half the exact range: a digit's products plus the carry from below stay within it)
         if all(255 * int(part.abs().sum(dim=-1).max()) < EXACT_BELOW // 2 for _, part in parts):
             return bits, digits
     return 0, 1
@@ -167,7 +168,7 @@ def _resample(x: torch.Tensor, sizes: list[int], out_size: int, codes: list[int]
             window = x.gather(3, offsets[:, None, None, :].expand(batch, channels, x.shape[2], span))
         else:
             window = x.gather(2, offsets[:, None, :, None].expand(batch, channels, span, x.shape[3]))
-        if bits == 0:  # (a crop shrunk ~150x or more: float64 holds these sums)
+        if bits == 0:  # (a crop shrunk ~50x or more: float64 holds these sums)
             pixels = _to_pixels([_product(window.double(), tile_weights.double(), axis)], 0)
         else:
             pixels = _to_pixels([_product(window, part.float(), axis)
