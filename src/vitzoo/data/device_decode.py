@@ -9,7 +9,8 @@ crosses to the main process as its files' bytes. The device decodes the batch in
 ``torchvision.io.decode_jpeg`` call (nvJPEG on CUDA), crops, resizes with Pillow's arithmetic in a few
 batched matrix products (:mod:`vitzoo.data.pillow_resize`: the worker path's integers), flips, and hands
 the crops to :class:`~vitzoo.data.augment_ops.DeviceAugment`. On a CPU the pixels are the worker path's
-bit for bit (libjpeg-turbo decodes for both); on a GPU nvJPEG's decoding differs by a grey level or so.
+bit for bit (libjpeg-turbo decodes for both); on a GPU nvJPEG's decoding differs (1.5 grey levels on
+average, 22 at most, over 64 photos on an H100).
 
 Images that are not undecoded JPEGs (PNG, a decoded CIFAR image) take the worker path of
 ``augment_on: device`` and join the batch as crops. A JPEG that no decoder accepts (the device, the CPU's
