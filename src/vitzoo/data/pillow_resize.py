@@ -141,10 +141,10 @@ def _resample(x: torch.Tensor, sizes: list[int], out_size: int, codes: list[int]
     the widest image's window), so a product spans about TILE * scale + taps inputs, not the whole line."""
     batch, channels, length = x.shape[0], x.shape[1], x.shape[axis]
     first, weights = [], []
-    for n, full, code, start in zip(sizes, resized, codes, starts):
+    for n, full, code, offset in zip(sizes, resized, codes, starts):
         image_first, image_weights = coefficients(n, full, code)  # (a crop of the resize: its rows only)
-        first.append(image_first[start:start + out_size])
-        weights.append(image_weights[start:start + out_size])
+        first.append(image_first[offset:offset + out_size])
+        weights.append(image_weights[offset:offset + out_size])
     taps = max(w.shape[1] for w in weights)
     first = torch.stack(first)  # (B, out), on the host: every size below is decided there
     weights = torch.stack([torch.nn.functional.pad(w, (0, taps - w.shape[1])) for w in weights])  # (B, out, taps)
