@@ -67,11 +67,11 @@ def _bicubic(x: torch.Tensor) -> torch.Tensor:
 _FILTERS = {BOX: (_box, 0.5), BILINEAR: (_bilinear, 1.0), BICUBIC: (_bicubic, 2.0)}
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=2048)
 def coefficients(in_size: int, out_size: int, code: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pillow's fixed-point coefficients for resizing ``in_size`` pixels to ``out_size`` with filter
     ``code``: (the first input pixel of each output pixel (out,), int64 coefficients (out, taps)), on the
-    host. Cached: a crop's width or height takes a few hundred values."""
+    host. Cached (a training crop's side takes a few hundred values; an entry is ~10-100 KB)."""
     if code == NEAREST:
         step, xo, first = in_size / out_size, in_size / out_size * 0.5, []
         for _ in range(out_size):  # (accumulated, as Geometry.c does: not (i + 0.5) * step)
