@@ -214,9 +214,9 @@ def test_device_decode_draws_and_crops_what_the_worker_path_does(monkeypatch):
     assert torch.equal(made, torch.stack([c[0] for c in crops]).permute(0, 3, 1, 2))
     out, labels = stage(batch, torch.arange(12), "cpu")
     assert out.shape == (12, 3, 224, 224) and torch.equal(labels, torch.arange(12))
-    from vitzoo.data import device_decode
+    from vitzoo.data import gpu_jpeg
 
-    monkeypatch.setattr(device_decode, "DECODE_BYTES", 1)  # one JPEG per decode call: the same batch
+    monkeypatch.setattr(gpu_jpeg, "DECODE_BYTES", 1)  # one JPEG per decode call: the same batch
     assert torch.equal(stage(batch, torch.arange(12), "cpu")[0], out)
 
 

@@ -46,7 +46,7 @@ def preprocessed(paths, data_config):
     return pil, torch.stack([x for _, x, _ in items])
 
 
-def test_device_preprocessing_matches_pil(folder):
+def test_device_preprocessing_matches_pil(folder, monkeypatch):
     paths = sorted(folder.iterdir())
     model = create_model("deit_tiny_patch16_224").eval()
     pil, ours = preprocessed(paths, model.data_config)
@@ -54,6 +54,10 @@ def test_device_preprocessing_matches_pil(folder):
     # Pillow's resize arithmetic (vitzoo.data.pillow_resize) and torchvision's normalisation, after the same
     # libjpeg-turbo decoding: the same tensors (torch's antialiased resize was up to 2 grey levels off)
     assert torch.equal(ours, pil)
+    from vitzoo.data import gpu_jpeg
+
+    monkeypatch.setattr(gpu_jpeg, "DECODE_BYTES", 1)  # one JPEG per decode call (bounded memory): the same
+    assert torch.equal(preprocessed(paths, model.data_config)[1], ours)
 
 
 def test_crop_pct_and_interpolation_follow_the_config(folder):

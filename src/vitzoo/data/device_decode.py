@@ -30,15 +30,12 @@ import torch
 from vitzoo.data.augment_ops import DeviceAugment
 from vitzoo.data.augment_plan import AugmentPlanner
 from vitzoo.data.datasets import is_undecoded_jpeg
-from vitzoo.data.gpu_jpeg import decode_jpegs
+from vitzoo.data.gpu_jpeg import decode_in_chunks
 from vitzoo.data.pillow_resize import FILTER_NAMES, resize
 from vitzoo.errors import UserError
 
 log = logging.getLogger("vitzoo")
 
-# JPEG bytes per decode call: an ImageNet batch of 256 (~28 MB) in one call, 12 MP photos (~4 MB each,
-# 36 MB decoded) eight at a time
-DECODE_BYTES = 32 << 20
 
 
 def filter_code(interpolation: Any) -> int:
@@ -163,10 +160,9 @@ class DeviceDecode:
         jpegs = [(i, next(views)) for i, n in enumerate(batch.sizes) if n]
         crops = batch.crops.tolist()  # (host: a few numbers per image)
         images: list[torch.Tensor | None] = [None] * len(batch.sizes)
-        for chunk in _chunks(jpegs, DECODE_BYTES):  # decoded a chunk at a time: a batch of 12 MP photos
-            decoded = decode_jpegs([(batch.names[i], v) for i, v in chunk], device)  # would need 9 GB at once
+        for run, decoded in decode_in_chunks([(batch.names[i], data) for i, data in jpegs], device):
             good = []
-            for (i, _), image in zip(chunk, decoded):
+            for (i, _), image in zip((jpegs[p] for p in run), decoded):
                 if isinstance(image, str):
                     self._warn(batch.names[i], image)
                 else:
@@ -205,19 +201,6 @@ class DeviceDecode:
                 self.report_bad([(name, why)])
             self.log.warning("%s: %s; replaced in its batch by the next image (decode_on: device)",
                              name or "a JPEG of a shard", why)
-
-
-def _chunks(items: list[tuple[int, torch.Tensor]], max_bytes: int):
-    """``items`` (index, bytes) in consecutive runs of at most ``max_bytes`` (at least one item each)."""
-    run, total = [], 0
-    for item in items:
-        if run and total + item[1].numel() > max_bytes:
-            yield run
-            run, total = [], 0
-        run.append(item)
-        total += item[1].numel()
-    if run:
-        yield run
 
 
 def _replacements(images: list) -> list[int]:

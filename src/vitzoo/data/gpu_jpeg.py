@@ -32,6 +32,9 @@ from vitzoo.errors import UserError
 JPEG_MAGIC = b"\xff\xd8\xff"  # SOI marker + the first byte of the next marker
 
 Item = tuple[str, torch.Tensor | None, str | None]  # (path, image or None, why it could not be read)
+# JPEG bytes per decode call: an ImageNet batch of 256 (~28 MB) in one call, 12 MP photos (~4 MB each,
+# 36 MB decoded) eight at a time
+DECODE_BYTES = 32 << 20
 
 DECODE_CHOICES = ("auto", "cpu", "device")
 DECODE_HELP = ("where JPEGs are decoded: cpu = PIL in the loader workers; device = the workers only read the "
@@ -142,6 +145,21 @@ def eval_batches(files: list[tuple[str, int]], preprocess: DevicePreprocess, bat
             yield torch.stack([items[i][1] for i in keep]), labels[keep].to(preprocess.device)
 
 
+def decode_in_chunks(encoded: list[tuple[str, torch.Tensor]], device: torch.device):
+    """``encoded`` (path, bytes) decoded a run of at most DECODE_BYTES of JPEG at a time, so a batch of 12 MP
+    photos (9 GB decoded for 256 of them) is never held decoded at once: yields (the run's positions in
+    ``encoded``, its images or why not), for the caller to reduce before the next run."""
+    run, size = [], 0
+    for position, (_, data) in enumerate(encoded):
+        if run and size + data.numel() > DECODE_BYTES:
+            yield run, decode_jpegs([encoded[i] for i in run], device)
+            run, size = [], 0
+        run.append(position)
+        size += data.numel()
+    if run:
+        yield run, decode_jpegs([encoded[i] for i in run], device)
+
+
 def decode_jpegs(encoded: list[tuple[str, torch.Tensor]], device: torch.device) -> list[torch.Tensor | str]:
     """Decoded CHW uint8 RGB images (or why not) of (path, bytes), in one device call when every JPEG decodes."""
     if not encoded:
@@ -198,18 +216,20 @@ class DevicePreprocess:
 
     def __call__(self, items: list[Item]) -> list[Item]:
         jpegs = [i for i, (_, data, _) in enumerate(items) if data is not None and data.dim() == 1]
-        decoded = dict(zip(jpegs, self.decode([items[i][:2] for i in jpegs])))  # an image, or why not
-        images = {}  # item -> uint8 CHW: decoded here, or by PIL in a worker
-        for i, (_, data, _) in enumerate(items):
-            image = decoded.get(i, data)
-            if isinstance(image, torch.Tensor):
-                images[i] = image.to(self.device, non_blocking=True)
-        made = dict(zip(images, self.preprocess(list(images.values())))) if images else {}
-        return [(name, made[i], None) if i in made else (name, None, decoded.get(i, why))
+        done: dict[int, torch.Tensor | str] = {}  # item -> preprocessed image, or why not
+        for run, decoded in decode_in_chunks([items[i][:2] for i in jpegs], self.device):
+            self._preprocess_into(done, {jpegs[p]: image for p, image in zip(run, decoded)})
+        self._preprocess_into(done, {i: data for i, (_, data, _) in enumerate(items)  # (decoded by PIL in a worker)
+                                     if data is not None and data.dim() == 3})
+        return [(name, done[i], None) if isinstance(done.get(i), torch.Tensor) else (name, None, done.get(i, why))
                 for i, (name, _, why) in enumerate(items)]
 
-    def decode(self, encoded: list[tuple[str, torch.Tensor]]) -> list[torch.Tensor | str]:
-        return decode_jpegs(encoded, self.device)
+    def _preprocess_into(self, done: dict, images: dict[int, torch.Tensor | str]) -> None:
+        ready = {i: image.to(self.device, non_blocking=True) for i, image in images.items()
+                 if isinstance(image, torch.Tensor)}
+        done.update((i, why) for i, why in images.items() if isinstance(why, str))
+        if ready:
+            done.update(zip(ready, self.preprocess(list(ready.values()))))
 
     def preprocess(self, images: list[torch.Tensor]) -> torch.Tensor:
         """uint8 CHW images -> (B, 3, crop, crop) normalised float: timm's eval transform -- the shorter side
