@@ -19,6 +19,7 @@ import torch
 from vitzoo.checkpoint import atomic_write_text
 from vitzoo.data import decoding_errors_named, list_images, load_image, opens_lazily
 from vitzoo.data.gpu_jpeg import DevicePreprocess, EncodedFiles, pack_encoded, unpack_encoded
+from vitzoo.data.workers import worker_init
 from vitzoo.errors import UserError
 
 DEFAULT_OUTPUT = "predictions.json"
@@ -91,7 +92,7 @@ def iter_batches(paths: list[Path], transform: Callable, batch_size: int, bad: l
     dataset = _ImageFiles(paths, transform) if on_device is None else EncodedFiles(paths)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                                          collate_fn=_stack_readable if on_device is None else pack_encoded,
-                                         prefetch_factor=2 if num_workers else None)
+                                         worker_init_fn=worker_init(), prefetch_factor=2 if num_workers else None)
     for batch in loader:
         names, x, failed = batch if on_device is None else _stack_readable(on_device(unpack_encoded(batch)))
         bad.extend(failed)

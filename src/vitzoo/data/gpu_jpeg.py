@@ -27,6 +27,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from vitzoo.data.datasets import load_image
 from vitzoo.data.pillow_resize import FILTER_NAMES, resize
+from vitzoo.data.workers import worker_init
 from vitzoo.errors import UserError
 
 JPEG_MAGIC = b"\xff\xd8\xff"  # SOI marker + the first byte of the next marker
@@ -136,7 +137,8 @@ def eval_batches(files: list[tuple[str, int]], preprocess: DevicePreprocess, bat
     instead: a device batch has no next sample to draw)."""
     dataset = LabelledFiles([Path(p) for p, _ in files], [label for _, label in files])
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                                         collate_fn=pack_labelled, prefetch_factor=2 if num_workers else None)
+                                         collate_fn=pack_labelled, worker_init_fn=worker_init(),
+                                         prefetch_factor=2 if num_workers else None)
     for packed, labels in loader:
         items = preprocess(unpack_encoded(packed))
         keep = [i for i, (_, x, _) in enumerate(items) if x is not None]

@@ -15,12 +15,9 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import random
-import signal
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from timm.data.distributed_sampler import RepeatAugSampler
 from torch.utils.data import DataLoader, IterableDataset, Sampler, default_collate, get_worker_info
@@ -29,6 +26,7 @@ from vitzoo.config import RunConfig
 from vitzoo.data.datasets import SampleKey, base_dataset
 from vitzoo.data.device_decode import EncodedBatch, EncodedCrop
 from vitzoo.data.transforms import build_eval_transform, build_train_transform
+from vitzoo.data.workers import worker_init
 from vitzoo.errors import UserError
 
 log = logging.getLogger("vitzoo")
@@ -112,18 +110,6 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _seed_worker(worker_id: int) -> None:
-    """Seed python ``random`` and numpy from torch's per-worker seed (timm's RandAugment uses ``random``).
-
-    Workers ignore Ctrl-C: the terminal sends SIGINT to the whole process group, and the main process
-    stops the run itself after the current step (it still needs the workers' batches until then).
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-
-
 def _clean_worker_error(e: UserError) -> UserError:
     """torch re-raises a worker's exception with the worker traceback in its message; keep the last line."""
     msg = str(e)
@@ -204,7 +190,7 @@ def build_loader(
         collate_fn=relay_collate,
         pin_memory=pin,
         drop_last=train,
-        worker_init_fn=_seed_worker,
+        worker_init_fn=worker_init(),
         persistent_workers=workers > 0 and cfg.persistent_workers,
         generator=torch.Generator().manual_seed(seed * 1000 + rank),
         prefetch_factor=2 if workers > 0 else None,
@@ -225,7 +211,7 @@ def _streamed_loader(cfg: RunConfig, dataset: Any, train: bool, batch_size: int,
     workers = min(cfg.num_workers, usable_cpus())
     loader = Loader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=relay_collate,
                     pin_memory=cfg.pin_mem and torch.cuda.is_available(), drop_last=train,
-                    worker_init_fn=_seed_worker, prefetch_factor=2 if workers > 0 else None)
+                    worker_init_fn=worker_init(), prefetch_factor=2 if workers > 0 else None)
     if train and len(loader) == 0:
         raise UserError(f"the streamed train set has {len(dataset)} samples per process, fewer than one "
                         f"batch of {batch_size}; raise train_num_samples or lower batch_size")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from vitzoo.data import ImageFolderDataset, Loader, build_eval_transform, relay_collate
+from vitzoo.data.workers import worker_init
 from vitzoo.deploy.metadata import default_data_config, parse_metadata
 from vitzoo.deploy.openvino_runtime import OpenVINOSession
 from vitzoo.errors import UserError
@@ -164,7 +165,7 @@ def evaluate_folder(session, root: str | os.PathLike, data_config: dict, class_n
     # relay_collate relays bad files found in worker processes back to the dataset's bad_files;
     # --prefetch N (the seed's option) = batches decoded ahead in all, spread over the workers
     loader = Loader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=relay_collate,
-                    prefetch_factor=max(1, prefetch // max(1, num_workers)) if num_workers else None)
+                    worker_init_fn=worker_init(), prefetch_factor=max(1, prefetch // max(1, num_workers)) if num_workers else None)
     correct1 = correct5 = total = 0
     for x, y in loader:
         logits = run_session(session, x.numpy())
