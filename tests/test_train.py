@@ -96,6 +96,21 @@ def test_training_learns_and_writes_logs(shapes, tmp_path):
     assert not list(out.rglob("*.tmp"))  # atomic writes leave no temporaries
 
 
+def test_the_train_set_sets_num_classes_unless_the_user_did(shapes, tmp_path, capsys):
+    def args(out: str, *extra: str) -> list[str]:  # no --num_classes unless in extra
+        return ["--model", "deit_tiny_patch16_224", "--model_overrides", TINY, "--input_size", "32",
+                "--data_path", str(shapes), "--output_dir", str(tmp_path / out), "--num_workers", "0",
+                "--device", "cpu", "--amp_level", "O0", *extra]
+
+    assert load_config(None, args("unset")).num_classes == 1000  # the default, as in timm
+    trainer = Trainer(load_config(None, args("unset")))
+    assert trainer.cfg.num_classes == 4 and trainer.model.head.out_features == 4
+    assert "num_classes 4: the classes of the train set" in "".join(capsys.readouterr())
+    chosen = Trainer(load_config(None, args("six", "--num_classes", "6")))
+    assert chosen.model.head.out_features == 6
+    assert "num_classes 6 != 4 classes found in the data" in "".join(capsys.readouterr())
+
+
 def test_resume_is_bit_for_bit_mid_epoch_and_at_epoch_end(shapes, tmp_path):
     # exercise every RNG stream: augmentation (python/torch), mixup (numpy), drop path (torch), EMA
     extra = ["--aa", "rand-m9-mstd0.5-inc1", "--mixup", "0.8", "--cutmix", "1.0", "--drop_path", "0.1",

@@ -66,7 +66,8 @@ class RunConfig:
                              "weights only, head/pos-embed adapted", "finetune", "checkpoint_path")
     exclude_epoch_state: bool = option("model", False, "with pretrained: true = start at start_epoch; "
                                        "false = continue the epoch count stored in the file (seeds' meaning)")
-    num_classes: int = option("model", 1000, "classes of the classifier head", "nb_classes", rule=">= 1")
+    num_classes: int = option("model", 1000, "classes of the classifier head (train: unset = the train set's classes)",
+                              "nb_classes", rule=">= 1")
     input_size: int | None = option("model", None, "input resolution (square); null = the model's own",
                                     "image_size", "image_height", "image_width", rule="> 0")
     model_overrides: dict = option("model", {}, "mapping of model config fields handed to create_model, "

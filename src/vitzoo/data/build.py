@@ -37,6 +37,17 @@ def _train_classes(cfg: RunConfig) -> list[str] | None:
     return sorted(d.name for d in os.scandir(train_root) if d.is_dir() and not d.name.startswith(".")) or None
 
 
+def train_class_count(cfg: RunConfig) -> int | None:
+    """How many classes the train set has, known without reading an image: a folder's class folders, CIFAR's
+    10 / 100; None for shards (their labels are known only once read) or a folder not found."""
+    if cfg.dataset == "webdataset":
+        return None
+    if cfg.dataset != "folder":
+        return CIFAR_FORMATS[cfg.dataset]["num_classes"]
+    classes = _train_classes(cfg)
+    return len(classes) if classes else None
+
+
 def check_split_data(cfg: RunConfig, split: str) -> Path:
     """The folder (or CIFAR file) ``split`` reads, checked to exist without reading it: a command calls
     this before it loads weights or starts processes, so a wrong path fails at once."""

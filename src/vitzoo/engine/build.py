@@ -16,6 +16,7 @@ from torch import nn
 
 from vitzoo.config import RunConfig
 from vitzoo.data import build_dataset, build_loader, build_mixup, device_stage, resolve_data_config
+from vitzoo.data.build import train_class_count
 from vitzoo.data.datasets import base_dataset
 from vitzoo.data.device_decode import DeviceDecode
 from vitzoo.engine.ema import ModelEma
@@ -41,6 +42,17 @@ def model_kwargs(cfg: RunConfig) -> dict[str, Any]:
     kw.update({k: v for k, v in optional.items() if v is not None})
     kw.update(cfg.model_overrides)
     return kw
+
+
+def take_num_classes_from_data(cfg: RunConfig, log: logging.Logger) -> None:
+    """Where the user did not set ``num_classes``, the train set's class count sets it (DeiT's main.py takes
+    ``nb_classes`` from its dataset too). The 1000-way default on a 5-class folder trained 995 outputs no
+    image is labelled with, and its checkpoint then predicted 1000 classes with no names."""
+    found = train_class_count(cfg)
+    if "num_classes" in cfg.explicit or found is None or found == cfg.num_classes:
+        return
+    log.info("num_classes %d: the classes of the train set (set num_classes to choose another)", found)
+    cfg.num_classes = found
 
 
 def build_model(cfg: RunConfig, device: torch.device, precision: Precision) -> nn.Module:

@@ -26,7 +26,7 @@ from vitzoo.checkpoint import (
 from vitzoo.config import RunConfig
 from vitzoo.data import loader_from_batch, report_bad_files, set_epoch, usable_cpus
 from vitzoo.engine import dist
-from vitzoo.engine.build import TrainData, build_data, build_model, build_step
+from vitzoo.engine.build import TrainData, build_data, build_model, build_step, take_num_classes_from_data
 from vitzoo.engine.dist import unwrap
 from vitzoo.engine.loop import NonFiniteLossError, TrainStep, UpdateInfo, evaluate, format_eval, iter_updates
 from vitzoo.engine.preempt import Preempted, StopRequest
@@ -78,6 +78,7 @@ class Trainer:
     # Classification here; a subclass trains another task with the same loop, checkpoints and resume
     # (vitzoo.mim.pretrainer: BEiT's masked image modeling) by replacing these five.
     def build_model(self) -> torch.nn.Module:
+        take_num_classes_from_data(self.cfg, self.log)
         return build_model(self.cfg, self.device, self.precision)
 
     def build_data(self) -> TrainData:
