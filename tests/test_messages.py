@@ -81,3 +81,28 @@ def test_the_synonym_table_names_real_options_and_shadows_none():
 def test_spelling_still_helps_where_the_meaning_is_unknown():
     with pytest.raises(UserError, match=r"unknown option '--batch-sise' \(did you mean: --batch_size, "):
         load_config(None, ["--batch-sise", "8"])
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "--model", "deit_tiny_patch16_224", "--data_path", "{data}", "--output_dir", "{out}"],
+    ["train", "--model", "deit_tiny_patch16_224", "--data_path", "{data}", "--output_dir", "{out}", "--check"],
+    ["make-dataset", "shapes", "{out}", "--num-train", "5", "--num-val", "5", "--quiet"],
+    ["infer", "{image}", "--checkpoint", "{ckpt}", "--output", "{out}/preds.json"],
+    ["export", "--checkpoint", "{ckpt}", "--output", "{out}/model.onnx"],
+])
+def test_a_file_where_a_folder_must_go_is_named(tmp_path, checkpoint, capsys, command):
+    """``--output_dir notes.txt/run``: mkdir said only "File exists" / "Not a directory", some commands with a
+    traceback; now one line names the file in the way."""
+    from PIL import Image
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a file, not a folder")
+    image = tmp_path / "image.png"
+    Image.new("RGB", (32, 32)).save(image)
+    for split in ("train", "val"):
+        (tmp_path / "data" / split / "a").mkdir(parents=True)
+    argv = [a.format(data=tmp_path / "data", out=notes / "sub", ckpt=checkpoint, image=image) for a in command]
+    assert vitzoo(argv) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].endswith(f"{notes} is a file, not a folder"), err
+    assert "Traceback" not in err

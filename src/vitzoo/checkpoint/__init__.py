@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-from vitzoo.checkpoint.files import atomic_write, atomic_write_text, read_file
+from vitzoo.checkpoint.files import atomic_write, atomic_write_text, make_folder, read_file
 from vitzoo.checkpoint.state import (
     FORMAT,
     FORMAT_VERSION,
@@ -19,7 +19,19 @@ from vitzoo.checkpoint.state import (
 )
 from vitzoo.checkpoint.store import CheckpointStore, RunFolders
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointStore", "RunFolders", "RunState", "atomic_write",
-           "atomic_write_text", "is_vitzoo_checkpoint", "load_checkpoint", "load_run_state", "model_meta",
-           "read_file",
-           "save_checkpoint"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "CheckpointStore",
+    "RunFolders",
+    "RunState",
+    "atomic_write",
+    "atomic_write_text",
+    "is_vitzoo_checkpoint",
+    "load_checkpoint",
+    "load_run_state",
+    "make_folder",
+    "model_meta",
+    "read_file",
+    "save_checkpoint",
+]

@@ -30,8 +30,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     file was at ``path`` before is left as it was.
     """
     path = Path(path)
+    make_folder(path.parent, f"cannot write {path}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
@@ -51,6 +51,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         raise
     _fsync_folder(path.parent)
     return path
+
+
+def make_folder(folder: str | os.PathLike, doing: str = "") -> Path:
+    """``mkdir -p folder``; where it cannot, one UserError that says why, naming the file that stands where
+    a folder must be (``--output_dir run.pth`` or ``--output notes.txt/out.json``: the OSError itself only
+    says "File exists" / "Not a directory")."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocking = file_in_the_way(folder)
+        why = f"{blocking} is a file, not a folder" if blocking is not None else e.strerror or str(e)
+        raise UserError(f"{doing or f'cannot create the folder {folder}'}: {why}") from None
+    return folder
+
+
+def file_in_the_way(folder: str | os.PathLike) -> Path | None:
+    """The nearest of ``folder`` and its parents that exists and is not a folder (so none can be made)."""
+    folder = Path(folder)
+    for p in (folder, *folder.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
 
 
 class _StreamWriteError(RuntimeError):

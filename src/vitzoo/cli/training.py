@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from vitzoo.checkpoint import RunFolders
+from vitzoo.checkpoint.files import file_in_the_way
 from vitzoo.config import RunConfig, dump_config
 from vitzoo.engine.preempt import Preempted
 from vitzoo.engine.trainer import Trainer, train
@@ -51,6 +52,9 @@ def check_files(cfg: RunConfig, files: dict[str, str]) -> None:
     for key, path in files.items():
         if path and not os.path.isfile(path):
             raise UserError(f"{key}: file not found: {path}")
+    blocking = file_in_the_way(cfg.output_dir)
+    if blocking is not None:
+        raise UserError(f"output_dir: {blocking} is a file, not a folder")
     if not cfg.overwrite:
         RunFolders.of(cfg).check_fresh(cfg.resume, overwrite=False)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitzoo.checkpoint import atomic_write, atomic_write_text
+from vitzoo.checkpoint import atomic_write, atomic_write_text, make_folder
 from vitzoo.data.datasets import IMG_EXTENSIONS, list_images
 from vitzoo.errors import UserError
 
@@ -91,7 +91,7 @@ def folder_to_shards(
             items = [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
         n = num_shards or math.ceil(len(items) / per_shard)
         n = min(n, len(items))
-        (out / split).mkdir(parents=True, exist_ok=True)
+        make_folder(out / split, f"cannot write the shards into {out}")
         for s, part in enumerate(np.array_split(np.arange(len(items)), n)):
             samples = [(f"{split}_{i:08d}", items[i][0], items[i][1]) for i in part]
             write_shard(out / split / SHARD_NAME.format(s), samples)

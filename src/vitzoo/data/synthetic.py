@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitzoo.checkpoint import atomic_write_text
+from vitzoo.checkpoint import atomic_write_text, make_folder
 from vitzoo.errors import UserError
 
 # Class order of the generated set (folder names; --num-classes C takes the first C).
@@ -212,7 +212,7 @@ def make_shapes_dataset(
             )
         for p in existing:
             shutil.rmtree(p)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out, f"cannot write the dataset into {out}")
     (out / _INCOMPLETE).write_text("make-dataset did not finish writing this folder\n")
     (out / _MANIFEST).unlink(missing_ok=True)
     jobs = [("train", 0, i) for i in range(num_train)] + [("val", 1, i) for i in range(num_val)]

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from vitzoo.checkpoint import atomic_write_text
+from vitzoo.checkpoint import atomic_write_text, make_folder
 from vitzoo.engine import dist
 
 METRIC_KEYS = ("epoch", "step", "train_loss", "lr", "val_loss", "val_top1", "val_top5", "val_mim_acc",
@@ -44,7 +44,7 @@ def setup_logger(log_file: Path | None, main: bool) -> logging.Logger:
     console.setLevel(logging.INFO if main else logging.WARNING)
     log.addHandler(console)
     if main and log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(log_file.parent)
         fh = logging.FileHandler(log_file, encoding="utf-8")
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(fh)
