@@ -62,11 +62,14 @@ def test_plot_reads_rows_as_written(tmp_path):
     ("empty.jsonl", "", "empty.jsonl"),
     ("junk.jsonl", "not json\n[1, 2]\n", "junk.jsonl"),
     ("run", "folder", "metrics.jsonl"),  # a folder without metrics.jsonl
+    ("model.pth", b"PK\x03\x04\xa0\xff binary", "model.pth is not a metrics file"),
 ])
 def test_plot_user_errors_are_one_line(tmp_path, capsys, name, content, culprit):
     target = tmp_path / name
     if content == "folder":
         target.mkdir()
+    elif isinstance(content, bytes):
+        target.write_bytes(content)
     elif content is not None:
         target.write_text(content)
     assert cli(["plot", str(target)]) == 2

@@ -42,8 +42,10 @@ def read_metrics(path: Path) -> list[dict]:
     """The JSON-object lines of ``path``; blank / unparsable / non-object lines are skipped."""
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a metrics file (metrics.jsonl is text: one JSON object per line)") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     rows, bad = [], 0
     for line in text.splitlines():
         if not line.strip():
