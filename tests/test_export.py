@@ -149,6 +149,16 @@ def test_verification_failure_and_bad_input(tmp_path, capsys):
     assert "--batch" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("opset, says", [(5, "need opset 14 or later"), (99, "could not export at opset 99")])
+def test_an_opset_the_exporter_cannot_write_is_one_line(tmp_path, capsys, opset, says):
+    _, ckpt = _checkpoint(tmp_path, "deit")
+    out = tmp_path / "m.onnx"
+    assert cli(["export", "--checkpoint", str(ckpt), "--output", str(out), "--opset", str(opset)]) == 2
+    err = capsys.readouterr().err
+    assert says in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert list(tmp_path.glob("*.onnx*")) == []  # nothing half-written left behind
+
+
 def test_metadata_round_trip_and_malformed_values():
     model = create_model("deit_tiny_patch16_224", num_classes=5, img_size=32, patch_size=4, embed_dim=48,
                          depth=2, num_heads=3)

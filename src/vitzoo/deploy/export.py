@@ -34,6 +34,7 @@ from vitzoo.errors import UserError
 
 FORMATS = ("ONNX", "TORCHSCRIPT", "EXPORTED_PROGRAM")
 SUFFIX = {"ONNX": ".onnx", "TORCHSCRIPT": ".pt", "EXPORTED_PROGRAM": ".pt2"}
+MIN_OPSET = 14  # scaled_dot_product_attention's symbolic (torch.onnx) needs opset 14
 
 
 def set_gelu_approximate(model: nn.Module, approximate: str = "tanh") -> int:
@@ -137,15 +138,22 @@ def _write_onnx(model, example, tmp, props, dynamic, opset, dynamo) -> None:
     import onnx  # here, not at the top: only the ONNX format needs it, and it takes ~0.4 s to import
 
     kw: dict[str, Any] = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME], "opset_version": opset}
-    if dynamo:
-        if dynamic:
-            kw["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=4096)},)
-        torch.onnx.export(model, (example,), tmp, dynamo=True, external_data=False, **kw)
-    else:
-        if dynamic:
-            kw["dynamic_axes"] = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
-        with torch.no_grad():
-            torch.onnx.export(model, (example,), tmp, dynamo=False, do_constant_folding=True, **kw)
+    if opset < MIN_OPSET:
+        raise UserError(f"--opset {opset}: the models need opset {MIN_OPSET} or later (attention is exported as "
+                        "scaled_dot_product_attention, which opset 14 brought)")
+    try:
+        if dynamo:
+            if dynamic:
+                kw["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=4096)},)
+            torch.onnx.export(model, (example,), tmp, dynamo=True, external_data=False, **kw)
+        else:
+            if dynamic:
+                kw["dynamic_axes"] = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+            with torch.no_grad():
+                torch.onnx.export(model, (example,), tmp, dynamo=False, do_constant_folding=True, **kw)
+    except (torch.onnx.errors.OnnxExporterError, RuntimeError) as e:  # e.g. an opset this torch cannot write
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise UserError(f"torch.onnx could not export at opset {opset}: {first}") from None
     proto = onnx.load(tmp)
     del proto.metadata_props[:]
     for k, v in props.items():
