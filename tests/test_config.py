@@ -452,6 +452,7 @@ def test_wrong_type_names_key_and_type(tmp_path, text, key, expected):
     (["--start_epoch", "5", "--epochs", "3"], r"start_epoch"),
     (["--device_target", "TPU"], r"GPU, CPU, Ascend"),
     (["--batch_size"], r"expected one argument"),
+    (["--model_overrides", "{depth:2}"], r"'depth:2' reads as one key.*space after the colon: \{depth: 2\}"),
 ])
 def test_validation_errors(args, match):
     with pytest.raises(UserError, match=match):

@@ -128,6 +128,11 @@ def _dict(kind: Kind, value: Any, key: str, where: str) -> dict:
         value = _yaml_text(kind, value, key, where)
     if not isinstance(value, dict):
         raise bad_value(key, kind, value, where)
+    glued = next((k for k, v in value.items() if v is None and ":" in str(k)), None)
+    if glued is not None:  # YAML reads {depth:2} as the key 'depth:2' with no value
+        name, _, number = str(glued).partition(":")
+        raise ConfigError(f"config key '{key}' ({where}): '{glued}' reads as one key with no value in YAML; "
+                          f"put a space after the colon: {{{name}: {number}}}")
     try:  # plain data only: it goes into checkpoint meta (weights_only loading)
         return json.loads(json.dumps(value))
     except (TypeError, ValueError):
