@@ -17,6 +17,7 @@ from vitzoo.checkpoint import load_checkpoint
 from vitzoo.checkpoint.store import list_checkpoints
 from vitzoo.cli import main as cli
 from vitzoo.data import make_shapes_dataset
+from vitzoo.errors import UserError
 from vitzoo.mim.masking import BlockMaskGenerator
 from vitzoo.mim.targets import PixelTarget
 from vitzoo.mim.task import mim_criterion
@@ -201,3 +202,13 @@ def test_pretrain_with_the_dall_e_target_from_the_converted_pickle(shapes, tmp_p
     assert ckpt["meta"]["mim"]["target"] == "dall-e" and ckpt["model"]["lm_head.weight"].shape[0] == 128
     captured = capsys.readouterr()
     assert "'MIM-Acc':" in captured.out + captured.err
+
+
+@pytest.mark.parametrize("grid, ratio, min_patches, says", [
+    ((4, 4), 0.99, 16, "use min_mask_patches <= 9"),  # BEiT's 16-patch blocks on a 32 px input, 8 px patches
+    ((4, 4), 0.01, 2, "masks no patch"),
+])
+def test_a_mask_that_could_never_mask_a_patch_is_refused(grid, ratio, min_patches, says):
+    with pytest.raises(UserError, match=says):
+        BlockMaskGenerator.from_ratio(grid, ratio, min_patches, None, 0.3)
+    BlockMaskGenerator.from_ratio((14, 14), 0.4, 16, None, 0.3)  # BEiT's own setting passes

@@ -15,6 +15,8 @@ import random
 
 import torch
 
+from vitzoo.errors import UserError
+
 
 class BlockMaskGenerator:
     """``__call__() -> (h, w) bool tensor``, True = masked."""
@@ -30,7 +32,29 @@ class BlockMaskGenerator:
     @classmethod
     def from_ratio(cls, grid: tuple[int, int], ratio: float, min_patches: int, max_patches: int | None,
                    min_aspect: float) -> BlockMaskGenerator:
-        return cls(grid, round(ratio * grid[0] * grid[1]), min_patches, max_patches, min_aspect)
+        """The generator a config asks for, refused where it could never mask a patch: a block must stay
+        smaller than the grid both ways (unilm's rule), so BEiT's 16-patch blocks fit a 14x14 grid but not
+        the 4x4 of a 32 px input with 8 px patches, and every mask would come out empty."""
+        gen = cls(grid, round(ratio * grid[0] * grid[1]), min_patches, max_patches, min_aspect)
+        where = f"a {grid[0]}x{grid[1]} grid of patches"
+        if gen.num_masked < 1:
+            raise UserError(f"mask_ratio {ratio} masks no patch of {where}; raise mask_ratio")
+        smallest = min(min_patches, gen.num_masked, gen.max_patches)  # random.uniform(a, b) also draws for b < a
+        if not gen._fits(smallest):
+            largest = (grid[0] - 1) * (grid[1] - 1)
+            raise UserError(f"min_mask_patches {min_patches}: no masking block of {smallest} patches or more fits "
+                            f"{where} (a block must be smaller than the grid both ways); use min_mask_patches "
+                            f"<= {largest}, or a larger input_size")
+        return gen
+
+    def _fits(self, area: float) -> bool:
+        """Whether a block of ``area`` patches fits at some drawable aspect ratio (checked on a fine grid)."""
+        lo, hi = self.log_aspect
+        for i in range(101):
+            aspect = math.exp(lo + (hi - lo) * i / 100)
+            if round(math.sqrt(area * aspect)) < self.height and round(math.sqrt(area / aspect)) < self.width:
+                return True
+        return False
 
     def __call__(self) -> torch.Tensor:
         mask = torch.zeros(self.height, self.width, dtype=torch.bool)

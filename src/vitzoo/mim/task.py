@@ -71,7 +71,8 @@ def evaluate_mim(model: nn.Module, loader: Iterable, target: MIMTarget, device: 
     dist.all_reduce_sum(stats)
     loss_sum, correct, n = stats.tolist()
     if n == 0:
-        raise UserError("pretrain: the evaluation images gave no masked patches (is mask_ratio too small?)")
+        raise UserError("pretrain: the evaluation images gave no masked patches (mask_ratio / min_mask_patches "
+                        "for this grid of patches)")
     metrics = {"Loss": loss_sum / n}
     if target.kind == "tokens":
         metrics["MIM-Acc"] = correct / n
