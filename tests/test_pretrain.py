@@ -212,3 +212,18 @@ def test_a_mask_that_could_never_mask_a_patch_is_refused(grid, ratio, min_patche
     with pytest.raises(UserError, match=says):
         BlockMaskGenerator.from_ratio(grid, ratio, min_patches, None, 0.3)
     BlockMaskGenerator.from_ratio((14, 14), 0.4, 16, None, 0.3)  # BEiT's own setting passes
+
+
+def test_a_mask_that_falls_far_short_of_its_ratio_is_said_without_moving_the_seeded_stream(monkeypatch):
+    from vitzoo.mim import masking
+
+    said = []
+    monkeypatch.setattr(masking.log, "warning", lambda msg, *args: said.append(msg % args))
+    random.seed(5)
+    before = random.getstate()
+    beit = BlockMaskGenerator.from_ratio((14, 14), 0.4, 16, None, 0.3)  # BEiT's setting: 78 of 78 patches
+    assert beit.average_masked() > 0.95 * beit.num_masked and said == []
+    short = BlockMaskGenerator.from_ratio((4, 4), 0.3, 16, None, 0.3)  # 16-patch blocks barely fit 4x4
+    assert short.average_masked() < 0.5 * short.num_masked
+    assert len(said) == 1 and "a 4x4 grid of patches" in said[0] and "not the 5 mask_ratio 0.30" in said[0]
+    assert random.getstate() == before

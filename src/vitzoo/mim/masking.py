@@ -10,12 +10,15 @@ the sample's seeded augmentation (``vitzoo.data.seeded_augmentation``) makes it 
 """
 from __future__ import annotations
 
+import logging
 import math
 import random
 
 import torch
 
 from vitzoo.errors import UserError
+
+log = logging.getLogger("vitzoo")
 
 
 class BlockMaskGenerator:
@@ -45,7 +48,22 @@ class BlockMaskGenerator:
             raise UserError(f"min_mask_patches {min_patches}: no masking block of {smallest} patches or more fits "
                             f"{where} (a block must be smaller than the grid both ways); use min_mask_patches "
                             f"<= {largest}, or a larger input_size")
+        masked = gen.average_masked()
+        if masked < 0.5 * gen.num_masked:
+            log.warning("masking: blocks of >= %d patches on %s mask %.1f patches per image on average, not the "
+                        "%d mask_ratio %.2f asks for; a smaller min_mask_patches fits more (BEiT: 16 on 14x14)",
+                        min_patches, where, masked, gen.num_masked, ratio)
         return gen
+
+    def average_masked(self, draws: int = 200) -> float:
+        """Patches a mask holds on average, from ``draws`` masks drawn without moving python's ``random``
+        (the run's seeded stream stays what it was)."""
+        state = random.getstate()
+        try:
+            random.seed(0)
+            return sum(int(self().sum()) for _ in range(draws)) / draws
+        finally:
+            random.setstate(state)
 
     def _fits(self, area: float) -> bool:
         """Whether a block of ``area`` patches fits at some drawable aspect ratio (checked on a fine grid)."""
