@@ -58,8 +58,10 @@ def _exit_with(run_pid: int) -> None:
         pidfd = None
 
     def wait() -> None:
-        if pidfd is not None:
-            select.select([pidfd], [], [])
+        if pidfd is not None:  # (poll, not select: select refuses descriptors past 1023)
+            watch = select.poll()
+            watch.register(pidfd, select.POLLIN)
+            watch.poll()
         else:
             while _running(run_pid):
                 time.sleep(1.0)
