@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from vitzoo.checkpoint import load_checkpoint, store
+from vitzoo.cli import main as vitzoo
 from vitzoo.config import load_config
 from vitzoo.engine.trainer import Position, Trainer, train
 from vitzoo.errors import UserError
@@ -106,6 +107,8 @@ def test_the_train_set_sets_num_classes_unless_the_user_did(shapes, tmp_path, ca
     trainer = Trainer(load_config(None, args("unset")))
     assert trainer.cfg.num_classes == 4 and trainer.model.head.out_features == 4
     assert "num_classes 4: the classes of the train set" in "".join(capsys.readouterr())
+    assert vitzoo(["train", *args("dry"), "--dry-run"]) == 0  # the resolved config says what the run will use
+    assert "num_classes: 4 " in capsys.readouterr().out
     chosen = Trainer(load_config(None, args("six", "--num_classes", "6")))
     assert chosen.model.head.out_features == 6
     assert "num_classes 6 != 4 classes found in the data" in "".join(capsys.readouterr())

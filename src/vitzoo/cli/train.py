@@ -11,12 +11,14 @@ once, before any process starts).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from vitzoo.cli.training import check_files, print_resolved, run_training
 from vitzoo.config import RunConfig, parse_args
 from vitzoo.config import build_parser as config_parser
 from vitzoo.data import check_split_data
+from vitzoo.engine.build import take_num_classes_from_data
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     cfg, ns = parse_args(argv, parser=build_parser())
     if ns.dry_run:
+        take_num_classes_from_data(cfg, logging.getLogger("vitzoo"))  # as the run will
         return print_resolved(cfg)
     if ns.check:
         check_inputs(cfg)
