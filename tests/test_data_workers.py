@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from vitzoo.data.workers import is_running
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC)}
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl and pidfd are Linux's")
@@ -39,15 +41,6 @@ if __name__ == "__main__":
 # parent is a server that the workers themselves keep alive); spawn: macOS's (the parent is the run, fresh)
 
 
-def alive(pid: int) -> bool:
-    """Running or sleeping; a zombie (dead, waiting for init to reap it) counts as dead."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
-
-
 @pytest.mark.parametrize("start_method", ["fork", "forkserver"])
 def test_workers_die_when_the_run_is_killed(tmp_path, start_method):
     script = tmp_path / "run.py"  # a file, not -c: spawn and forkserver re-import the main module
@@ -65,9 +58,9 @@ def test_workers_die_when_the_run_is_killed(tmp_path, start_method):
     run.send_signal(signal.SIGKILL)
     run.wait()
     deadline = time.monotonic() + 30
-    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+    while any(is_running(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
-    left = [pid for pid in workers if alive(pid)]
+    left = [pid for pid in workers if is_running(pid)]
     for pid in left:  # do not leave them behind for ten minutes when the test fails
         os.kill(pid, signal.SIGKILL)
     assert not left, f"workers {left} outlived the killed run"

@@ -63,14 +63,14 @@ def _exit_with(run_pid: int) -> None:
             watch.register(pidfd, select.POLLIN)
             watch.poll()
         else:
-            while _running(run_pid):
+            while is_running(run_pid):
                 time.sleep(1.0)
         os._exit(0)
 
     threading.Thread(target=wait, name="vitzoo-run-watch", daemon=True).start()
 
 
-def _running(pid: int) -> bool:
+def is_running(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie (a killed run stays one until its parent reaps it)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
