@@ -47,14 +47,24 @@ def shapes(tmp_path_factory):
     return out
 
 
-def cfg_for(data, out, *extra: str):
-    args = ["--model", "deit_tiny_patch16_224", "--model_overrides", TINY, "--input_size", "32",
+def flags(data, out) -> list[str]:
+    return ["--model", "deit_tiny_patch16_224", "--model_overrides", TINY, "--input_size", "32",
             "--num_classes", "4", "--data_path", str(data), "--output_dir", str(out), "--batch_size", "16",
             "--num_workers", "0", "--amp_level", "O0", "--device", "cpu", "--epochs", "2", "--warmup_epochs", "1",
             "--cooldown_epochs", "0", "--lr", "2e-3", "--unscale_lr", "true", "--aa", "none", "--reprob", "0",
             "--mixup", "0", "--cutmix", "0", "--drop_path", "0", "--crop_pct", "1.0", "--min_crop", "0.6",
             "--ckpt_save_every_seconds", "0", "--print_loss_every", "5", "--seed", "0"]
-    return load_config(None, args + list(extra))
+
+
+def cfg_for(data, out, *extra: str):
+    return load_config(None, flags(data, out) + list(extra))
+
+
+def cfg_args(data, out) -> list[str]:
+    """:func:`flags` without --num_classes (the train set's 4 classes then set it)."""
+    args = flags(data, out)
+    i = args.index("--num_classes")
+    return args[:i] + args[i + 2:]
 
 
 def weights(path):
@@ -112,6 +122,14 @@ def test_the_train_set_sets_num_classes_unless_the_user_did(shapes, tmp_path, ca
     chosen = Trainer(load_config(None, args("six", "--num_classes", "6")))
     assert chosen.model.head.out_features == 6
     assert "num_classes 6 != 4 classes found in the data" in "".join(capsys.readouterr())
+
+
+def test_resuming_a_run_with_another_head_names_the_num_classes_that_continues_it(shapes, tmp_path, capsys):
+    # a run trained before num_classes followed the data: the old default's 1000-way head on 4 classes
+    assert vitzoo(["train", *cfg_args(shapes, tmp_path / "run"), "--num_classes", "1000", "--epochs", "1"]) == 0
+    assert vitzoo(["train", *cfg_args(shapes, tmp_path / "run"), "--resume", "auto", "--epochs", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "size mismatch for head.weight" in err and "--num_classes 1000 continues it" in err
 
 
 def test_resume_is_bit_for_bit_mid_epoch_and_at_epoch_end(shapes, tmp_path):

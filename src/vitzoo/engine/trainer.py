@@ -293,7 +293,12 @@ class Trainer:
             self.model.load_state_dict(state.model)
             step.optimizer.load_state_dict(state.optimizer)
         except (RuntimeError, ValueError, KeyError) as e:
-            raise UserError(f"resume: {path} does not match this model/optimizer ({str(e).splitlines()[0]})") from e
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+            detail = (lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]).rstrip(".")
+            head = state.model.get("head.weight")
+            if head is not None and head.shape[0] != self.cfg.num_classes:
+                detail += f"; the checkpoint has a {head.shape[0]}-way head: --num_classes {head.shape[0]} continues it"
+            raise UserError(f"resume: {path} does not match this model/optimizer ({detail})") from None
         step.scheduler.load_state_dict(state.scheduler)
         if step.scaler is not None and state.scaler:
             step.scaler.load_state_dict(state.scaler)
