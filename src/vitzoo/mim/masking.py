@@ -42,13 +42,11 @@ class BlockMaskGenerator:
         where = f"a {grid[0]}x{grid[1]} grid of patches"
         if gen.num_masked < 1:
             raise UserError(f"mask_ratio {ratio} masks no patch of {where}; raise mask_ratio")
-        smallest = min(min_patches, gen.num_masked, gen.max_patches)  # random.uniform(a, b) also draws for b < a
-        if not gen._fits(smallest):
-            largest = (grid[0] - 1) * (grid[1] - 1)
-            raise UserError(f"min_mask_patches {min_patches}: no masking block of {smallest} patches or more fits "
-                            f"{where} (a block must be smaller than the grid both ways); use min_mask_patches "
-                            f"<= {largest}, or a larger input_size")
         masked = gen.average_masked()
+        if masked == 0:
+            raise UserError(f"min_mask_patches {min_patches}: every mask drawn for {where} comes out empty (a "
+                            f"block must be smaller than the grid both ways); use min_mask_patches <= "
+                            f"{(grid[0] - 1) * (grid[1] - 1)}, or a larger input_size")
         if masked < 0.5 * gen.num_masked:
             log.warning("masking: blocks of >= %d patches on %s mask %.1f patches per image on average, not the "
                         "%d mask_ratio %.2f asks for; a smaller min_mask_patches fits more (BEiT: 16 on 14x14)",
@@ -64,15 +62,6 @@ class BlockMaskGenerator:
             return sum(int(self().sum()) for _ in range(draws)) / draws
         finally:
             random.setstate(state)
-
-    def _fits(self, area: float) -> bool:
-        """Whether a block of ``area`` patches fits at some drawable aspect ratio (checked on a fine grid)."""
-        lo, hi = self.log_aspect
-        for i in range(101):
-            aspect = math.exp(lo + (hi - lo) * i / 100)
-            if round(math.sqrt(area * aspect)) < self.height and round(math.sqrt(area / aspect)) < self.width:
-                return True
-        return False
 
     def __call__(self) -> torch.Tensor:
         mask = torch.zeros(self.height, self.width, dtype=torch.bool)
