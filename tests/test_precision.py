@@ -228,6 +228,37 @@ def test_training_auto_on_cpu_follows_the_bf16_units(monkeypatch):
     assert asked.autocast == torch.bfloat16 and "slower than fp32 here" in asked.name
 
 
+@pytest.mark.parametrize("speedup", [0.61, 1.5])
+def test_training_auto_times_a_step_of_the_model_where_units_exist(monkeypatch, speedup):
+    # units alone do not decide: on a Xeon with avx512_bf16 and no AMX bf16 autocast trained at 0.61x fp32
+    calls = _mock_cpu(monkeypatch, {"avx512_bf16"}, speedup=speedup)
+    model = create_model("deit_tiny_patch16_224")
+    prec = P.resolve_precision("O1", "auto", CPU, model)
+    assert len(calls) == 1 and calls[0] is model
+    if speedup < P.AUTO_MIN_SPEEDUP:
+        assert prec.autocast is None and prec.weights is None
+        assert "avx512_bf16 but a bf16-autocast training step measured 0.61x fp32" in prec.name
+    else:
+        assert prec.autocast == torch.bfloat16 and "training step measured 1.50x fp32" in prec.name
+    again = P.resolve_precision("O1", "auto", CPU, model)  # the next run: remembered, not timed again
+    assert again.autocast == prec.autocast and "remembered from an earlier run" in again.name and len(calls) == 1
+    tiny = create_model("deit_tiny_patch16_224", **TINY)  # too short a step to time: fp32, nothing measured
+    assert P.resolve_precision("O1", "auto", CPU, tiny).autocast is None and len(calls) == 1
+    assert P.resolve_precision("O1", "bf16", CPU, model).autocast == torch.bfloat16  # asked for: obeyed
+
+
+def test_the_training_measurement_leaves_the_model_and_random_state_alone():
+    torch.manual_seed(3)
+    model = create_model("deit_tiny_distilled_patch16_224", drop_path_rate=0.1, **TINY)
+    model.set_distilled_training(True)  # two heads out: both count
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = torch.get_rng_state()
+    assert P.measure_bf16_speedup(model, CPU, rounds=1, train=True) > 0
+    assert torch.equal(torch.get_rng_state(), state) and model.training
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
 def test_eval_maps_the_config_onto_the_policy(trained, capsys):
     base = ["eval", "--dataset", "folder", "--data_path", str(trained["ds"]), "--pretrained", str(trained["ckpt"]),
             "--batch_size", "20", "--num_workers", "0", "--device", "cpu"]

@@ -132,6 +132,24 @@ def test_resuming_a_run_with_another_head_names_the_num_classes_that_continues_i
     assert "size mismatch for head.weight" in err and "--num_classes 1000 continues it" in err
 
 
+def test_amp_dtype_auto_trains_in_what_measured_faster_for_the_model(shapes, tmp_path, monkeypatch):
+    # a CPU whose bf16 units make training slower (measured 0.61x on a Xeon with avx512_bf16, no AMX)
+    from vitzoo import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    timed = []
+    monkeypatch.setattr(precision, "measure_bf16_speedup", lambda model, device, **kw: timed.append(kw) or 0.6)
+    monkeypatch.setattr(precision, "_decided", {})
+    cfg = cfg_for(shapes, tmp_path / "run", "--amp_level", "O1", "--amp_dtype", "auto", "--model_overrides", "{}",
+                  "--input_size", "64", "--epochs", "1")
+    trainer = Trainer(cfg)  # deit_tiny at 64 px: ~0.2 GFLOP per image, worth timing
+    assert timed == [{"train": True}] and trainer.precision.autocast is None
+    assert next(trainer.model.parameters()).dtype == torch.float32
+    trainer.close()
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "fp32 (amp_dtype auto: CPU has avx512_bf16 but a bf16-autocast training step measured 0.60x" in log
+
+
 def test_resume_is_bit_for_bit_mid_epoch_and_at_epoch_end(shapes, tmp_path):
     # exercise every RNG stream: augmentation (python/torch), mixup (numpy), drop path (torch), EMA
     extra = ["--aa", "rand-m9-mstd0.5-inc1", "--mixup", "0.8", "--cutmix", "1.0", "--drop_path", "0.1",

@@ -3,7 +3,9 @@
 ``amp_level`` follows the seeds (MindSpore AMP levels): O0 = fp32; O1/O2 = autocast (weights stay fp32,
 matmuls in 16 bits); O3 = the weights and inputs themselves in 16 bits. ``amp_dtype`` picks bf16 or fp16;
 ``auto`` = bf16 where the device has it, fp16 otherwise -- and on a CPU bf16 only when it has bf16 units
-(AVX512-BF16 / AMX), fp32 otherwise: there autocast measured slower than fp32.
+(AVX512-BF16 / AMX) *and* a training step of the model measures faster in bf16, fp32 otherwise. Units
+alone do not decide: on an Intel Xeon with avx512_bf16 but no AMX a bf16 product ran at half the fp32
+rate (oneDNN's avx512_core_bf16 kernel, 158 vs 286 GFLOP/s) and bf16-autocast training steps at 0.61x.
 
 Inference (eval, infer, attention; ``--precision auto|fp32|bf16|fp16``) is :func:`inference_precision`:
 ``auto`` = bf16 weights where the device has bf16 units and, on a CPU, a forward of the model measures
@@ -70,8 +72,13 @@ BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs with
 NO_BF16_UNITS = "this CPU has no bf16 units, so it runs slower than fp32 here"
 
 
-def resolve_precision(amp_level: str, amp_dtype: str, device: torch.device) -> Precision:
-    """amp_level O0|O1|O2|O3 and amp_dtype auto|bf16|fp16 on ``device`` -> a :class:`Precision`."""
+def resolve_precision(amp_level: str, amp_dtype: str, device: torch.device,
+                      model: torch.nn.Module | None = None) -> Precision:
+    """amp_level O0|O1|O2|O3 and amp_dtype auto|bf16|fp16 on ``device`` -> a :class:`Precision`.
+
+    ``auto`` on a CPU with bf16 units and a ``model`` (the fp32 model about to train): bf16 only when a
+    training step of it measures at least ``AUTO_MIN_SPEEDUP`` faster in bf16 (:func:`remembered_speedup`,
+    ``train=True``); without a model, the units decide."""
     if amp_level == "O0":
         return FP32
     why = ""
@@ -81,8 +88,14 @@ def resolve_precision(amp_level: str, amp_dtype: str, device: torch.device) -> P
             return Precision(name="fp32 (amp_dtype auto on a CPU without bf16 units: autocast is slower than "
                                   "fp32 there)")
         # measured: deit_tiny / deit_small train steps in bf16 autocast 1.51x / 1.72x timm's fp32 step on
-        # an AMD EPYC with avx512_bf16 (benchmarks/README.md); issue 12 measured 1.37x / 1.65x on AMX
+        # an AMD EPYC with avx512_bf16, 1.61x / 2.14x on a Xeon with AMX, 0.61x / 0.63x on a Xeon with
+        # avx512_bf16 and no AMX (benchmarks/README.md): measure where a model is at hand
         why = f"; amp_dtype auto: CPU has {'+'.join(units)}"
+        if model is not None:
+            fp32, measured = _measured_training_choice(model, device)
+            if fp32 is not None:
+                return fp32
+            why += measured
     elif device.type == "cpu" and amp_dtype == "bf16" and not cpu_bf16_units():
         why = f"; {NO_BF16_UNITS}: amp_dtype auto picks fp32"
     bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
@@ -91,6 +104,22 @@ def resolve_precision(amp_level: str, amp_dtype: str, device: torch.device) -> P
     if amp_level == "O3":
         return Precision(weights=dtype, name=f"{short} weights and activations (O3{why})")
     return Precision(autocast=dtype, name=f"{short} autocast ({amp_level}{why})")
+
+
+def _measured_training_choice(model: torch.nn.Module, device: torch.device) -> tuple[Precision | None, str]:
+    """(fp32 with its reason, "") where bf16 autocast does not pay for training ``model`` here, else
+    (None, the measured speed-up to print)."""
+    flops = approx_flops(model)
+    if flops < MIN_AUTO_FLOPS:
+        return Precision(name=f"fp32 (amp_dtype auto: model too small for bf16 to pay, ~{flops / 1e6:.0f} "
+                              f"MFLOP/image)"), ""
+    speedup, cached = remembered_speedup(model, device, train=True)
+    when = " (remembered from an earlier run)" if cached else ""
+    if speedup < AUTO_MIN_SPEEDUP:
+        units = "+".join(cpu_bf16_units())
+        return Precision(name=f"fp32 (amp_dtype auto: CPU has {units} but a bf16-autocast training step "
+                              f"measured {speedup:.2f}x fp32 for this model{when})"), ""
+    return None, f", training step measured {speedup:.2f}x fp32{when}"
 
 
 # --- inference: precision by capability -------------------------------------------------------------------
@@ -223,19 +252,21 @@ def cache_file() -> Path:
     return Path(os.environ.get("VITZOO_CACHE_DIR") or Path.home() / ".cache" / "vitzoo") / "precision.json"
 
 
-def remembered_speedup(model: torch.nn.Module, device: torch.device) -> tuple[float, bool]:
-    """(bf16 / fp32 speed-up of the model's forward, whether it came from the cache). The measurement
-    costs a few forwards (~0.7 s for deit_small on one core), paid by every short ``vitzoo infer``; it
-    depends only on the CPU, torch and the model's shape, so it is kept per (CPU model and flags, torch
-    version, model) in :func:`cache_file`. An unreadable or unwritable cache only means measuring again."""
-    key = " | ".join([cpu_model(), " ".join(cpu_bf16_units()), torch.__version__, str(_model_key(model))])
+def remembered_speedup(model: torch.nn.Module, device: torch.device, train: bool = False) -> tuple[float, bool]:
+    """(bf16 / fp32 speed-up of the model's forward -- or, ``train``, of its training step -- and whether
+    it came from the cache). The measurement costs a few forwards (~0.7 s for deit_small on one core),
+    paid by every short ``vitzoo infer``; it depends only on the CPU, torch and the model's shape, so it is
+    kept per (CPU model and flags, torch version, model, infer/train) in :func:`cache_file`. An unreadable
+    or unwritable cache only means measuring again."""
+    key = " | ".join([cpu_model(), " ".join(cpu_bf16_units()), torch.__version__, str(_model_key(model))]
+                     + (["train"] if train else []))
     path = cache_file()
     try:
         known = json.loads(path.read_text())
         return float(known[key]), True
     except (OSError, ValueError, KeyError, TypeError):
         known = None
-    speedup = measure_bf16_speedup(model, device)
+    speedup = measure_bf16_speedup(model, device, train=train)
     known = known if isinstance(known, dict) else {}
     try:  # atomic: a concurrent reader sees the old file or the new one
         atomic_write_text(path, json.dumps({**known, key: round(speedup, 4)}, indent=1) + "\n")
@@ -264,24 +295,22 @@ def approx_flops(model: torch.nn.Module) -> float:
     return 2.0 * sum(p.numel() for p in model.parameters()) * tokens
 
 
-def measure_bf16_speedup(model: torch.nn.Module, device: torch.device, batch: int = 2, rounds: int = 3) -> float:
-    """fp32 time / bf16-weights time of one forward of ``batch`` random images: the best of ``rounds``
-    alternating runs each, after a warm-up. On a CPU: one thread, timed by this process's CPU time, so other
-    jobs on a shared machine (time spent waiting for a core) do not sway the choice; on a GPU wall-clock.
-    A one-off cost of a few forwards, paid once per process and model."""
+def measure_bf16_speedup(model: torch.nn.Module, device: torch.device, batch: int = 2, rounds: int = 3,
+                         train: bool = False) -> float:
+    """fp32 time / bf16 time of one forward of ``batch`` random images -- bf16 weights against fp32 --
+    or, ``train``, of one training step (forward and backward of a copy of the model, bf16 autocast against
+    fp32, batch 1): the best of ``rounds`` alternating runs each, after a warm-up. On a CPU: one thread,
+    timed by this process's CPU time, so other jobs on a shared machine (time spent waiting for a core) do
+    not sway the choice; on a GPU wall-clock. A one-off cost, paid once per process and model (and
+    remembered between runs). The random state is left as it was: training draws from it next."""
     size = getattr(model, "data_config", {}).get("input_size", (3, 224, 224))
-    x = torch.randn(batch, *size, device=device)
-    low = copy.deepcopy(model).to(torch.bfloat16).eval()
-    xb = x.to(torch.bfloat16)
     clock = time.process_time if device.type == "cpu" else time.perf_counter
-    was_training = model.training
-    model.eval()
 
-    def seconds(net, inp) -> float:
+    def seconds(step) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = clock()
-        net(inp)
+        step()
         if device.type == "cuda":
             torch.cuda.synchronize()  # host-device sync: time the kernels
         return clock() - t0
@@ -289,14 +318,46 @@ def measure_bf16_speedup(model: torch.nn.Module, device: torch.device, batch: in
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(1)  # CPU time of one thread: spinning OpenMP threads would be counted too
+    was_training = model.training
     try:
-        with torch.inference_mode():
-            model(x), low(xb)  # warm-up: allocator, oneDNN kernel selection
-            fp32, bf16 = zip(*((seconds(model, x), seconds(low, xb)) for _ in range(rounds)))
+        with torch.random.fork_rng(devices=[]):
+            fp32_step, bf16_step = (_training_steps(model, device, size) if train
+                                    else _forward_steps(model, device, size, batch))
+            fp32_step(), bf16_step()  # warm-up: allocator, oneDNN kernel selection
+            fp32, bf16 = zip(*((seconds(fp32_step), seconds(bf16_step)) for _ in range(rounds)))
     finally:
         torch.set_num_threads(threads)
         model.train(was_training)
     return min(fp32) / max(min(bf16), 1e-9)
+
+
+def _forward_steps(model: torch.nn.Module, device: torch.device, size, batch: int):
+    x = torch.randn(batch, *size, device=device)
+    low = copy.deepcopy(model).to(torch.bfloat16).eval()
+    xb = x.to(torch.bfloat16)
+    model.eval()
+
+    def forward(net, inp):
+        with torch.inference_mode():
+            net(inp)
+
+    return functools.partial(forward, model, x), functools.partial(forward, low, xb)
+
+
+def _training_steps(model: torch.nn.Module, device: torch.device, size):
+    """Forward and backward of a copy of ``model`` in train mode (dropout, drop-path), fp32 and under bf16
+    autocast. Outputs of any shape count (a distilled model's two heads, masked-image-modeling logits)."""
+    net = copy.deepcopy(model).train()
+    x = torch.randn(1, *size, device=device)
+
+    def step(autocast: torch.dtype | None):
+        with torch.autocast(device.type, dtype=autocast) if autocast else nullcontext():
+            out = net(x)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        sum(o.float().sum() for o in outs).backward()
+        net.zero_grad(set_to_none=True)
+
+    return functools.partial(step, None), functools.partial(step, torch.bfloat16)
 
 
 def config_precision_choice(amp_level: str, amp_dtype: str) -> str:

@@ -63,7 +63,7 @@ def _precision(choice: str, mode: str, device: torch.device, model=None):
     if mode == "infer":
         return inference_precision(choice, device, model, announce=False)
     # training keeps fp32 weights (master copy) and runs autocast: the trainer's own policy
-    return resolve_precision("O0" if choice == "fp32" else "O1", choice, device)
+    return resolve_precision("O0" if choice == "fp32" else "O1", choice, device, model)
 
 
 def main(argv: list[str] | None = None) -> int:

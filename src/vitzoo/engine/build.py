@@ -55,8 +55,8 @@ def take_num_classes_from_data(cfg: RunConfig, log: logging.Logger) -> None:
     cfg.num_classes = found
 
 
-def build_model(cfg: RunConfig, device: torch.device, precision: Precision) -> nn.Module:
-    """The student on ``device`` in ``precision``; a distilled one returns both heads while training."""
+def build_model(cfg: RunConfig, device: torch.device) -> nn.Module:
+    """The fp32 student on ``device``; a distilled one returns both heads while training."""
     model = create_model(cfg.model, pretrained=cfg.pretrained or None, **model_kwargs(cfg))
     if cfg.distillation_type != "none":
         if not model.distilled:
@@ -66,7 +66,7 @@ def build_model(cfg: RunConfig, device: torch.device, precision: Precision) -> n
     model.to(device)
     if channels_last(cfg, device):
         model.to(memory_format=torch.channels_last)
-    return precision.cast_model(model)
+    return model
 
 
 def channels_last(cfg: RunConfig, device: torch.device) -> bool:

@@ -33,7 +33,7 @@ from vitzoo.engine.preempt import Preempted, StopRequest
 from vitzoo.engine.reporting import EpochStats, MetricsFile, Progress, Tensorboard, close_logger, setup_logger
 from vitzoo.engine.seeding import rng_state, seed_everything, set_rng_state
 from vitzoo.errors import UserError
-from vitzoo.precision import resolve_precision
+from vitzoo.precision import Precision, resolve_precision
 
 
 @dataclass
@@ -62,8 +62,9 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
             torch.backends.cudnn.benchmark = True
         seed_everything(cfg.seed)  # same init everywhere; DDP broadcasts rank 0's anyway
-        self.precision = resolve_precision(cfg.amp_level, cfg.amp_dtype, self.device)
-        self.model = self.build_model()
+        model = self.build_model()
+        self.precision = self.choose_precision(model)
+        self.model = self.precision.cast_model(model)
         self.log.info("model %s: %.2fM parameters, %s, device %s, %d process(es)", cfg.model,
                       sum(p.numel() for p in self.model.parameters()) / 1e6, self.precision.name, self.device,
                       self.world)
@@ -78,14 +79,22 @@ class Trainer:
     # Classification here; a subclass trains another task with the same loop, checkpoints and resume
     # (vitzoo.mim.pretrainer: BEiT's masked image modeling) by replacing these five.
     def build_model(self) -> torch.nn.Module:
+        """The fp32 model on the run's device (the precision is chosen for it, then applied)."""
         take_num_classes_from_data(self.cfg, self.log)
-        return build_model(self.cfg, self.device, self.precision)
+        return build_model(self.cfg, self.device)
 
     def build_data(self) -> TrainData:
         return build_data(self.cfg, self.model, self.world, self.log)
 
     def build_step(self) -> tuple[TrainStep, torch.nn.Module]:
         return build_step(self.cfg, self.model, self.data, self.device, self.precision, self.world, self.log)
+
+    def choose_precision(self, model: torch.nn.Module) -> Precision:
+        """amp_level / amp_dtype for ``model``; ``auto`` on a CPU with bf16 units times a training step of
+        it (rank 0 only: every process must train in the same precision, so the others take its answer)."""
+        cfg = self.cfg
+        precision = resolve_precision(cfg.amp_level, cfg.amp_dtype, self.device, model if self.main else None)
+        return dist.all_gather_objects(precision)[0] if self.world > 1 else precision
 
     task = "classify"  # recorded in checkpoints: a pretrained file of another task starts at epoch 0
     score_name = "top-1"

@@ -70,7 +70,7 @@ class Pretrainer(Trainer):
         self.log.info("masked image modeling: %s target (%d outputs per masked patch), %d of %d patches "
                       "masked in blocks", self.target.name, self.target.dim,
                       round(cfg.mask_ratio * grid[0] * grid[1]), grid[0] * grid[1])
-        return self.precision.cast_model(model.to(self.device))
+        return model.to(self.device)
 
     def build_data(self) -> TrainData:
         cfg, model = self.cfg, self.model
