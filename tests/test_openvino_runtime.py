@@ -77,6 +77,36 @@ def test_bf16_stays_close_to_fp32(exported):
         assert np.abs(a - b).max() < 1e-4 * scale
 
 
+@pytest.mark.parametrize("ratio", [0.76, 2.0])
+def test_auto_keeps_the_plugins_16_bit_choice_only_where_it_measures_faster(exported, monkeypatch, ratio):
+    # measured on a Xeon with avx512_bf16 and no AMX: OpenVINO's bf16 default ran 0.76x its f32 hint
+    import openvino as ov
+
+    from vitzoo.deploy import openvino_runtime as OV
+
+    monkeypatch.setattr(OV, "_time_ratio", lambda fp32, low, x: ratio)
+    session = open_model(exported["fp32"], "CPU", "openvino", "bf16")
+    session.precision = "bf16"  # what the plugin reports by default on a CPU with bf16 units
+    config = {"PERFORMANCE_HINT": "LATENCY"}
+    session._keep_the_faster(ov.Core(), exported["fp32"], config)
+    assert session.precision == ("fp32" if ratio < 1.1 else "bf16")
+    assert f"measured {ratio:.2f}x fp32" in session.describe()
+    monkeypatch.setattr(OV, "_time_ratio", lambda *a: pytest.fail("timed twice"))
+    session.precision = "bf16"
+    session._keep_the_faster(ov.Core(), exported["fp32"], config)  # the next run: remembered
+    assert "remembered from an earlier run" in session.describe()
+
+
+def test_auto_timing_runs_and_auto_is_a_real_choice_here(exported):
+    fp32 = open_model(exported["fp32"], "CPU", "openvino", "fp32")
+    from vitzoo.deploy.openvino_runtime import _time_ratio
+
+    assert _time_ratio(fp32.compiled, fp32.compiled, np.zeros((2, 3, 32, 32), np.float32), rounds=1) > 0
+    auto = open_model(exported["fp32"], "CPU", "openvino", "auto")
+    assert auto.precision in ("fp32", "bf16", "fp16")
+    assert (auto.precision == "fp32") or "measured" in auto.describe()  # a 16-bit choice is a measured one
+
+
 def test_eval_onnx_openvino_matches_onnx_runtime_and_reports_the_bf16_change(exported, capsys):
     base = ["eval-onnx", str(exported["val"]), "--onnx-path", str(exported["fp32"]), "-m", "CPU",
             "--num-workers", "0"]

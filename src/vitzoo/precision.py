@@ -256,17 +256,23 @@ def remembered_speedup(model: torch.nn.Module, device: torch.device, train: bool
     """(bf16 / fp32 speed-up of the model's forward -- or, ``train``, of its training step -- and whether
     it came from the cache). The measurement costs a few forwards (~0.7 s for deit_small on one core),
     paid by every short ``vitzoo infer``; it depends only on the CPU, torch and the model's shape, so it is
-    kept per (CPU model and flags, torch version, model, infer/train) in :func:`cache_file`. An unreadable
-    or unwritable cache only means measuring again."""
-    key = " | ".join([cpu_model(), " ".join(cpu_bf16_units()), torch.__version__, str(_model_key(model))]
-                     + (["train"] if train else []))
+    kept per (CPU model and flags, torch version, model, infer/train) in :func:`cache_file`."""
+    key = [torch.__version__, str(_model_key(model))] + (["train"] if train else [])
+    return remembered(key, lambda: measure_bf16_speedup(model, device, train=train))
+
+
+def remembered(key: list[str], measure) -> tuple[float, bool]:
+    """(``measure()``'s speed-up, whether it came from the cache) for ``key`` on this CPU (its model and
+    bf16 units join the key). Shared by the torch policy and OpenVINO's (:mod:`vitzoo.deploy.openvino_runtime`).
+    An unreadable or unwritable cache only means measuring again."""
+    key = " | ".join([cpu_model(), " ".join(cpu_bf16_units()), *key])
     path = cache_file()
     try:
         known = json.loads(path.read_text())
         return float(known[key]), True
     except (OSError, ValueError, KeyError, TypeError):
         known = None
-    speedup = measure_bf16_speedup(model, device, train=train)
+    speedup = float(measure())
     known = known if isinstance(known, dict) else {}
     try:  # atomic: a concurrent reader sees the old file or the new one
         atomic_write_text(path, json.dumps({**known, key: round(speedup, 4)}, indent=1) + "\n")

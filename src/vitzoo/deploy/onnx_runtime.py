@@ -44,8 +44,8 @@ ENGINES = ("onnxruntime", "openvino")
 ENGINE_HELP = ("what runs the file: onnxruntime (default), or openvino (Intel CPUs; pip install openvino): "
                "measured 4.7x ONNX Runtime's fp32 on a Xeon with AMX, in bf16 there")
 ONNX_PRECISION_HELP = ("openvino only: its inference precision; auto = OpenVINO's choice (bf16 on a CPU with "
-                       "bf16 units, else fp32); fp32 gives ONNX Runtime's numbers. ONNX Runtime runs the "
-                       "file's own types")
+                       "bf16 units, else fp32), kept where it times faster than fp32 here (once per CPU and "
+                       "file); fp32 gives ONNX Runtime's numbers. ONNX Runtime runs the file's own types")
 
 
 def add_engine_args(p) -> None:

@@ -6,7 +6,10 @@ in OpenVINO's default CPU precision (bf16 on a CPU with AMX / AVX512-BF16) ran 4
 and 2.2x ORT's dynamic int8, and kept the demo checkpoint's top-1 (0.910 -> 0.910); with the f32 hint
 1.11x. ORT's int8 files do not suit it: the dynamic one ran at 0.72x ORT's fp32, and the static one, fast
 (4.4x), lost 31 points of top-1 on the demo checkpoint (0.910 -> 0.598, at the f32 hint too). So OpenVINO is
-offered for fp32 (and fp16) files and refused for int8 files, with that reason.
+offered for fp32 (and fp16) files and refused for int8 files, with that reason. Its default precision is
+not always the faster one: on a 2-core Intel Xeon with avx512_bf16 and no AMX the bf16 default ran at 0.76x
+ONNX Runtime's fp32 and the f32 hint at 1.13x (bf16 products run at half the fp32 rate there), so ``auto``
+times the two once per CPU and model (:func:`vitzoo.precision.remembered`) and keeps the faster.
 
 :class:`OpenVINOSession` wraps a compiled model in the part of ``onnxruntime.InferenceSession`` that
 :mod:`vitzoo.deploy.onnx_runtime` uses (``get_inputs``, ``run``, ``get_modelmeta``), so evaluation,
@@ -16,6 +19,7 @@ from the ONNX file itself (protobuf, no code runs).
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,8 +30,9 @@ from vitzoo.deploy.metadata import parse_metadata
 from vitzoo.errors import UserError
 
 # --precision of the ONNX commands -> OpenVINO's INFERENCE_PRECISION_HINT (auto: the plugin's own choice,
-# bf16 on CPUs with bf16 units, f32 otherwise)
+# bf16 on CPUs with bf16 units, f32 otherwise -- kept where it measures faster than f32)
 PRECISION_HINTS = {"auto": None, "fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+TIMING_BATCH = 4  # images per timed call when ``auto`` compares the plugin's default with f32
 
 
 @dataclass(frozen=True)
@@ -59,23 +64,40 @@ class OpenVINOSession:
             raise UserError(f"{path}: {quantized} files are written for ONNX Runtime; OpenVINO ran the dynamic "
                             "kind at 0.72x its fp32 speed and lost 31 points of top-1 on the static kind (demo "
                             "checkpoint): use --engine onnxruntime, or OpenVINO on the fp32 file (bf16 there)")
-        core = ov.Core()
+        self.version = ov.__version__.split("-")[0]
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if PRECISION_HINTS[precision]:
             config["INFERENCE_PRECISION_HINT"] = PRECISION_HINTS[precision]
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        try:
-            self.compiled = core.compile_model(str(path), "CPU", config)
-        except Exception as e:  # parse errors, unsupported operators
-            raise UserError(f"{path}: cannot be loaded by OpenVINO ({str(e).strip().splitlines()[0]})") from e
+        core = ov.Core()
+        self.compiled = _compile(core, path, config)
         port = self.compiled.inputs[0]
         shape = [d.get_length() if d.is_static else f"dim{i}" for i, d in enumerate(port.get_partial_shape())]
         kind = "tensor(float16)" if port.get_element_type() == ov.Type.f16 else "tensor(float)"
         self.input = GraphInput(port.get_any_name(), shape, kind)
         self.precision = _hint_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        self.asked = precision
-        self.version = ov.__version__.split("-")[0]
+        self.asked, self.why = precision, ""
+        if precision == "auto" and self.precision != "fp32":
+            self._keep_the_faster(core, path, config)
+
+    def _keep_the_faster(self, core, path: Path, config: dict) -> None:
+        """``auto`` where the plugin chose a 16-bit precision: time it against the f32 hint (once per CPU,
+        OpenVINO version and file) and keep f32 unless the default is ``AUTO_MIN_SPEEDUP`` faster."""
+        from vitzoo.precision import AUTO_MIN_SPEEDUP, remembered
+
+        fp32 = _compile(core, path, {**config, "INFERENCE_PRECISION_HINT": "f32"})
+        shape = [TIMING_BATCH if isinstance(d, str) else d for d in self.input.shape]
+        x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        key = ["openvino " + self.version, str(path.stat().st_size), self.metadata.get("arch", path.name),
+               self.metadata.get("model_kwargs", ""), str(shape), str(config.get("INFERENCE_NUM_THREADS", ""))]
+        speedup, cached = remembered(key, lambda: _time_ratio(fp32, self.compiled, x))
+        when = ", remembered from an earlier run" if cached else ""
+        if speedup < AUTO_MIN_SPEEDUP:
+            self.compiled, low, self.precision = fp32, self.precision, "fp32"
+            self.why = f"auto: {low} measured {speedup:.2f}x fp32 here{when}"
+        else:
+            self.why = f"auto: measured {speedup:.2f}x fp32{when}"
 
     def get_inputs(self) -> list[GraphInput]:
         return [self.input]
@@ -92,7 +114,28 @@ class OpenVINOSession:
         bf16 hint on a CPU without bf16 units, e.g. an AVX2-only EPYC)."""
         fallback = "" if self.asked in ("auto", self.precision) else f", not the {self.asked} asked for: " \
             "this CPU has no units for it"
-        return f"engine: OpenVINO {self.version} (CPU, inference precision {self.precision}{fallback})"
+        why = f"; {self.why}" if self.why else ""
+        return f"engine: OpenVINO {self.version} (CPU, inference precision {self.precision}{fallback}{why})"
+
+
+def _compile(core, path: Path, config: dict):
+    try:
+        return core.compile_model(str(path), "CPU", config)
+    except Exception as e:  # parse errors, unsupported operators
+        raise UserError(f"{path}: cannot be loaded by OpenVINO ({str(e).strip().splitlines()[0]})") from e
+
+
+def _time_ratio(slow, fast, x: np.ndarray, rounds: int = 3) -> float:
+    """Wall-clock time of ``slow(x)`` / ``fast(x)``: best of ``rounds`` alternating calls after a warm-up
+    (OpenVINO runs its own threads, so the process's CPU time would count their spinning)."""
+    def seconds(compiled) -> float:
+        t0 = time.perf_counter()
+        compiled(x)
+        return time.perf_counter() - t0
+
+    slow(x), fast(x)
+    a, b = zip(*((seconds(slow), seconds(fast)) for _ in range(rounds)))
+    return min(a) / max(min(b), 1e-9)
 
 
 def read_onnx_metadata(path: Path) -> dict[str, str]:
