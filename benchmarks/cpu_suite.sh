@@ -3,7 +3,8 @@
 # Every line is vitzoo and its reference side by side in one process (interleaved rounds, medians), wall
 # clock with torch's default threads, on an otherwise idle machine; the tables go to OUT/cpu.md and the rows
 # to OUT/*.json. Measured 2026-12-02 on a 2-core Intel Xeon with AMX (benchmarks/README.md): 4.5 min; on a
-# 2-core AVX2-only AMD EPYC (no bf16 units: every row fp32): 16.6 min.
+# 2-core AVX2-only AMD EPYC (no bf16 units: every row fp32): 16.6 min; 2026-12-03 on a 2-core Intel Xeon with
+# avx512_bf16 and no AMX (bf16 at half the fp32 rate: the policy keeps fp32): 12.5 min.
 # Needs torch, timm and vitzoo importable (the .venv of `make install`); --openvino rows need `pip install openvino`.
 set -euo pipefail
 out=${1:?output folder}
@@ -14,6 +15,10 @@ export VITZOO_CACHE_DIR=${VITZOO_CACHE_DIR:-$out/cache}  # the precision policy 
 {
 lscpu | grep -E "Model name|^CPU\(s\)|L2|L3"
 echo "bf16/int8 units: $(grep -o -w -E "avx512_bf16|avx512_vnni|avx_vnni|amx_bf16|amx_int8|amx_tile" /proc/cpuinfo | sort -u | tr '\n' ' ' || true)"  # none on e.g. an AVX2-only CPU
+# the instructions' own rates, where the CPU has AVX512-BF16 and AVX512-FP16: is a slow bf16 matmul the CPU's?
+if grep -qw avx512_bf16 /proc/cpuinfo && grep -qw avx512_fp16 /proc/cpuinfo && command -v gcc >/dev/null; then
+  gcc -O2 -march=sapphirerapids benchmarks/fma_rates.c -o "$out/fma_rates" && "$out/fma_rates"
+fi
 # inference: ours under the policy vs timm fp32 (a plain script), % of the bf16 matmul peak
 vz bench --model deit_tiny_patch16_224,deit_small_patch16_224,deit_base_patch16_224 --batch-size 16 --rounds 5 \
    --json "$out/infer.json"
