@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +33,7 @@ from vitzoo.precision import cpu_bf16_units
 
 pytest.importorskip("openvino")  # a dev dependency: CI has it; a plain install may not
 
+SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY = {"img_size": 32, "patch_size": 4, "depth": 2, "embed_dim": 48, "num_heads": 3}
 
 
@@ -134,6 +138,27 @@ def test_infer_onnx_openvino_writes_the_same_predictions(exported):
                     "-m", "CPU", "--output", str(path), *extra]) == 0
         outs[engine] = json.loads(path.read_text())
     assert len(outs["openvino"]) == 24 and outs["openvino"] == outs["onnxruntime"]
+
+
+FREED_IN_ORDER = """
+import gc, os, signal, sys
+from vitzoo.deploy.onnx_runtime import open_model
+first = open_model(sys.argv[1], "CPU", "openvino", "fp32")
+second = open_model(sys.argv[1], "CPU", "openvino", "fp32")
+del first; gc.collect()
+del second; gc.collect()
+signal.signal(signal.SIGUSR1, lambda *a: print("handled"))
+os.kill(os.getpid(), signal.SIGUSR1)
+"""
+
+
+def test_a_signal_after_two_models_are_freed_is_handled(exported):
+    # OpenVINO leaves the thread's alternate signal stack on unmapped memory when two of its models are
+    # freed in the order they were made: the next handled signal was a SIGSEGV (rc -11) before the fix
+    res = subprocess.run([sys.executable, "-X", "faulthandler", "-c", FREED_IN_ORDER, str(exported["fp32"])],
+                         capture_output=True, text=True, timeout=120, check=False,
+                         env={**os.environ, "PYTHONPATH": SRC})
+    assert res.returncode == 0 and "handled" in res.stdout, (res.returncode, res.stderr[-1000:])
 
 
 def test_refusals_are_one_line_user_errors(exported, tmp_path, monkeypatch):

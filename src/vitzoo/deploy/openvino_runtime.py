@@ -18,8 +18,11 @@ from the ONNX file itself (protobuf, no code runs).
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,6 +31,7 @@ import numpy as np
 
 from vitzoo.deploy.metadata import parse_metadata
 from vitzoo.errors import UserError
+from vitzoo.precision import AUTO_MIN_SPEEDUP, remembered
 
 # --precision of the ONNX commands -> OpenVINO's INFERENCE_PRECISION_HINT (auto: the plugin's own choice,
 # bf16 on CPUs with bf16 units, f32 otherwise -- kept where it measures faster than f32)
@@ -70,7 +74,8 @@ class OpenVINOSession:
             config["INFERENCE_PRECISION_HINT"] = PRECISION_HINTS[precision]
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        core = ov.Core()
+        with own_signal_stack():
+            core = ov.Core()
         self.compiled = _compile(core, path, config)
         port = self.compiled.inputs[0]
         shape = [d.get_length() if d.is_static else f"dim{i}" for i, d in enumerate(port.get_partial_shape())]
@@ -84,8 +89,6 @@ class OpenVINOSession:
     def _keep_the_faster(self, core, path: Path, config: dict) -> None:
         """``auto`` where the plugin chose a 16-bit precision: time it against the f32 hint (once per CPU,
         OpenVINO version and file) and keep f32 unless the default is ``AUTO_MIN_SPEEDUP`` faster."""
-        from vitzoo.precision import AUTO_MIN_SPEEDUP, remembered
-
         fp32 = _compile(core, path, {**config, "INFERENCE_PRECISION_HINT": "f32"})
         shape = [TIMING_BATCH if isinstance(d, str) else d for d in self.input.shape]
         x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
@@ -120,9 +123,38 @@ class OpenVINOSession:
 
 def _compile(core, path: Path, config: dict):
     try:
-        return core.compile_model(str(path), "CPU", config)
+        with own_signal_stack():
+            return core.compile_model(str(path), "CPU", config)
     except Exception as e:  # parse errors, unsupported operators
         raise UserError(f"{path}: cannot be loaded by OpenVINO ({str(e).strip().splitlines()[0]})") from e
+
+
+class _SignalStack(ctypes.Structure):  # stack_t, <signal.h> (Linux)
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextmanager
+def own_signal_stack():
+    """Give the calling thread its own alternate signal stack back after OpenVINO has run.
+
+    OpenVINO 2026.4's CPU plugin installs an alternate signal stack (11,824 bytes) on the thread that
+    compiles a model and puts back the one it found when its Core goes away. Two models freed in the order
+    they were made leave the thread's stack pointing at unmapped memory, and the next signal with a Python
+    handler (SIGCHLD from a DataLoader, the SIGTERM of a pre-emption, Ctrl-C) killed the process with a
+    SIGSEGV (si_code SI_KERNEL: the kernel could not write the signal frame). Found by the test suite, where
+    a later test's subprocess ended; ``tests/test_openvino_runtime.py`` reproduces it."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    saved = _SignalStack()
+    if libc.sigaltstack(None, ctypes.byref(saved)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(saved), None)
 
 
 def _time_ratio(slow, fast, x: np.ndarray, rounds: int = 3) -> float:
