@@ -229,12 +229,13 @@ def test_training_auto_on_cpu_follows_the_bf16_units(monkeypatch):
 
 
 @pytest.mark.parametrize("speedup", [0.61, 1.5])
-def test_training_auto_times_a_step_of_the_model_where_units_exist(monkeypatch, speedup):
+def test_training_auto_times_a_step_of_the_model_where_units_exist(monkeypatch, capsys, speedup):
     # units alone do not decide: on a Xeon with avx512_bf16 and no AMX bf16 autocast trained at 0.61x fp32
     calls = _mock_cpu(monkeypatch, {"avx512_bf16"}, speedup=speedup)
     model = create_model("deit_tiny_patch16_224")
     prec = P.resolve_precision("O1", "auto", CPU, model)
     assert len(calls) == 1 and calls[0] is model
+    assert "precision: timing a training step" in capsys.readouterr().err  # the pause is explained
     if speedup < P.AUTO_MIN_SPEEDUP:
         assert prec.autocast is None and prec.weights is None
         assert "avx512_bf16 but a bf16-autocast training step measured 0.61x fp32" in prec.name
@@ -242,6 +243,7 @@ def test_training_auto_times_a_step_of_the_model_where_units_exist(monkeypatch, 
         assert prec.autocast == torch.bfloat16 and "training step measured 1.50x fp32" in prec.name
     again = P.resolve_precision("O1", "auto", CPU, model)  # the next run: remembered, not timed again
     assert again.autocast == prec.autocast and "remembered from an earlier run" in again.name and len(calls) == 1
+    assert "timing" not in capsys.readouterr().err
     tiny = create_model("deit_tiny_patch16_224", **TINY)  # too short a step to time: fp32, nothing measured
     assert P.resolve_precision("O1", "auto", CPU, tiny).autocast is None and len(calls) == 1
     assert P.resolve_precision("O1", "bf16", CPU, model).autocast == torch.bfloat16  # asked for: obeyed

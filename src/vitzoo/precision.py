@@ -256,9 +256,18 @@ def remembered_speedup(model: torch.nn.Module, device: torch.device, train: bool
     """(bf16 / fp32 speed-up of the model's forward -- or, ``train``, of its training step -- and whether
     it came from the cache). The measurement costs a few forwards (~0.7 s for deit_small on one core),
     paid by every short ``vitzoo infer``; it depends only on the CPU, torch and the model's shape, so it is
-    kept per (CPU model and flags, torch version, model, infer/train) in :func:`cache_file`."""
+    kept per (CPU model and flags, torch version, model, infer/train) in :func:`cache_file`. A training
+    step takes longer (3 s for deit_small, 13 s for BEiT-base pre-training on a 2-core Xeon): a line on
+    stderr says what the pause is."""
     key = [torch.__version__, str(_model_key(model))] + (["train"] if train else [])
-    return remembered(key, lambda: measure_bf16_speedup(model, device, train=train))
+
+    def measure() -> float:
+        if train:
+            print("precision: timing a training step in bf16 autocast and in fp32 (amp_dtype auto; once per "
+                  f"CPU and model, remembered in {cache_file().parent})", file=sys.stderr, flush=True)
+        return measure_bf16_speedup(model, device, train=train)
+
+    return remembered(key, measure)
 
 
 def remembered(key: list[str], measure) -> tuple[float, bool]:
