@@ -100,6 +100,15 @@ def test_auto_keeps_the_plugins_16_bit_choice_only_where_it_measures_faster(expo
     session._keep_the_faster(ov.Core(), exported["fp32"], config)  # the next run: remembered
     assert "remembered from an earlier run" in session.describe()
 
+    def fails(*args):
+        raise RuntimeError("Input shape mismatch\nmore")  # e.g. a foreign file with a free image size
+
+    monkeypatch.setattr(OV, "remembered", lambda key, measure: measure())
+    monkeypatch.setattr(OV, "_time_ratio", fails)
+    session.precision = "bf16"
+    session._keep_the_faster(ov.Core(), exported["fp32"], config)
+    assert session.precision == "bf16" and "not timed (Input shape mismatch)" in session.describe()
+
 
 def test_auto_timing_runs_and_auto_is_a_real_choice_here(exported):
     fp32 = open_model(exported["fp32"], "CPU", "openvino", "fp32")

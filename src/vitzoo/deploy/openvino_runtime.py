@@ -94,7 +94,11 @@ class OpenVINOSession:
         x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
         key = ["openvino " + self.version, str(path.stat().st_size), self.metadata.get("arch", path.name),
                self.metadata.get("model_kwargs", ""), str(shape), str(config.get("INFERENCE_NUM_THREADS", ""))]
-        speedup, cached = remembered(key, lambda: _time_ratio(fp32, self.compiled, x))
+        try:
+            speedup, cached = remembered(key, lambda: _time_ratio(fp32, self.compiled, x))
+        except RuntimeError as e:  # e.g. a foreign file whose image size is not fixed: keep the plugin's choice
+            self.why = f"auto: OpenVINO's default, not timed ({str(e).strip().splitlines()[0][:80]})"
+            return
         when = ", remembered from an earlier run" if cached else ""
         if speedup < AUTO_MIN_SPEEDUP:
             self.compiled, low, self.precision = fp32, self.precision, "fp32"
