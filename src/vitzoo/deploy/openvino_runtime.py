@@ -88,19 +88,27 @@ class OpenVINOSession:
 
     def _keep_the_faster(self, core, path: Path, config: dict) -> None:
         """``auto`` where the plugin chose a 16-bit precision: time it against the f32 hint (once per CPU,
-        OpenVINO version and file) and keep f32 unless the default is ``AUTO_MIN_SPEEDUP`` faster."""
-        fp32 = _compile(core, path, {**config, "INFERENCE_PRECISION_HINT": "f32"})
+        OpenVINO version and file) and keep f32 unless the default is ``AUTO_MIN_SPEEDUP`` faster. The f32
+        model is compiled only when it is timed or kept (a remembered "16 bits is faster" costs nothing)."""
+        f32_config = {**config, "INFERENCE_PRECISION_HINT": "f32"}
         shape = [TIMING_BATCH if isinstance(d, str) else d for d in self.input.shape]
-        x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
         key = ["openvino " + self.version, str(path.stat().st_size), self.metadata.get("arch", path.name),
                self.metadata.get("model_kwargs", ""), str(shape), str(config.get("INFERENCE_NUM_THREADS", ""))]
+        compiled_f32 = []
+
+        def measure() -> float:
+            compiled_f32.append(_compile(core, path, f32_config))
+            x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+            return _time_ratio(compiled_f32[0], self.compiled, x)
+
         try:
-            speedup, cached = remembered(key, lambda: _time_ratio(fp32, self.compiled, x))
+            speedup, cached = remembered(key, measure)
         except RuntimeError as e:  # e.g. a foreign file whose image size is not fixed: keep the plugin's choice
             self.why = f"auto: OpenVINO's default, not timed ({str(e).strip().splitlines()[0][:80]})"
             return
         when = ", remembered from an earlier run" if cached else ""
         if speedup < AUTO_MIN_SPEEDUP:
+            fp32 = compiled_f32[0] if compiled_f32 else _compile(core, path, f32_config)
             self.compiled, low, self.precision = fp32, self.precision, "fp32"
             self.why = f"auto: {low} measured {speedup:.2f}x fp32 here{when}"
         else:
@@ -161,16 +169,17 @@ def own_signal_stack():
         libc.sigaltstack(ctypes.byref(saved), None)
 
 
-def _time_ratio(slow, fast, x: np.ndarray, rounds: int = 3) -> float:
-    """Wall-clock time of ``slow(x)`` / ``fast(x)``: best of ``rounds`` alternating calls after a warm-up
-    (OpenVINO runs its own threads, so the process's CPU time would count their spinning)."""
+def _time_ratio(fp32, low, x: np.ndarray, rounds: int = 3) -> float:
+    """Wall-clock time of ``fp32(x)`` / ``low(x)`` (the 16-bit model's speed-up): best of ``rounds``
+    alternating calls after a warm-up (OpenVINO runs its own threads, so the process's CPU time would
+    count their spinning)."""
     def seconds(compiled) -> float:
         t0 = time.perf_counter()
         compiled(x)
         return time.perf_counter() - t0
 
-    slow(x), fast(x)
-    a, b = zip(*((seconds(slow), seconds(fast)) for _ in range(rounds)))
+    fp32(x), low(x)
+    a, b = zip(*((seconds(fp32), seconds(low)) for _ in range(rounds)))
     return min(a) / max(min(b), 1e-9)
 
 
