@@ -11,7 +11,15 @@ from torch import nn
 import vitzoo.precision as P
 from vitzoo.models import create_model
 from vitzoo.models.layers import Mlp
-from vitzoo.models.packed import PackedLinear, ResidualFusedBlock, pack_linears, packing_available
+from vitzoo.models.packed import (
+    Int8Linear,
+    PackedLinear,
+    ResidualFusedBlock,
+    int8_available,
+    pack_linears,
+    packing_available,
+    quantize_activations,
+)
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="torch built without oneDNN")
 # oneDNN's bf16 path needs AVX512-BW/VL/DQ or AVX-NE-CONVERT: an AVX2-only CPU runs the bf16 cases in fp32 only
@@ -150,3 +158,85 @@ def test_bf16_is_not_packed_where_onednn_has_no_bf16_path(monkeypatch):
     assert pack_linears(model) is model and type(model.head) is nn.Linear
     with torch.inference_mode():
         assert model(torch.randn(1, 3, 32, 32).bfloat16()).shape == (1, 5)
+
+
+# --- int8 --------------------------------------------------------------------------------------------------
+INT8 = pytest.mark.skipif(not int8_available(), reason="torch without oneDNN's int8 ops, or not an x86 CPU")
+
+
+def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got - want).norm() / want.norm()).item()
+
+
+def test_quantize_activations_keeps_zero_and_lands_within_half_a_step():
+    torch.manual_seed(0)
+    for x in (torch.randn(3, 50, 16) * 4, torch.rand(100) + 1.0, -torch.rand(7, 9), torch.zeros(4, 4)):
+        q, scale, zero_point = quantize_activations(x)
+        assert q.dtype == torch.uint8 and q.shape == x.shape and 0 <= zero_point <= 255
+        back = (q.float() - zero_point) * scale
+        assert (back - x).abs().max().item() <= scale / 2 + 1e-6 * (1 + x.abs().max().item())
+        assert q.max() <= 255 and bool((q[x == 0] == zero_point).all())  # zero exact
+    # the top of the range: rounding up never wraps around to 0
+    for top in (3.0, 1.0 / 3, 254.0 / 7):
+        q, _, _ = quantize_activations(torch.tensor([-1.0, 0.0, top]))
+        assert 253 <= int(q[2]) <= 255 and int(q[0]) <= 1  # the zero point rounds: half a step either way
+
+
+@INT8
+@pytest.mark.parametrize("bits", [8, 7])
+@pytest.mark.parametrize("gelu", [None, "none", "tanh"])
+def test_int8_linear_is_f_linear_within_quantization(bits, gelu):
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 40)
+    weight, bias = linear.weight.detach().clone(), linear.bias.detach().clone()
+    layer = Int8Linear.from_linear(linear, gelu=gelu, weight_bits=bits)
+    assert layer is linear and set(layer.state_dict()) == {"weight", "bias"}
+    # weights per output channel: the largest of each row is the largest code, 127 (8 bits) or 63 (7)
+    torch.testing.assert_close(layer.weight_scale * (2 ** (bits - 1) - 1), weight.abs().amax(1))
+    for shape in [(5, 64), (2, 7, 64)]:
+        x = torch.randn(*shape)
+        with torch.inference_mode():
+            got = layer(x)
+        want = F.linear(x, weight, bias)
+        want = want if gelu is None else F.gelu(want, approximate=gelu)
+        assert got.shape == want.shape and got.dtype == torch.float32
+        assert 1e-5 < _relative_error(got, want) < (0.02 if bits == 8 else 0.04)  # int8, and close
+    x = torch.randn(3, 64, requires_grad=True)  # autograd records: the fp32 layer, exactly
+    want = F.linear(x, weight, bias)
+    torch.testing.assert_close(layer(x), want if gelu is None else F.gelu(want, approximate=gelu))
+
+
+@INT8
+def test_int8_add_to_reads_the_residual_and_is_the_sum():
+    torch.manual_seed(0)
+    layer = Int8Linear.from_linear(nn.Linear(32, 16))
+    x, residual = torch.randn(2, 5, 32), torch.randn(2, 5, 16)
+    before = residual.clone()
+    with torch.inference_mode():
+        got, alone = layer.add_to(x, residual), layer(x)
+    assert torch.equal(residual, before)
+    torch.testing.assert_close(got, before + alone, atol=1e-5, rtol=1e-5)
+
+
+@INT8
+@pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224",
+                                  "beit_base_patch16_224", "t2t_vit_7"])
+def test_int8_model_keeps_its_heads_fp32_and_its_predictions(name):
+    torch.manual_seed(0)
+    kw = {"img_size": 64, "num_classes": 5} | ({} if name.startswith("t2t") else {"depth": 2})
+    model = create_model(name, **kw).eval()
+    x = torch.randn(4, 3, 64, 64)
+    keys = model.state_dict().keys()
+    with torch.inference_mode():
+        want = model(x)
+        pack_linears(model, int8_weight_bits=8)
+        got = model(x)
+    linears = {n: type(m) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    heads = {n: t for n, t in linears.items() if n.startswith("head")}
+    assert heads and all(t is PackedLinear for t in heads.values())  # fp32, packed
+    assert all(t is Int8Linear for n, t in linears.items() if n not in heads)
+    assert model.state_dict().keys() == keys
+    assert 1e-5 < _relative_error(got, want) < 0.1
+    twin = copy.deepcopy(model)  # an fp32 copy, as a packed model's
+    with torch.inference_mode():
+        torch.testing.assert_close(twin(x), want, atol=1e-4, rtol=1e-4)

@@ -1,6 +1,7 @@
 """The precision policy (``vitzoo.precision``): what ``auto`` chooses on which hardware (units mocked),
 that the choice is printed once, and accuracy guards on a model trained here: bf16 evaluation against
-fp32, and the int8 ONNX export (loads, agrees with fp32, ``eval-onnx`` reports the change)."""
+fp32, int8 (eval and infer) against fp32, and the int8 ONNX export (loads, agrees with fp32, ``eval-onnx``
+reports the change)."""
 from __future__ import annotations
 
 import ast
@@ -78,8 +79,8 @@ def test_explicit_choices_and_config_mapping(monkeypatch):
     assert bf16.weights == torch.bfloat16 and "slower than fp32 here" in bf16.name  # asked: run, with the cost said
     assert P.inference_precision("fp32", CPU, announce=False).weights is None
     assert P.inference_precision("fp16", CPU, announce=False).autocast == torch.float16
-    assert [P.config_precision_choice(*a) for a in (("O0", "bf16"), ("O1", "auto"), ("O3", "fp16"))] == [
-        "fp32", "auto", "fp16"]
+    pairs = (("O0", "bf16"), ("O1", "auto"), ("O3", "fp16"), ("O0", "int8"))  # int8 is asked for by name
+    assert [P.config_precision_choice(*a) for a in pairs] == ["fp32", "auto", "fp16", "int8"]
     with pytest.raises(P.UserError):
         P.inference_precision("int4", CPU)
 
@@ -205,15 +206,67 @@ def test_export_int8_loads_agrees_and_eval_onnx_reports_change(trained, tmp_path
                      capsys.readouterr().out)
 
 
-def test_int8_is_routed_to_onnx_runtime_in_one_line(trained, capsys):
-    with pytest.raises(UserError, match="export .* --precision int8"):
-        P.inference_precision("int8", CPU, trained["model"])
-    for argv in (["infer", str(trained["ds"] / "val"), "--checkpoint", str(trained["ckpt"]), "--recursive",
-                  "--precision", "int8"],
-                 ["bench", "--model", "deit_tiny_patch16_224", "--precision", "int8"]):
+@pytest.mark.parametrize("flags, bits", [({"avx512_vnni"}, 8), ({"amx_int8", "amx_tile"}, 8), ({"avx2"}, 7)])
+def test_int8_weights_have_8_bits_where_the_cpu_sums_in_int32(monkeypatch, capsys, flags, bits):
+    _mock_cpu(monkeypatch, flags)
+    monkeypatch.setattr(P, "int8_available", lambda: True)
+    prec = P.inference_precision("int8", CPU)
+    assert prec.int8_weight_bits == bits and prec.weights is None and prec.autocast is None
+    assert "precision: int8 (asked for; linear layers in int8" in capsys.readouterr().err
+    assert P.inference_precision("auto", CPU, create_model("deit_tiny_patch16_224")).int8_weight_bits is None
+
+
+def test_int8_where_it_cannot_run_is_one_line(monkeypatch, trained, capsys, tmp_path):
+    with pytest.raises(UserError, match="int8 runs on a CPU"):
+        P.inference_precision("int8", torch.device("cuda"))
+    with pytest.raises(UserError, match="int8 is for inference"):
+        P.resolve_precision("O1", "int8", CPU)
+    base = ["--dataset", "folder", "--data_path", str(trained["ds"]), "--amp_dtype", "int8", "--device", "cpu",
+            "--output_dir", str(tmp_path / "run")]
+    for argv in (["bench", "--model", "deit_tiny_patch16_224", "--precision", "int8", "--mode", "train"],
+                 ["train", "--model", "deit_tiny_patch16_224", *base], ["pretrain", "--model", "beit_base_patch16_224", *base]):
         assert cli(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "int8 runs through ONNX Runtime" in err[0] and "eval-onnx" in err[0]
+        assert len(err) == 1 and "int8 is for inference" in err[0], argv
+    monkeypatch.setattr(P, "int8_available", lambda: False)  # e.g. an ARM CPU: ONNX Runtime's route is named
+    assert cli(["infer", str(trained["ds"] / "val"), "--checkpoint", str(trained["ckpt"]), "--recursive",
+                "--precision", "int8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "vitzoo export --precision int8" in err[0]
+
+
+@pytest.mark.skipif(not P.int8_available(), reason="torch without oneDNN's int8 ops, or not an x86 CPU")
+def test_int8_accuracy_guard_eval_and_infer(trained, tmp_path, capsys):
+    """int8 top-1 within 0.5 points of fp32 (issue 12): with N = 60 images (1.67 points each) at most one
+    of the predictions may change; eval --amp_dtype int8 and infer --precision int8 run it end to end."""
+    model, xv, yv = trained["model"], trained["xv"], trained["yv"]
+    loader = [(xv[i:i + 20], yv[i:i + 20]) for i in range(0, len(xv), 20)]
+    fp32 = evaluate(model, loader, CPU)
+    int8 = P.int8_precision("test")
+    low = create_model("deit_tiny_patch16_224", num_classes=4, **TINY)
+    low.load_state_dict(model.state_dict())
+    low = int8.cast_model(low.eval())
+    got = evaluate(low, loader, CPU, precision=int8)
+    with torch.inference_mode():
+        a, b = model(xv), low(xv)
+    changed = int((a.argmax(1) != b.argmax(1)).sum())
+    with capsys.disabled():
+        print(f"int8 vs fp32 on {len(xv)} images: top-1 {got['Top1-Acc']:.4f} vs {fp32['Top1-Acc']:.4f}, "
+              f"{changed} prediction(s) changed, logits max|diff| {(a - b).abs().max().item():.4f}")
+    assert changed <= 1 and abs(got["Top1-Acc"] - fp32["Top1-Acc"]) <= 1 / len(xv) + 1e-9
+    assert 0 < (a - b).abs().max().item() < 0.1 * a.abs().max().item()  # int8, and close
+    assert cli(["eval", "--dataset", "folder", "--data_path", str(trained["ds"]), "--pretrained",
+                str(trained["ckpt"]), "--batch_size", "20", "--num_workers", "0", "--device", "cpu",
+                "--amp_dtype", "int8"]) == 0
+    cap = capsys.readouterr()
+    top1 = ast.literal_eval(cap.out.split("eval results: ")[1].strip())["Top1-Acc"]
+    assert "precision: int8 (asked for" in cap.err and abs(top1 - fp32["Top1-Acc"]) <= 1 / 60 + 1e-5
+    out32, out8 = tmp_path / "a.json", tmp_path / "b.json"
+    for out, choice in ((out32, "fp32"), (out8, "int8")):
+        assert cli(["infer", str(trained["ds"] / "val"), "--recursive", "--checkpoint", str(trained["ckpt"]),
+                    "--output", str(out), "--precision", choice, "--device", "cpu", "--num-workers", "0"]) == 0
+    a, b = json.loads(out32.read_text()), json.loads(out8.read_text())
+    assert a.keys() == b.keys() and len(a) == 60 and sum(a[k] != b[k] for k in a) <= 1
 
 
 def test_training_auto_on_cpu_follows_the_bf16_units(monkeypatch):

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from vitzoo.engine.optim import kernel_kwargs
 from vitzoo.models import create_model, t2t_vit
+from vitzoo.models.packed import Int8Linear
 from vitzoo.models.t2t_vit import TokenPerformer
 from vitzoo.precision import FP32, Precision, cpu_bf16_units, cpu_flags, cpu_model
 
@@ -189,12 +190,23 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int | None = None, 
                 clock: str = "wall") -> float:
     """This machine's measured matmul rate (GFLOP/s) for ``dtype``: best of ``iters`` n x n products, on
     the clock (and with the threads) the models are timed with. n defaults to 2048 on a CPU and 8192 on a
-    GPU (a 2048^3 product is too small to keep a large GPU busy)."""
+    GPU (a 2048^3 product is too small to keep a large GPU busy). int8 (CPU): the product int8 layers run
+    (oneDNN's, :class:`Int8Linear`), its input quantized once beforehand."""
     n = n or (8192 if device.type == "cuda" else 2048)
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    a @ b  # warm-up
-    best = min(time_iters(lambda: a @ b, 1, device, clock) for _ in range(iters))
+    if dtype == torch.int8:
+        layer = Int8Linear.from_linear(torch.nn.Linear(n, n, bias=False))
+        operands = layer.operands(torch.randn(n, n))
+
+        def product():
+            return torch.ops.onednn.qlinear_pointwise(*operands, None, 1.0, 0, torch.float32, "none", [], "")
+    else:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+
+        def product():
+            return a @ b
+    product()  # warm-up
+    best = min(time_iters(product, 1, device, clock) for _ in range(iters))
     return 2 * n**3 / best / 1e9
 
 
@@ -317,7 +329,8 @@ def bench_model(name: str, *, mode: str = "infer", batch: int = 8, img_size: int
         fns["ref"] = make(ref, x, ref_precision, device, official)
     rates = interleaved(fns, batch=batch, rounds=rounds, iters=iters, warmup=warmup, device=device, clock=clock)
     ours_rate = statistics.median(rates["ours"])
-    dtype = ours_precision.weights or ours_precision.autocast or torch.float32
+    dtype = ours_precision.weights or ours_precision.autocast or (
+        torch.int8 if ours_precision.int8_weight_bits else torch.float32)
     row = {"name": name, "mode": mode, "batch": batch, "img_size": size[-1], "device": str(device),
            "params_m": params / 1e6, "gflops": gflops, "ours_precision": ours_precision.name,
            "ours_img_s": ours_rate, "ours_ms_step": 1000 * batch / ours_rate,

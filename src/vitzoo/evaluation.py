@@ -98,7 +98,8 @@ def eval_precision(cfg: RunConfig, model, device: torch.device, world: int):
     precision = inference_precision(config_precision_choice(cfg.amp_level, cfg.amp_dtype), device, model,
                                     announce=world == 1)
     if world > 1:
-        agree = torch.tensor([float(precision.weights is not None)], device=device)
+        agree = torch.tensor([float(precision.weights is not None or bool(precision.int8_weight_bits))],
+                             device=device)
         if dist.all_reduce_sum(agree).item() < world:
             precision = FP32
         if dist.is_main():

@@ -7,9 +7,11 @@ matmuls in 16 bits); O3 = the weights and inputs themselves in 16 bits. ``amp_dt
 alone do not decide: on an Intel Xeon with avx512_bf16 but no AMX a bf16 product ran at half the fp32
 rate (oneDNN's avx512_core_bf16 kernel, 158 vs 286 GFLOP/s) and bf16-autocast training steps at 0.61x.
 
-Inference (eval, infer, attention; ``--precision auto|fp32|bf16|fp16``) is :func:`inference_precision`:
-``auto`` = bf16 weights where the device has bf16 units and, on a CPU, a forward of the model measures
-faster in bf16; fp32 otherwise. The choice is printed once with its reason.
+Inference (eval, infer, attention, bench; ``--precision auto|fp32|bf16|fp16|int8``) is
+:func:`inference_precision`: ``auto`` = bf16 weights where the device has bf16 units and, on a CPU, a
+forward of the model measures faster in bf16; fp32 otherwise. ``int8`` (CPU, asked for: it changes the
+numbers more than bf16 does, so ``auto`` never picks it) runs the linear layers in oneDNN's int8 kernels
+(:class:`vitzoo.models.packed.Int8Linear`). The choice is printed once with its reason.
 """
 from __future__ import annotations
 
@@ -27,19 +29,21 @@ import torch
 
 from vitzoo.checkpoint.files import atomic_write_text
 from vitzoo.errors import UserError
-from vitzoo.models.packed import pack_linears, packing_available
+from vitzoo.models.packed import int8_available, pack_linears, packing_available
 
 
 @dataclass(frozen=True)
 class Precision:
     """``autocast``: dtype of autocast regions (None = off); ``weights``: dtype the model and inputs are
     cast to (O3; None = fp32); ``name``: what to print; ``pack``: pre-pack the linear layers for oneDNN
-    (CPU inference, :mod:`vitzoo.models.packed`)."""
+    (CPU inference, :mod:`vitzoo.models.packed`); ``int8_weight_bits``: run the linear layers in int8 with
+    weights of that many bits (8, or 7 on CPUs without VNNI; None = not int8)."""
 
     autocast: torch.dtype | None = None
     weights: torch.dtype | None = None
     name: str = "fp32"
     pack: bool = False
+    int8_weight_bits: int | None = None
 
     @property
     def fp16(self) -> bool:
@@ -57,8 +61,8 @@ class Precision:
 
     def cast_model(self, model: torch.nn.Module) -> torch.nn.Module:
         model = model if self.weights is None else model.to(self.weights)
-        if self.pack:
-            pack_linears(model)
+        if self.pack or self.int8_weight_bits:
+            pack_linears(model, self.int8_weight_bits)
         return model
 
 
@@ -78,7 +82,8 @@ def resolve_precision(amp_level: str, amp_dtype: str, device: torch.device,
 
     ``auto`` on a CPU with bf16 units and a ``model`` (the fp32 model about to train): bf16 only when a
     training step of it measures at least ``AUTO_MIN_SPEEDUP`` faster in bf16 (:func:`remembered_speedup`,
-    ``train=True``); without a model, the units decide."""
+    ``train=True``); without a model, the units decide. ``int8`` is refused: it is for inference."""
+    refuse_int8(amp_dtype, training=True)
     if amp_level == "O0":
         return FP32
     why = ""
@@ -127,12 +132,12 @@ def _measured_training_choice(model: torch.nn.Module, device: torch.device) -> t
 # avx512_bf16 (deit_small, batch 16, 2 threads) fp32 4.8 img/s, bf16 autocast 6.9, bf16 weights 8.5:
 # autocast pays a cast of every weight on every call, weights mode pays it once.
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
-# int8 is accepted by name and routed to ONNX Runtime: torch's eager int8 (torch.ao.quantization, deprecated
-# since torch 2.10) ran deit_small at 35 img/s against bf16 weights' 114 on a 2-core Xeon with AMX, while
-# ORT's int8 ran 2.2x its fp32 there, and 1.3-1.4x on an AVX2-only EPYC without VNNI (benchmarks/README.md)
-INT8_ROUTE = ("int8 runs through ONNX Runtime: vitzoo export --checkpoint CKPT --output model.onnx --precision int8, "
-              "then vitzoo eval-onnx / infer-onnx --onnx-path model.onnx (torch's own int8 ran 3x slower than "
-              "bf16 on a Xeon with AMX)")
+# int8 (asked for) runs the linear layers in oneDNN's int8 kernels. On a 2-core Intel Xeon with avx512_vnni
+# and avx512_bf16 but no AMX, whose bf16 units run at half the fp32 rate, deit_small's int8 layers ran
+# 2.1-2.9x their fp32 ones (activation quantization included) and the model 1.6-1.9x timm's fp32
+# (benchmarks/README.md); on a Xeon with AMX bf16 weights are faster still (torch's older eager int8 ran
+# 35 img/s there against bf16's 114). ONNX Runtime's int8 is the other route: vitzoo export --precision int8.
+INT8_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # u8 x s8 products summed in int32, no saturation
 MIN_AUTO_FLOPS = 1e8  # below ~0.1 GFLOP per image the forward is too short to time, and fp32 is kept
 AUTO_MIN_SPEEDUP = 1.1  # bf16 must measure this much faster than fp32 to be chosen
 
@@ -179,11 +184,29 @@ def fp32_precision(why: str, device: torch.device) -> Precision:
     return Precision(name=f"fp32 ({why})", pack=packs_linears(device, torch.float32))
 
 
-def refuse_int8(choice: str) -> None:
-    """``--precision int8`` of a PyTorch command: one line naming the ONNX route (commands call it before
-    the weights load)."""
-    if choice == "int8":
-        raise UserError(INT8_ROUTE)
+def refuse_int8(choice: str, device: torch.device | None = None, *, training: bool = False) -> None:
+    """``int8`` where it cannot run: one line, before the weights load. ``device`` None = not known yet."""
+    if choice != "int8":
+        return
+    if training:
+        raise UserError("int8 is for inference (vitzoo eval --amp_dtype int8, infer / attention / bench "
+                        "--precision int8): training computes its gradients in fp32, bf16 or fp16")
+    if device is not None and device.type != "cpu":
+        raise UserError(f"int8 runs on a CPU (oneDNN's int8 kernels); on {device.type} use --precision auto "
+                        f"(bf16 where supported)")
+    if not int8_available():
+        raise UserError("int8 needs torch with oneDNN on an x86 CPU; elsewhere ONNX Runtime's int8: vitzoo export "
+                        "--precision int8, then vitzoo eval-onnx / infer-onnx")
+
+
+def int8_precision(why: str) -> Precision:
+    """int8 linear layers: 8-bit weights where this CPU sums int8 products in int32 (VNNI, AMX-int8), 7-bit
+    elsewhere (VPMADDUBSW saturates the int16 sum of two 8-bit products: models/packed.Int8Linear)."""
+    units = [f for f in INT8_VNNI_FLAGS if f in cpu_flags()]
+    bits = 8 if units else 7
+    has = f"CPU has {'+'.join(units)}" if units else "7-bit weights: this CPU has no VNNI"
+    return Precision(name=f"int8 ({why}; linear layers in int8, {has}; top-1 may move: eval it)",
+                     int8_weight_bits=bits)
 
 
 def inference_precision(choice: str, device: torch.device, model: torch.nn.Module | None = None,
@@ -197,7 +220,7 @@ def inference_precision(choice: str, device: torch.device, model: torch.nn.Modul
     """
     if choice not in PRECISION_CHOICES:
         raise UserError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {choice!r}")
-    refuse_int8(choice)
+    refuse_int8(choice, device)
     key = (choice, str(device), _model_key(model))
     if key not in _decided:
         _decided[key] = _decide(choice, device, model)
@@ -220,6 +243,8 @@ def _decide(choice: str, device: torch.device, model: torch.nn.Module | None) ->
         if device.type == "cpu" and not cpu_bf16_units():
             return weights_precision(torch.bfloat16, f"asked for; {NO_BF16_UNITS}: --precision auto picks fp32", device)
         return weights_precision(torch.bfloat16, "asked for", device)
+    if choice == "int8":
+        return int8_precision("asked for")
     if choice == "fp16":
         if device.type == "cpu":  # fp16 weights have no fast CPU kernels; autocast keeps fp32 where needed
             return Precision(autocast=torch.float16, name="fp16 autocast (asked for; CPU)")
@@ -376,5 +401,6 @@ def _training_steps(model: torch.nn.Module, device: torch.device, size):
 
 
 def config_precision_choice(amp_level: str, amp_dtype: str) -> str:
-    """A config's amp_level / amp_dtype as an inference ``--precision``: O0 = fp32, else amp_dtype."""
-    return "fp32" if amp_level == "O0" else amp_dtype
+    """A config's amp_level / amp_dtype as an inference ``--precision``: O0 = fp32, else amp_dtype; int8
+    (eval only, asked for by name) whatever the level (a training config's O0 would otherwise hide it)."""
+    return "fp32" if amp_level == "O0" and amp_dtype != "int8" else amp_dtype

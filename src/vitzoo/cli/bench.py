@@ -68,7 +68,6 @@ def _precision(choice: str, mode: str, device: torch.device, model=None):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    refuse_int8(args.precision)  # before any timing
     names = [n.strip() for n in args.model.split(",") if n.strip()]
     known = set(list_models())
     unknown = [n for n in names if n not in known]
@@ -80,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    refuse_int8(args.precision, device, training=args.mode == "train")  # before any timing
     if device.type == "cuda" and args.clock != "wall":
         raise UserError("--clock cpu measures host CPU time; on CUDA use the default wall clock")
     info = bench.machine_info()

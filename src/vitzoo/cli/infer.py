@@ -39,18 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                    help="number format of the forward; auto = bf16 weights where the device has bf16 units "
-                        "and the model measures faster in bf16, else fp32; int8 is answered with the ONNX route "
-                        "(vitzoo export, then infer-onnx) (default: %(default)s)")
+                        "and the model measures faster in bf16, else fp32; int8 (CPU): linear layers in int8, fastest on "
+                        "CPUs with VNNI, top-1 may move (check with vitzoo eval --amp_dtype int8) "
+                        "(default: %(default)s)")
     p.add_argument("--decode", default="auto", choices=DECODE_CHOICES, help=DECODE_HELP + " (default: %(default)s)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    refuse_int8(args.precision)
     inputs = find_inputs(args)  # before the model loads: bad input fails fast
-
     device = resolve_device(args.device)
+    refuse_int8(args.precision, device)
     model, meta = load_model(args.checkpoint, arch=args.arch, use_ema=args.use_ema, device=str(device))
     # the eval transform the model was trained/evaluated with (after config overrides), else the family's
     data_config = meta.get("data_config") or model.data_config

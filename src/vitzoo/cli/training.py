@@ -19,6 +19,7 @@ from vitzoo.config import RunConfig, dump_config
 from vitzoo.engine.preempt import Preempted
 from vitzoo.engine.trainer import Trainer, train
 from vitzoo.errors import UserError
+from vitzoo.precision import refuse_int8
 
 
 def run_training(cfg: RunConfig, argv: list[str] | None, command: str, trainer_cls: type[Trainer] = Trainer) -> int:
@@ -47,7 +48,9 @@ def print_resolved(cfg: RunConfig) -> int:
 
 
 def check_files(cfg: RunConfig, files: dict[str, str]) -> None:
-    """Named weight files exist, and the output folder may be written (``--check``)."""
+    """Named weight files exist, the output folder may be written (``--check``), and the precision is one
+    training can run in."""
+    refuse_int8(cfg.amp_dtype, training=True)
     files = {"resume": "" if cfg.resume.lower() == "auto" else cfg.resume, **files}
     for key, path in files.items():
         if path and not os.path.isfile(path):

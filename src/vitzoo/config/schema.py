@@ -180,7 +180,9 @@ class RunConfig:
     amp_level: str = option("precision", "O1", "O0 fp32 | O1/O2 autocast | O3 half weights",
                             choices=("O0", "O1", "O2", "O3"))
     amp_dtype: str = option("precision", "auto", "autocast dtype; auto = bf16 where supported else fp16 "
-                            "(on CPU: bf16 with AVX512-BF16/AMX units where a timed training step is faster, else fp32)", choices=("auto", "bf16", "fp16"), names=PRECISION_NAMES)
+                            "(on CPU: bf16 with AVX512-BF16/AMX units where a timed training step is faster, else fp32); int8: "
+                            "eval only, linear layers in int8 on a CPU", choices=("auto", "bf16", "fp16", "int8"),
+                            names=PRECISION_NAMES)
     is_dynamic_loss_scale: bool = option("precision", True, "fp16: dynamic loss scaling (GradScaler)")
     loss_scale: float = option("precision", 1024.0, "fp16: fixed loss scale when not dynamic", rule=">= 0")
     nonfinite_policy: str = option("precision", "skip", "non-finite loss: skip the step | stop the run",

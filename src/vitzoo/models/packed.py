@@ -12,6 +12,10 @@ Measured on a 2-core Xeon with AMX (benchmarks/README.md): deit_small / deit_bas
 numbers without an activation; with GELU fused, the activation of the fp32 accumulator is rounded once
 instead of twice, within one bf16 step of the unfused model.
 
+:class:`Int8Linear` is the int8 variant (``--precision int8``): int8 weights and per-call uint8 activations
+through oneDNN's int8 product (``onednn.qlinear_pointwise``), with the same fusions. On a 2-core Xeon with
+avx512_vnni (and bf16 units at half the fp32 rate) deit_small's int8 layers ran 2.1-2.9x the fp32 ones.
+
 Inference only: a packed layer computes with the weight as it was when packed, and falls back to plain
 ``F.linear`` whenever autograd records (training), the input is not on the CPU, or its dtype differs.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import platform
 
 import torch
 import torch.nn.functional as F
@@ -54,8 +59,7 @@ class PackedLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._runs_packed(x):
-            y = F.linear(x, self.weight, self.bias)
-            return y if self.gelu is None else F.gelu(y, approximate=self.gelu)
+            return self._unpacked(x)
         if self.gelu is None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "gelu", [], self.gelu)
@@ -66,6 +70,10 @@ class PackedLinear(nn.Linear):
         if self.gelu is not None or not self._runs_packed(x):
             return residual + self(x)
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, self.bias, "add")
+
+    def _unpacked(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        return y if self.gelu is None else F.gelu(y, approximate=self.gelu)
 
     def _runs_packed(self, x: torch.Tensor) -> bool:
         return (self.packed is not None and not torch.is_grad_enabled() and x.device.type == "cpu"
@@ -85,6 +93,83 @@ class PackedLinear(nn.Linear):
         return super().extra_repr() + (f", packed, gelu={self.gelu}" if self.gelu else ", packed")
 
 
+class Int8Linear(PackedLinear):
+    """A :class:`PackedLinear` computing in int8: weights per output channel (symmetric, ``weight_bits``
+    8, or 7 where the CPU lacks VNNI, below), activations quantized on every call over the whole input
+    (uint8, its range from the input's min and max: :func:`quantize_activations`), the products in
+    oneDNN's int8 kernels accumulating in int32, and the scales, bias, GELU or residual add applied to the
+    fp32 output inside the same op (``onednn.qlinear_pointwise``, the op torch's x86 int8 path lowers to).
+
+    Why 7 bits without VNNI: there oneDNN multiplies uint8 by int8 with VPMADDUBSW, which adds pairs of
+    products into int16 and saturates (2 x 255 x 127 > 2^15), as ONNX Runtime does (deploy/quantize.py).
+    As with ONNX Runtime's dynamic int8, an image's logits depend slightly on the batch it is in (the
+    activation range is the batch's). The fp32 weight stays the module's parameter (state dict, training,
+    copies); the int8 copy is what the forward reads."""
+
+    weight_scale: torch.Tensor | None = None
+    weight_zero_point: torch.Tensor | None = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, gelu: str | None = None, weight_bits: int = 8) -> Int8Linear:
+        linear.__class__ = cls
+        linear.gelu = gelu
+        with torch.no_grad():
+            weight = linear.weight.detach().float()
+            qmax = 2 ** (weight_bits - 1) - 1
+            scale = weight.abs().amax(1).clamp_min(1e-12) / qmax
+            qweight = torch.round(weight / scale[:, None]).clamp_(-qmax, qmax).to(torch.int8)
+            linear.weight_scale = scale
+            linear.weight_zero_point = torch.zeros(len(scale), dtype=torch.long)
+            linear.packed = torch.ops.onednn.qlinear_prepack(qweight, None)
+        return linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._runs_packed(x):
+            return self._unpacked(x)
+        act = ("gelu", [], self.gelu) if self.gelu is not None else ("none", [], "")
+        return torch.ops.onednn.qlinear_pointwise(*self.operands(x), self.bias, 1.0, 0, torch.float32, *act)
+
+    def add_to(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        if self.gelu is not None or not self._runs_packed(x):
+            return residual + self(x)
+        return torch.ops.onednn.qlinear_pointwise.binary(
+            *self.operands(x), residual, self.bias, 1.0, 0, torch.float32, 1.0, 0, "add", 1.0, "none", [], "")
+
+    def operands(self, x: torch.Tensor) -> tuple:
+        """The int8 op's first six arguments for input ``x``: its uint8 values, scale and zero point, then the
+        weight's."""
+        qx, scale, zero_point = quantize_activations(x)
+        return qx, scale, zero_point, self.packed, self.weight_scale, self.weight_zero_point
+
+    def _runs_packed(self, x: torch.Tensor) -> bool:
+        return (self.packed is not None and not torch.is_grad_enabled() and x.device.type == "cpu"
+                and x.dtype == torch.float32)
+
+    def extra_repr(self) -> str:
+        return nn.Linear.extra_repr(self) + ", int8" + (f", gelu={self.gelu}" if self.gelu else "")
+
+
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+    """``x`` (fp32) as uint8 with one scale and zero point from its min and max, zero kept exact (padding
+    and a GELU's zeros stay zero). Two passes over ``x``: its min and max, then ``x / scale + zero_point``
+    and the uint8 cast in one (``torch.add`` with ``alpha``; +0.5 then the cast's truncation rounds).
+    The range is divided into 254 steps, not 255: the rounded zero point can move the top by half a step,
+    and the +0.5 by another half, so the largest value lands on 255 at most, never on 256."""
+    lo, hi = (v.item() for v in torch.aminmax(x))
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = max(hi - lo, 1e-12) / 254
+    zero_point = round(-lo / scale)
+    qx = torch.add(torch.tensor(zero_point + 0.5), x, alpha=1 / scale).to(torch.uint8)
+    return qx, scale, zero_point
+
+
+@functools.cache
+def int8_available() -> bool:
+    """torch has oneDNN's int8 linear ops and this is an x86 CPU (they are its x86 int8 path)."""
+    return (packing_available() and platform.machine().lower() in ("x86_64", "amd64")
+            and all(hasattr(torch.ops.onednn, op) for op in ("qlinear_prepack", "qlinear_pointwise")))
+
+
 class ResidualFusedBlock(Block):
     """A :class:`Block` without LayerScale whose two residual adds run inside the packed output layers
     (``attn.proj``, ``mlp.fc2``): in deit_small's bf16 forward the adds took 8.4 of 123 ms (batch 16,
@@ -99,24 +184,36 @@ class ResidualFusedBlock(Block):
         return mlp.fc2.add_to(mlp.act(mlp.fc1(self.norm2(x))), x)
 
 
-def pack_linears(model: nn.Module) -> nn.Module:
+def pack_linears(model: nn.Module, int8_weight_bits: int | None = None) -> nn.Module:
     """Pack every ``nn.Linear`` of ``model`` (in place), fusing a GELU that directly follows one: the first
     layer of each :class:`Mlp`, and a Linear then GELU in an ``nn.Sequential`` (the Token Performer's MLP).
-    A no-op where torch lacks oneDNN's ops, or this CPU oneDNN's path for the weights' dtype. Returns
-    ``model``."""
+    With ``int8_weight_bits`` (8, or 7: :class:`Int8Linear`) the layers compute in int8, all but the
+    classifier heads (``head``, ``head_dist``: one small product whose error would reach the logits
+    directly), which are packed in fp32. A no-op where torch lacks oneDNN's ops, or this CPU oneDNN's path
+    for the weights' dtype (or for int8). Returns ``model``."""
     weight = next(model.parameters(), None)
     if weight is None or not packing_available(weight.dtype):
         return model
+    if int8_weight_bits and not (int8_available() and weight.dtype == torch.float32):
+        return model
+    heads = {id(m) for name, m in model.named_modules() if name.split(".")[0].startswith("head")}
+
+    def pack(linear: nn.Linear, gelu: str | None = None) -> None:
+        if int8_weight_bits and id(linear) not in heads:
+            Int8Linear.from_linear(linear, gelu, weight_bits=int8_weight_bits)
+        else:
+            PackedLinear.from_linear(linear, gelu)
+
     for module in list(model.modules()):
         if isinstance(module, Mlp):
-            _fuse_gelu(module, "fc1", "act")
+            _fuse_gelu(module, "fc1", "act", pack)
         elif isinstance(module, nn.Sequential):
             names = list(module._modules)
             for linear, act in itertools.pairwise(names):
-                _fuse_gelu(module, linear, act)
+                _fuse_gelu(module, linear, act, pack)
     for module in list(model.modules()):
         if type(module) is nn.Linear:
-            PackedLinear.from_linear(module)
+            pack(module)
     for module in list(model.modules()):
         if (type(module) is Block and type(module.attn) is Attention and type(module.mlp) is Mlp
                 and isinstance(module.ls1, nn.Identity) and isinstance(module.ls2, nn.Identity)):
@@ -124,9 +221,9 @@ def pack_linears(model: nn.Module) -> nn.Module:
     return model
 
 
-def _fuse_gelu(parent: nn.Module, linear: str, act: str) -> None:
+def _fuse_gelu(parent: nn.Module, linear: str, act: str, pack) -> None:
     """``parent.<linear>`` then ``parent.<act>`` = GELU -> one packed layer with the GELU fused; the GELU
     becomes an Identity (it is inside the layer, on the fallback path too)."""
     if type(getattr(parent, linear)) is nn.Linear and isinstance(getattr(parent, act), nn.GELU):
-        PackedLinear.from_linear(getattr(parent, linear), gelu=getattr(parent, act).approximate)
+        pack(getattr(parent, linear), gelu=getattr(parent, act).approximate)
         setattr(parent, act, nn.Identity())
