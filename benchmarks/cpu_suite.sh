@@ -22,6 +22,9 @@ fi
 # inference: ours under the policy vs timm fp32 (a plain script), % of the bf16 matmul peak
 vz bench --model deit_tiny_patch16_224,deit_small_patch16_224,deit_base_patch16_224 --batch-size 16 --rounds 5 \
    --json "$out/infer.json"
+# int8 in PyTorch (--precision int8: oneDNN's int8 products) vs timm fp32, and of the int8 product's own peak
+vz bench --model deit_tiny_patch16_224,deit_small_patch16_224,deit_base_patch16_224 --precision int8 --batch-size 16 \
+   --rounds 5 --json "$out/infer_int8.json"
 # training step: ours bf16 autocast (amp_dtype auto) + fused AdamW vs timm fp32 + AdamW defaults
 vz bench --model deit_tiny_patch16_224,deit_small_patch16_224 --mode train --batch-size 16 --rounds 5 \
    --json "$out/train.json"
@@ -40,6 +43,7 @@ vz bench --model deit_tiny_patch16_224 --img-size 224,384 --batch-size 16 --roun
 $py benchmarks/bench_packed.py --model deit_small_patch16_224,t2t_vit_14,t2t_vit_t_14 --batch 16 --rounds 5
 # end to end: vitzoo infer of a folder of JPEGs vs a plain timm fp32 script with a 2-worker DataLoader
 $py benchmarks/bench_infer.py --model deit_small_patch16_224 --num-images 512 --rounds 3
+$py benchmarks/bench_infer.py --model deit_small_patch16_224 --num-images 512 --rounds 3 --infer-args "--precision int8"
 # ONNX: int8 vs fp32 in ONNX Runtime, and the same files in OpenVINO when it is installed
 if $py -c "import openvino" 2>/dev/null; then ov=--openvino; else ov=; fi
 $py benchmarks/bench_onnx.py --model deit_small_patch16_224 --batch 8 --rounds 5 $ov
