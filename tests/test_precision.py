@@ -259,8 +259,12 @@ def test_int8_accuracy_guard_eval_and_infer(trained, tmp_path, capsys):
                 str(trained["ckpt"]), "--batch_size", "20", "--num_workers", "0", "--device", "cpu",
                 "--amp_dtype", "int8"]) == 0
     cap = capsys.readouterr()
-    top1 = ast.literal_eval(cap.out.split("eval results: ")[1].strip())["Top1-Acc"]
+    top1 = ast.literal_eval(cap.out.split("eval results: ")[1].splitlines()[0])["Top1-Acc"]
     assert "precision: int8 (asked for" in cap.err and abs(top1 - fp32["Top1-Acc"]) <= 1 / 60 + 1e-5
+    # and the change against the checkpoint's fp32 model on the same images, as eval-onnx reports it
+    change = re.search(r"vs fp32 on the same images: top-1 ([\d.]+) -> ([\d.]+) \(([-+]\d+\.\d\d) points\)", cap.out)
+    assert change and float(change[2]) == round(top1, 6) and abs(float(change[1]) - fp32["Top1-Acc"]) < 1e-6
+    assert float(change[3]) == pytest.approx(100 * (float(change[2]) - float(change[1])), abs=0.01)
     out32, out8 = tmp_path / "a.json", tmp_path / "b.json"
     for out, choice in ((out32, "fp32"), (out8, "int8")):
         assert cli(["infer", str(trained["ds"] / "val"), "--recursive", "--checkpoint", str(trained["ckpt"]),

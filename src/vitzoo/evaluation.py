@@ -92,6 +92,14 @@ def describe_preprocessing(data_config: dict) -> str:
     return f"input {h}x{w}, crop_pct {data_config['crop_pct']}, {data_config['interpolation']}, {stats} mean/std"
 
 
+def describe_change(reference: str, ref: dict, results: dict) -> str:
+    """One line: how top-1 / top-5 moved from ``ref``'s metrics (the reference: fp32, another file) to
+    ``results``'s, on the same images."""
+    change = 100 * (results["Top1-Acc"] - ref["Top1-Acc"])
+    return (f"vs {reference}: top-1 {round(ref['Top1-Acc'], 6)} -> {round(results['Top1-Acc'], 6)} ({change:+.2f} points), "
+            f"top-5 {round(ref['Top5-Acc'], 6)} -> {round(results['Top5-Acc'], 6)}")
+
+
 def eval_precision(cfg: RunConfig, model, device: torch.device, world: int):
     """The config's amp_level / amp_dtype through the inference policy (auto = bf16 weights where the
     device has bf16 units and it measures faster). Under torchrun bf16 only if every process chose it."""

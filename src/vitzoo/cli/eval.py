@@ -13,6 +13,7 @@ was used; an input size the model cannot take is a one-line error.
 """
 from __future__ import annotations
 
+import copy
 import json
 import sys
 
@@ -28,7 +29,13 @@ from vitzoo.data.loader import OrderedSplitSampler, usable_cpus
 from vitzoo.engine import dist
 from vitzoo.engine.loop import evaluate, format_eval
 from vitzoo.errors import UserError
-from vitzoo.evaluation import describe_preprocessing, eval_data_config, eval_precision, load_for_eval
+from vitzoo.evaluation import (
+    describe_change,
+    describe_preprocessing,
+    eval_data_config,
+    eval_precision,
+    load_for_eval,
+)
 
 
 def build_parser():
@@ -75,18 +82,24 @@ def main(argv: list[str] | None = None) -> int:
         on_device = choose_preprocess(ns.decode, data_config, device, reads_files=isinstance(dataset, ImageFiles),
                                       announce=dist.is_main())
         dropped: list[tuple[str, str]] = []
-        if on_device is None:
-            loader = build_loader(cfg, dataset, "val", data_config=data_config, distributed=world > 1)
-        else:
-            loader = eval_batches(dataset.files(), on_device, cfg.eval_batch, min(cfg.num_workers, usable_cpus()),
-                                  OrderedSplitSampler(dataset, world, rank), dropped)
+
+        def batches():
+            if on_device is None:
+                return build_loader(cfg, dataset, "val", data_config=data_config, distributed=world > 1)
+            return eval_batches(dataset.files(), on_device, cfg.eval_batch, min(cfg.num_workers, usable_cpus()),
+                                OrderedSplitSampler(dataset, world, rank), dropped)
 
         precision = eval_precision(cfg, model, device, world)
+        fp32_model = copy.deepcopy(model) if precision.int8_weight_bits else None
         model = precision.cast_model(model)
-        results = evaluate(model, loader, device, precision=precision, num_classes=model.num_classes,
+        results = evaluate(model, batches(), device, precision=precision, num_classes=model.num_classes,
                            confusion=bool(ns.json_out), channels_last=cfg.channels_last and device.type == "cuda")
+        # what int8 did to the metrics, as eval-onnx says for an int8 file: the fp32 model on the same images
+        fp32 = evaluate(fp32_model, batches(), device, num_classes=model.num_classes) if fp32_model else None
         if dist.is_main():
             print(format_eval(results), flush=True)
+            if fp32 is not None:
+                print(describe_change("fp32 on the same images", fp32, results), flush=True)
             bad = getattr(dataset, "bad_files", {})
             if bad:
                 print(f"note: {len(bad)} unreadable image(s) were replaced by the next sample", file=sys.stderr)

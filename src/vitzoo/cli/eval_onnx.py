@@ -21,6 +21,7 @@ from vitzoo.deploy.onnx_runtime import (
     session_metadata,
 )
 from vitzoo.errors import UserError
+from vitzoo.evaluation import describe_change
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,9 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         ref = evaluate_folder(open_model(reference, args.device, announce=False), args.dataset, data_config,
                               class_names_of(session), batch_size=args.batch_size, num_workers=args.num_workers,
                               prefetch=args.prefetch)
-        change = 100 * (results["Top1-Acc"] - ref["Top1-Acc"])
-        print(f"vs {reference} on the same {results['num_samples']} images: top-1 {ref['Top1-Acc']} -> "
-              f"{results['Top1-Acc']} ({change:+.2f} points), top-5 {ref['Top5-Acc']} -> {results['Top5-Acc']}")
+        print(describe_change(f"{reference} on the same {results['num_samples']} images", ref, results))
     return 0
 
 
