@@ -123,12 +123,14 @@ class Int8Linear(PackedLinear):
             linear.packed = torch.ops.onednn.qlinear_prepack(qweight, None)
         return linear
 
+    @torch.compiler.disable  # a graph break: inductor takes oneDNN's int8 op only with its own quantization
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._runs_packed(x):
             return self._unpacked(x)
         act = ("gelu", [], self.gelu) if self.gelu is not None else ("none", [], "")
         return torch.ops.onednn.qlinear_pointwise(*self.operands(x), self.bias, 1.0, 0, torch.float32, *act)
 
+    @torch.compiler.disable  # a graph break: inductor takes oneDNN's int8 op only with its own quantization
     def add_to(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         if self.gelu is not None or not self._runs_packed(x):
             return residual + self(x)
@@ -189,7 +191,8 @@ def pack_linears(model: nn.Module, int8_weight_bits: int | None = None) -> nn.Mo
     layer of each :class:`Mlp`, and a Linear then GELU in an ``nn.Sequential`` (the Token Performer's MLP).
     With ``int8_weight_bits`` (8, or 7: :class:`Int8Linear`) the layers compute in int8, all but the
     classifier heads (``head``, ``head_dist``: one small product whose error would reach the logits
-    directly), which are packed in fp32. A no-op where torch lacks oneDNN's ops, or this CPU oneDNN's path
+    directly), which stay plain fp32 layers (so that ``torch.compile`` can take the model: the int8 layers
+    are graph breaks, a packed fp32 layer it cannot lower). A no-op where torch lacks oneDNN's ops, or this CPU oneDNN's path
     for the weights' dtype (or for int8). Returns ``model``."""
     weight = next(model.parameters(), None)
     if weight is None or not packing_available(weight.dtype):
@@ -199,10 +202,10 @@ def pack_linears(model: nn.Module, int8_weight_bits: int | None = None) -> nn.Mo
     heads = {id(m) for name, m in model.named_modules() if name.split(".")[0].startswith("head")}
 
     def pack(linear: nn.Linear, gelu: str | None = None) -> None:
-        if int8_weight_bits and id(linear) not in heads:
-            Int8Linear.from_linear(linear, gelu, weight_bits=int8_weight_bits)
-        else:
+        if not int8_weight_bits:
             PackedLinear.from_linear(linear, gelu)
+        elif id(linear) not in heads:
+            Int8Linear.from_linear(linear, gelu, weight_bits=int8_weight_bits)
 
     for module in list(model.modules()):
         if isinstance(module, Mlp):
