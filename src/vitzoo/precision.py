@@ -22,7 +22,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -223,10 +223,22 @@ def inference_precision(choice: str, device: torch.device, model: torch.nn.Modul
     refuse_int8(choice, device)
     key = (choice, str(device), _model_key(model))
     if key not in _decided:
-        _decided[key] = _decide(choice, device, model)
+        _decided[key] = _with_int8_hint(choice, device, model, _decide(choice, device, model))
         if announce:
             print(f"precision: {_decided[key].name}", file=sys.stderr, flush=True)
     return _decided[key]
+
+
+def _with_int8_hint(choice: str, device: torch.device, model: torch.nn.Module | None,
+                    precision: Precision) -> Precision:
+    """``auto`` that kept fp32 for a model large enough to time, on a CPU with int8 units: say that int8
+    would use them (never chosen silently: it moves the numbers more than bf16 does)."""
+    units = [f for f in INT8_VNNI_FLAGS if f in cpu_flags()]
+    if (choice != "auto" or device.type != "cpu" or precision.weights or not units or not int8_available()
+            or (model is not None and approx_flops(model) < MIN_AUTO_FLOPS)):
+        return precision
+    return replace(precision, name=f"{precision.name}; int8, asked for by name, would use its "
+                                   f"{'+'.join(units)} units")
 
 
 def _model_key(model: torch.nn.Module | None) -> tuple:
