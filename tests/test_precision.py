@@ -356,3 +356,14 @@ def test_measured_speedup_is_remembered_between_runs(monkeypatch, capsys, tmp_pa
     monkeypatch.setattr(P, "_decided", {})
     assert "remembered" not in P.inference_precision("auto", CPU, model).name and len(calls) == 2
     assert len(json.loads(P.cache_file().read_text())) == 1
+
+
+def test_an_unwritable_cache_is_said_and_the_timing_still_used(monkeypatch, capsys, tmp_path):
+    calls = _mock_cpu(monkeypatch, {"avx512_bf16"}, speedup=1.8)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("VITZOO_CACHE_DIR", str(blocker))
+    prec = P.inference_precision("auto", CPU, create_model("deit_tiny_patch16_224"))
+    assert prec.weights == torch.bfloat16 and len(calls) == 1
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "not remembered" in notes[0] and "VITZOO_CACHE_DIR" in notes[0]

@@ -310,7 +310,8 @@ def remembered_speedup(model: torch.nn.Module, device: torch.device, train: bool
 def remembered(key: list[str], measure) -> tuple[float, bool]:
     """(``measure()``'s speed-up, whether it came from the cache) for ``key`` on this CPU (its model and
     bf16 units join the key). Shared by the torch policy and OpenVINO's (:mod:`vitzoo.deploy.openvino_runtime`).
-    An unreadable or unwritable cache only means measuring again."""
+    An unreadable or unwritable cache only means measuring again (an unwritable one is said, once per
+    measurement)."""
     key = " | ".join([cpu_model(), " ".join(cpu_bf16_units()), *key])
     path = cache_file()
     try:
@@ -322,8 +323,9 @@ def remembered(key: list[str], measure) -> tuple[float, bool]:
     known = known if isinstance(known, dict) else {}
     try:  # atomic: a concurrent reader sees the old file or the new one
         atomic_write_text(path, json.dumps({**known, key: round(speedup, 4)}, indent=1) + "\n")
-    except UserError:
-        pass
+    except UserError as e:  # measured again next run: say so, and how to keep it
+        print(f"note: the timing is not remembered ({e}); VITZOO_CACHE_DIR can name a writable folder",
+              file=sys.stderr, flush=True)
     return speedup, False
 
 
