@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (a few images: cpu is fine)")
     p.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
                    help="number format of the forward; auto = bf16 where the device has bf16 units and it "
-                        "measures faster (a few images: fp32 is fine) (default: %(default)s)")
+                        "measures faster; int8 (CPU): the linear layers in int8 (a few images: fp32 is fine) "
+                        "(default: %(default)s)")
     return p
 
 

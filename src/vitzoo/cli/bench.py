@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input resolution, or a comma list (224,384) for a scaling table (default: the model's)")
     p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                    help="vitzoo's side: auto = the policy (infer: bf16 weights where the device has bf16 "
-                        "units and it measures faster; train: amp_dtype auto), or a fixed format")
+                        "units and it measures faster; train: amp_dtype auto), or a fixed format (int8: infer on a CPU, "
+                        "the linear layers in oneDNN's int8 kernels)")
     p.add_argument("--ref-precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="the reference's format (bf16/fp16: autocast, as timm's train.py does) (default: fp32, what "
                         "a plain timm script runs)")
