@@ -135,8 +135,8 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
 # int8 (asked for) runs the linear layers in oneDNN's int8 kernels. On a 2-core Intel Xeon with avx512_vnni
 # and avx512_bf16 but no AMX, whose bf16 units run at half the fp32 rate, deit_small's int8 layers ran
 # 2.1-2.9x their fp32 ones (activation quantization included) and the model 1.6-1.9x timm's fp32
-# (benchmarks/README.md); on a Xeon with AMX bf16 weights are faster still (torch's older eager int8 ran
-# 35 img/s there against bf16's 114). ONNX Runtime's int8 is the other route: vitzoo export --precision int8.
+# (benchmarks/README.md). Not measured on an AMX Xeon (amx_int8), where bf16 weights ran 2.6x timm and torch's
+# older eager int8 only 35 img/s against bf16's 114. ONNX Runtime's int8 is the other route (vitzoo export).
 INT8_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # u8 x s8 products summed in int32, no saturation
 MIN_AUTO_FLOPS = 1e8  # below ~0.1 GFLOP per image the forward is too short to time, and fp32 is kept
 AUTO_MIN_SPEEDUP = 1.1  # bf16 must measure this much faster than fp32 to be chosen
