@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import vitzoo.precision as P
+from vitzoo.errors import UserError
 from vitzoo.models import create_model
 from vitzoo.models.layers import Mlp
 from vitzoo.models.packed import (
@@ -184,6 +185,8 @@ def test_quantize_activations_keeps_zero_and_lands_within_half_a_step():
         assert (back - x).abs().max().item() <= scale / 2 + 1e-6 * (1 + x.abs().max().item())
         assert q.max() <= 255 and bool((q[x == 0] == zero_point).all())  # zero exact
     # the top of the range: rounding up never wraps around to 0
+    with pytest.raises(UserError, match="NaN or inf"):  # one line, not a ValueError from round(nan)
+        quantize_activations(torch.tensor([1.0, float("nan")]))
     for top in (3.0, 1.0 / 3, 254.0 / 7):
         q, _, _ = quantize_activations(torch.tensor([-1.0, 0.0, top]))
         assert 253 <= int(q[2]) <= 255 and int(q[0]) <= 1  # the zero point rounds: half a step either way

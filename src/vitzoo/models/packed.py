@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import platform
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitzoo.errors import UserError
 from vitzoo.models.layers import Attention, Block, Mlp
 
 
@@ -160,6 +162,9 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
     The range is divided into 254 steps, not 255: the rounded zero point can move the top by half a step,
     and the +0.5 by another half, so the largest value lands on 255 at most, never on 256."""
     lo, hi = (v.item() for v in torch.aminmax(x))
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # fp32 would carry NaN / inf to the logits; int8 has no code
+        raise UserError("int8: a linear layer's input holds NaN or inf values (the weights or the input are "
+                        "not finite); fp32 (--precision fp32) shows where")
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     scale = max(hi - lo, 1e-12) / 254
     zero_point = round(-lo / scale)
