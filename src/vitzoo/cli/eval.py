@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                                       announce=dist.is_main())
         dropped: list[tuple[str, str]] = []
 
-        def batches():
+        def batches(dropped: list):  # the reference pass drops the same files: counted once
             if on_device is None:
                 return build_loader(cfg, dataset, "val", data_config=data_config, distributed=world > 1)
             return eval_batches(dataset.files(), on_device, cfg.eval_batch, min(cfg.num_workers, usable_cpus()),
@@ -92,10 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         precision = eval_precision(cfg, model, device, world)
         fp32_model = copy.deepcopy(model) if precision.int8_weight_bits else None
         model = precision.cast_model(model)
-        results = evaluate(model, batches(), device, precision=precision, num_classes=model.num_classes,
+        results = evaluate(model, batches(dropped), device, precision=precision, num_classes=model.num_classes,
                            confusion=bool(ns.json_out), channels_last=cfg.channels_last and device.type == "cuda")
         # what int8 did to the metrics, as eval-onnx says for an int8 file: the fp32 model on the same images
-        fp32 = evaluate(fp32_model, batches(), device, num_classes=model.num_classes) if fp32_model else None
+        fp32 = evaluate(fp32_model, batches([]), device, num_classes=model.num_classes) if fp32_model else None
         if dist.is_main():
             print(format_eval(results), flush=True)
             if fp32 is not None:
