@@ -13,7 +13,7 @@ from torch import nn
 
 import vitzoo.precision as P
 from vitzoo.errors import UserError
-from vitzoo.models import create_model
+from vitzoo.models import create_model, packed
 from vitzoo.models.layers import Mlp
 from vitzoo.models.packed import (
     Int8Linear,
@@ -190,6 +190,23 @@ def test_quantize_activations_keeps_zero_and_lands_within_half_a_step():
     for top in (3.0, 1.0 / 3, 254.0 / 7):
         q, _, _ = quantize_activations(torch.tensor([-1.0, 0.0, top]))
         assert 253 <= int(q[2]) <= 255 and int(q[0]) <= 1  # the zero point rounds: half a step either way
+
+
+def test_quantize_activations_fallback_is_the_fast_path_but_for_ties(monkeypatch):
+    """Where torch no longer has quantized tensors the arithmetic + cast gives the same codes; only exact
+    halves may differ by one (it rounds them up, ``torch.quantize_per_tensor`` to even)."""
+    if not packed._quantize_per_tensor_works():
+        pytest.skip("this torch has no quantized tensors: the fallback is the only path")
+    torch.manual_seed(0)
+    x = torch.randn(197, 384) * 3
+    fast, scale, zero_point = quantize_activations(x)
+    monkeypatch.setattr(packed, "_quantize_per_tensor_works", lambda: False)
+    slow, scale_slow, zero_point_slow = quantize_activations(x)
+    assert (scale, zero_point) == (scale_slow, zero_point_slow) and fast.dtype == slow.dtype == torch.uint8
+    differ = fast != slow
+    assert (fast.int() - slow.int()).abs().max() <= 1 and differ.float().mean() < 1e-3
+    halves = x / scale + zero_point
+    assert torch.allclose(halves[differ] - halves[differ].floor(), torch.tensor(0.5), atol=1e-3)
 
 
 @INT8
