@@ -19,6 +19,7 @@ from vitzoo.models.packed import (
     Int8Linear,
     PackedLinear,
     ResidualFusedBlock,
+    calibrate_int8,
     int8_available,
     pack_linears,
     packing_available,
@@ -267,6 +268,55 @@ def test_int8_model_keeps_its_heads_fp32_and_its_predictions(name):
     twin = copy.deepcopy(model)  # an fp32 copy, as a packed model's
     with torch.inference_mode():
         torch.testing.assert_close(twin(x), want, atol=1e-4, rtol=1e-4)
+
+
+@INT8
+def test_calibrated_int8_is_batch_independent_and_close_to_fp32():
+    """Per-call ranges make an image's logits depend on its batch; calibrated ranges (calibrate_int8) do not,
+    and stay as close to fp32."""
+    torch.manual_seed(0)
+    fp32 = create_model("deit_tiny_patch16_224", img_size=32, patch_size=4, depth=2, num_classes=5).eval()
+    model = pack_linears(copy.deepcopy(fp32), int8_weight_bits=POLICY_BITS)
+    image, others = torch.randn(1, 3, 32, 32), torch.randn(7, 3, 32, 32) * 3  # its batch-mates: wider ranges
+    with torch.inference_mode():
+        alone, in_batch = model(image), model(torch.cat([image, others]))[:1]
+        assert (alone - in_batch).abs().max() > 1e-3  # per-call: the batch moved it
+        assert calibrate_int8(model, torch.randn(32, 3, 32, 32).split(8)) == 8  # 4 int8 layers a block, no head
+        assert "calibrated" in repr(model.blocks[0].attn.qkv) and type(model.head) is nn.Linear
+        alone, in_batch = model(image), model(torch.cat([image, others]))[:1]
+        want = fp32(image)
+    assert torch.allclose(alone, in_batch, atol=1e-5, rtol=0)
+    assert 1e-5 < _relative_error(alone, want) < 0.1
+
+
+class _OneOfTwo(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.used = Int8Linear.from_linear(nn.Linear(16, 8), weight_bits=POLICY_BITS)
+        self.unused = Int8Linear.from_linear(nn.Linear(16, 8), weight_bits=POLICY_BITS)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+@INT8
+def test_calibrated_int8_saturates_beyond_its_range(monkeypatch):
+    """An input past the calibrated range is clamped to it (code 255), on both quantization paths; a layer
+    no calibration batch reached keeps per-call ranges."""
+    torch.manual_seed(0)
+    model = _OneOfTwo()
+    assert calibrate_int8(model, [torch.rand(4, 16) * 0.5, torch.rand(4, 16)]) == 1  # inputs in [0, 1)
+    linear = model.used
+    assert model.unused.input_qparams is None and linear.observed is None
+    scale, zero_point = linear.input_qparams
+    assert zero_point == 0 and scale == pytest.approx(1 / 254, rel=0.01)
+    for works in (True, False):
+        monkeypatch.setattr(packed, "_quantize_per_tensor_works", lambda works=works: works)
+        codes = linear.operands(torch.tensor([[-5.0, 0.0, 0.25, 50.0] + [0.0] * 12]))[0][0, :4].tolist()
+        assert codes[:2] == [0, 0] and abs(codes[2] - 0.25 / scale) <= 0.5 and codes[3] == 255
+        with torch.inference_mode():  # and the layer's output is that of the clamped input
+            x = torch.rand(3, 16) * 40
+            assert torch.allclose(linear(x), linear(x.clamp(max=255 * scale)), atol=1e-6)
 
 
 @INT8

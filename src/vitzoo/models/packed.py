@@ -26,6 +26,7 @@ import itertools
 import math
 import platform
 import warnings
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -108,11 +109,13 @@ class Int8Linear(PackedLinear):
     with oneDNN held to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``) a 384 -> 1152 layer's relative error was 8.6%
     with 8-bit weights and 1.3% with 7-bit ones, as with VNNI (tests/test_models_packed.py).
     As with ONNX Runtime's dynamic int8, an image's logits depend slightly on the batch it is in (the
-    activation range is the batch's). The fp32 weight stays the module's parameter (state dict, training,
+    activation range is the batch's), unless the ranges are calibrated (:func:`calibrate_int8`). The fp32 weight stays the module's parameter (state dict, training,
     copies); the int8 copy is what the forward reads."""
 
     weight_scale: torch.Tensor | None = None
     weight_zero_point: torch.Tensor | None = None
+    input_qparams: tuple[float, int] | None = None  # calibrated (scale, zero point); None = from each input
+    observed: tuple[float, float] | None = None  # while calibrating: the inputs' (min, max) so far
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, gelu: str | None = None, weight_bits: int = 8) -> Int8Linear:
@@ -144,32 +147,50 @@ class Int8Linear(PackedLinear):
 
     def operands(self, x: torch.Tensor) -> tuple:
         """The int8 op's first six arguments for input ``x``: its uint8 values, scale and zero point, then the
-        weight's."""
-        qx, scale, zero_point = quantize_activations(x)
-        return qx, scale, zero_point, self.packed, self.weight_scale, self.weight_zero_point
+        weight's. Calibrated (:func:`calibrate_int8`): the same scale for every input, values beyond the
+        calibrated range saturating; else the input's own range."""
+        if self.input_qparams is not None:
+            scale, zero_point = self.input_qparams
+        else:
+            lo, hi = activation_range(x)
+            if self.observed is not None:
+                self.observed = (min(self.observed[0], lo), max(self.observed[1], hi))
+            scale, zero_point = uint8_qparams(lo, hi)
+        return _to_uint8(x, scale, zero_point), scale, zero_point, self.packed, self.weight_scale, self.weight_zero_point
 
     def _runs_packed(self, x: torch.Tensor) -> bool:
         return (self.packed is not None and not torch.is_grad_enabled() and x.device.type == "cpu"
                 and x.dtype == torch.float32)
 
     def extra_repr(self) -> str:
-        return nn.Linear.extra_repr(self) + ", int8" + (f", gelu={self.gelu}" if self.gelu else "")
+        calibrated = ", calibrated" if self.input_qparams is not None else ""
+        return nn.Linear.extra_repr(self) + ", int8" + calibrated + (f", gelu={self.gelu}" if self.gelu else "")
 
 
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
-    """``x`` (fp32) as uint8 with one scale and zero point from its min and max, zero kept exact (padding
-    and a GELU's zeros stay zero). Two passes over ``x``: its min and max, then :func:`_to_uint8`.
-    The range is divided into 254 steps, not 255: the rounded zero point can move the top by half a step,
-    and the rounding by another half, so the largest value lands on 255 at most (the fallback's cast
-    would wrap 256 around to 0)."""
+    """``x`` (fp32) as uint8 with one scale and zero point from its min and max (:func:`uint8_qparams`), zero
+    kept exact (padding and a GELU's zeros stay zero). Two passes over ``x``: its min and max, then
+    :func:`_to_uint8`."""
+    scale, zero_point = uint8_qparams(*activation_range(x))
+    return _to_uint8(x, scale, zero_point), scale, zero_point
+
+
+def activation_range(x: torch.Tensor) -> tuple[float, float]:
+    """min and max of ``x``; UserError where they are not finite."""
     lo, hi = (v.item() for v in torch.aminmax(x))
     if not (math.isfinite(lo) and math.isfinite(hi)):  # fp32 would carry NaN / inf to the logits; int8 has no code
         raise UserError("int8: a linear layer's input holds NaN or inf values (the weights or the input are "
                         "not finite); fp32 (--precision fp32) shows where")
+    return lo, hi
+
+
+def uint8_qparams(lo: float, hi: float) -> tuple[float, int]:
+    """Scale and zero point mapping [min(lo, 0), max(hi, 0)] onto uint8, zero exact. The range is divided
+    into 254 steps, not 255: the rounded zero point can move the top by half a step, and the rounding by
+    another half, so the largest value lands on 255 at most."""
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     scale = max(hi - lo, 1e-12) / 254
-    zero_point = round(-lo / scale)
-    return _to_uint8(x, scale, zero_point), scale, zero_point
+    return scale, round(-lo / scale)
 
 
 def _to_uint8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
@@ -177,11 +198,12 @@ def _to_uint8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     its quint8 result read as the plain uint8 tensor it stores, no copy): 4x faster than the arithmetic and
     a float -> uint8 cast, whose ATen kernel is slow (a 3,152 x 1,536 input: 0.9 vs 3.5 ms on a 2-core Xeon),
     and the arithmetic is where quantized tensors are gone (torch deprecates them): ``+ 0.5`` then the
-    cast's truncation rounds, halves up where torch rounds them to even."""
+    cast's truncation rounds, halves up where torch rounds them to even. Both saturate at 0 and 255 (a
+    calibrated range can be exceeded)."""
     if _quantize_per_tensor_works():
         q = torch.quantize_per_tensor(x, scale, zero_point, torch.quint8)
         return torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
-    return torch.add(torch.tensor(zero_point + 0.5), x, alpha=1 / scale).to(torch.uint8)
+    return torch.add(torch.tensor(zero_point + 0.5), x, alpha=1 / scale).clamp_(0, 255).to(torch.uint8)
 
 
 @functools.cache
@@ -204,6 +226,28 @@ def int8_available() -> bool:
     """torch has oneDNN's int8 linear ops and this is an x86 CPU (they are its x86 int8 path)."""
     return (packing_available() and platform.machine().lower() in ("x86_64", "amd64")
             and all(hasattr(torch.ops.onednn, op) for op in ("qlinear_prepack", "qlinear_pointwise")))
+
+
+def calibrate_int8(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Fix the input range of every :class:`Int8Linear` of ``model``: the min and max its inputs reach when
+    ``model`` runs ``batches`` (images, preprocessed). Then every batch is quantized with the same scales,
+    so an image's logits no longer depend on the images beside it, and the min / max pass is saved. Inputs
+    beyond the calibrated range saturate: calibrate on images like those the model will see (ONNX
+    Runtime's static int8 calibrates the same way, MinMax). Returns the number of layers calibrated."""
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    for layer in layers:
+        layer.input_qparams, layer.observed = None, (math.inf, -math.inf)
+    try:
+        with torch.inference_mode():
+            for x in batches:
+                model(x)
+    finally:
+        ranges = [layer.observed for layer in layers]
+        for layer in layers:
+            layer.observed = None
+    for layer, (lo, hi) in zip(layers, ranges, strict=True):
+        layer.input_qparams = uint8_qparams(lo, hi) if lo <= hi else None  # a layer no batch reached stays per-call
+    return sum(layer.input_qparams is not None for layer in layers)
 
 
 class ResidualFusedBlock(Block):
