@@ -284,6 +284,41 @@ def test_int8_accuracy_guard_eval_and_infer(trained, tmp_path, capsys):
     assert a.keys() == b.keys() and len(a) == 60 and sum(a[k] != b[k] for k in a) <= 1
 
 
+@pytest.mark.skipif(not P.int8_available(), reason="torch without oneDNN's int8 ops, or not an x86 CPU")
+def test_int8_calibrated_infer_does_not_depend_on_the_batch(trained, tmp_path, capsys):
+    """infer --precision int8 --calibration-data: the same probabilities for an image whatever its batch
+    (per-call ranges: not so); eval takes the same flags; misuse is one line before the weights load."""
+    ckpt, val, train = str(trained["ckpt"]), str(trained["ds"] / "val"), str(trained["ds"] / "train")
+    runs = {}
+    for calibrated in (False, True):
+        for batch in (1, 7):
+            out = tmp_path / f"{calibrated}-{batch}.json"
+            extra = ["--calibration-data", train, "--calibration-images", "20"] if calibrated else []
+            assert cli(["infer", val, "--recursive", "--checkpoint", ckpt, "--output", str(out), "--precision",
+                        "int8", "--device", "cpu", "--num-workers", "0", "--batch-size", str(batch), "--topk", "2",
+                        *extra]) == 0
+            runs[calibrated, batch] = json.loads(out.with_suffix(".topk.json").read_text())
+    assert "calibrated on 20 image(s)" in capsys.readouterr().err
+
+    def largest_gap(a: dict, b: dict) -> float:
+        return max(abs(p - q) for k in a for (_, p), (_, q) in zip(a[k]["topk"], b[k]["topk"], strict=True))
+
+    assert largest_gap(runs[False, 1], runs[False, 7]) > 1e-4
+    assert largest_gap(runs[True, 1], runs[True, 7]) < 1e-5
+    assert cli(["eval", "--dataset", "folder", "--data_path", str(trained["ds"]), "--pretrained", ckpt,
+                "--batch_size", "20", "--num_workers", "0", "--device", "cpu", "--amp_dtype", "int8",
+                "--calibration_data", train]) == 0
+    assert "vs fp32 on the same images" in capsys.readouterr().out
+    for argv, culprit in ((["infer", val, "--checkpoint", ckpt, "--calibration-data", train], "--precision int8"),
+                          (["infer", val, "--checkpoint", ckpt, "--precision", "int8", "--calibration-data",
+                            str(tmp_path / "none")], "no such folder"),
+                          (["eval", "--dataset", "folder", "--data_path", str(trained["ds"]), "--pretrained", ckpt,
+                            "--calibration-data", train], "--amp_dtype int8")):
+        assert cli([*argv[:2], "--recursive", *argv[2:]] if argv[0] == "infer" else argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and culprit in err[0] and "--calibration-data" in err[0]
+
+
 def test_training_auto_on_cpu_follows_the_bf16_units(monkeypatch):
     _mock_cpu(monkeypatch, {"avx512_bf16"})
     prec = P.resolve_precision("O1", "auto", CPU)

@@ -1,23 +1,26 @@
 """Loading a checkpoint to evaluate it: which model, which preprocessing, which precision.
 
 Shared by the commands that run a trained or pre-trained network over a labeled split without training
-it: ``vitzoo eval``, ``vitzoo linprobe`` and ``vitzoo knn``.
+it: ``vitzoo eval``, ``vitzoo linprobe`` and ``vitzoo knn`` (and, for int8's calibration, ``vitzoo infer``).
 """
 from __future__ import annotations
 
+import argparse
 import sys
+from pathlib import Path
 
 import torch
 
 from vitzoo.config import RunConfig
 from vitzoo.config.schema import default_of
 from vitzoo.constants import HALF_MEAN, IMAGENET_MEAN
-from vitzoo.data import resolve_data_config
+from vitzoo.data import image_batch, resolve_data_config
 from vitzoo.data.transforms import PREPROCESSING_KEYS
 from vitzoo.engine import dist
 from vitzoo.errors import UserError
 from vitzoo.models import load_model
-from vitzoo.precision import FP32, config_precision_choice, inference_precision
+from vitzoo.models.packed import calibrate_int8
+from vitzoo.precision import FP32, Precision, config_precision_choice, inference_precision
 
 
 def load_for_eval(cfg: RunConfig, use_ema: bool, device: torch.device):
@@ -113,3 +116,41 @@ def eval_precision(cfg: RunConfig, model, device: torch.device, world: int):
         if dist.is_main():
             print(f"precision: {precision.name}", file=sys.stderr, flush=True)
     return precision
+
+
+CALIBRATION_BATCH = 16  # images per calibration forward
+
+
+def add_calibration_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, int8_flag: str) -> None:
+    parser.add_argument("--calibration-data", "--calibration_data", dest="calibration_data", default=None,
+                        metavar="FOLDER",
+                        help=f"with {int8_flag}: fix the int8 layers' input ranges on these images (searched "
+                             "recursively), so that an image's result no longer depends on the batch it is in "
+                             "(default: each batch's own range)")
+    parser.add_argument("--calibration-images", "--calibration_images", dest="calibration_images", type=int,
+                        default=64, help="at most this many calibration images (default: %(default)s)")
+
+
+def check_calibration(args: argparse.Namespace, choice: str, int8_flag: str) -> None:
+    """``--calibration-data`` where it cannot apply: one line, before the weights load."""
+    if args.calibration_data is None:
+        return
+    if choice != "int8":
+        raise UserError(f"--calibration-data fixes int8's activation ranges: add {int8_flag}")
+    if not Path(args.calibration_data).is_dir():
+        raise UserError(f"--calibration-data: no such folder: {args.calibration_data}")
+    if args.calibration_images < 1:
+        raise UserError(f"--calibration-images must be at least 1, got {args.calibration_images}")
+
+
+def calibrate(model: torch.nn.Module, precision: Precision, args: argparse.Namespace, data_config: dict,
+              announce: bool = True) -> None:
+    """With ``--calibration-data`` and an int8 ``precision``: calibrate ``model``'s int8 layers on those
+    images (:func:`vitzoo.models.packed.calibrate_int8`) and say so on stderr."""
+    if args.calibration_data is None or not precision.int8_weight_bits:
+        return
+    images = image_batch(args.calibration_data, data_config, args.calibration_images)
+    layers = calibrate_int8(model, images.split(CALIBRATION_BATCH))
+    if announce:
+        print(f"int8: input ranges of {layers} layer(s) calibrated on {len(images)} image(s) from "
+              f"{args.calibration_data} (the same for every batch)", file=sys.stderr, flush=True)

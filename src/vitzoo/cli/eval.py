@@ -30,12 +30,16 @@ from vitzoo.engine import dist
 from vitzoo.engine.loop import evaluate, format_eval
 from vitzoo.errors import UserError
 from vitzoo.evaluation import (
+    add_calibration_args,
+    calibrate,
+    check_calibration,
     describe_change,
     describe_preprocessing,
     eval_data_config,
     eval_precision,
     load_for_eval,
 )
+from vitzoo.precision import config_precision_choice
 
 
 def build_parser():
@@ -46,6 +50,7 @@ def build_parser():
                    help="also write metrics, per-class accuracy, confusion matrix and class names to FILE")
     g.add_argument("--use-ema", "--use_ema", dest="use_ema_weights", action="store_true",
                    help="evaluate the checkpoint's EMA weights (same as --use_ema_for_eval true)")
+    add_calibration_args(g, "--amp_dtype int8")
     g.add_argument("--decode", default="auto", choices=DECODE_CHOICES,
                    help=DECODE_HELP + "; folder datasets only; an unreadable file is then left out of the metrics "
                         "(cpu: replaced by the next sample) (default: %(default)s)")
@@ -70,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cfg.pretrained:
         raise UserError("vitzoo eval needs the weights: --pretrained CKPT (or 'pretrained:' in the config)")
     check_split_data(cfg, "val")  # before the weights load: a wrong path fails at once
+    check_calibration(ns, config_precision_choice(cfg.amp_level, cfg.amp_dtype), "--amp_dtype int8")
     rank, world, _local, device = dist.init_distributed(cfg.device)
     try:
         use_ema = bool(ns.use_ema_weights or cfg.use_ema_for_eval)
@@ -92,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         precision = eval_precision(cfg, model, device, world)
         fp32_model = copy.deepcopy(model) if precision.int8_weight_bits else None
         model = precision.cast_model(model)
+        calibrate(model, precision, ns, data_config, announce=dist.is_main())
         results = evaluate(model, batches(dropped), device, precision=precision, num_classes=model.num_classes,
                            confusion=bool(ns.json_out), channels_last=cfg.channels_last and device.type == "cuda")
         # what int8 did to the metrics, as eval-onnx says for an int8 file: the fp32 model on the same images

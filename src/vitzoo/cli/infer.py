@@ -23,6 +23,7 @@ from vitzoo.cli.helpfmt import HelpFormatter
 from vitzoo.data import build_eval_transform
 from vitzoo.data.gpu_jpeg import DECODE_CHOICES, DECODE_HELP, choose_preprocess
 from vitzoo.engine.dist import resolve_device
+from vitzoo.evaluation import add_calibration_args, calibrate, check_calibration
 from vitzoo.models import load_model
 from vitzoo.precision import PRECISION_CHOICES, inference_precision, refuse_int8
 from vitzoo.predict import add_common_args, find_inputs, run_prediction
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "and the model measures faster in bf16, else fp32; int8 (CPU): linear layers in int8, fastest on "
                         "CPUs with VNNI, top-1 may move (check with vitzoo eval --amp_dtype int8) "
                         "(default: %(default)s)")
+    add_calibration_args(p, "--precision int8")
     p.add_argument("--decode", default="auto", choices=DECODE_CHOICES, help=DECODE_HELP + " (default: %(default)s)")
     return p
 
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     inputs = find_inputs(args)  # before the model loads: bad input fails fast
     device = resolve_device(args.device)
     refuse_int8(args.precision, device)
+    check_calibration(args, args.precision, "--precision int8")
     model, meta = load_model(args.checkpoint, arch=args.arch, use_ema=args.use_ema, device=str(device))
     # the eval transform the model was trained/evaluated with (after config overrides), else the family's
     data_config = meta.get("data_config") or model.data_config
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     class_names = [str(c) for c in meta.get("class_names") or []]
     precision = inference_precision(args.precision, device, model)
     model = precision.cast_model(model)
+    calibrate(model, precision, args, data_config)
 
     @torch.inference_mode()
     def run(x: torch.Tensor) -> torch.Tensor:

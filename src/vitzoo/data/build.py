@@ -5,9 +5,11 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
+
 from vitzoo.config import RunConfig
 from vitzoo.data.cifar import CIFAR_FORMATS, CifarBinaryDataset, cifar_files
-from vitzoo.data.datasets import BaseDataset, ImageFolderDataset
+from vitzoo.data.datasets import BaseDataset, ImageFolderDataset, list_images, load_image
 from vitzoo.data.shards import build_shard_dataset, shard_sources
 from vitzoo.data.transforms import build_eval_transform, build_train_transform, resolve_data_config
 from vitzoo.errors import UserError
@@ -117,3 +119,17 @@ def finish_dataset(cfg: RunConfig, split: str, ds, transform: Callable | None, d
         )
     ds.transform = transform
     return ds
+
+
+def image_batch(folder: str | os.PathLike, data_config: dict, limit: int) -> torch.Tensor:
+    """``limit`` images under ``folder`` (recursive), through the eval transform of ``data_config``, as one
+    batch: calibration images for int8 (``vitzoo export --quantize int8``, ``infer / eval --calibration-data``).
+    Evenly spaced over the sorted paths, not the first ones: in a folder per class every class has its share
+    (the first 64 of a sorted ImageNet train tree are all tench). An unreadable image is a one-line error
+    naming it."""
+    paths = list_images(Path(folder), recursive=True)
+    paths = [paths[i * len(paths) // limit] for i in range(limit)] if len(paths) > limit else paths
+    if not paths:
+        raise UserError(f"no images in {folder} (calibration images: png / jpeg / ... files, searched recursively)")
+    transform = build_eval_transform(data_config)
+    return torch.stack([transform(load_image(p)) for p in paths])

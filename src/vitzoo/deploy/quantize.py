@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from vitzoo.checkpoint import atomic_write
-from vitzoo.data import build_eval_transform, list_images, load_image
+from vitzoo.data import image_batch
 from vitzoo.deploy.onnx_runtime import create_session, data_config_for, run_session
 from vitzoo.errors import UserError
 
@@ -38,13 +38,9 @@ class ImageReader:
 
     def __init__(self, folder: str | os.PathLike, data_config: dict, input_name: str, limit: int = 64,
                  batch: int = 8):
-        paths = list_images(Path(folder), recursive=True)[:limit]
-        if not paths:
-            raise UserError(f"no calibration images in {folder}")
-        transform = build_eval_transform(data_config)
-        x = np.stack([transform(load_image(p)).numpy() for p in paths]).astype(np.float32)
+        x = image_batch(folder, data_config, limit).numpy().astype(np.float32)
         self.batches = iter([{input_name: x[i:i + batch]} for i in range(0, len(x), batch)])
-        self.count = len(paths)
+        self.count = len(x)
 
     def get_next(self):
         return next(self.batches, None)
