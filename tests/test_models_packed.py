@@ -289,6 +289,29 @@ def test_calibrated_int8_is_batch_independent_and_close_to_fp32():
     assert 1e-5 < _relative_error(alone, want) < 0.1
 
 
+@INT8
+def test_calibrated_mlp_passes_its_hidden_layer_as_uint8():
+    """fc1's op quantizes its own output to fc2's calibrated range (Int8Linear.quantized_for): the codes
+    the separate quantization of the fp32 hidden layer gives, but for rounding (one step at most)."""
+    torch.manual_seed(0)
+    model = create_model("deit_tiny_patch16_224", img_size=32, patch_size=4, depth=1, num_classes=5).eval()
+    pack_linears(model, int8_weight_bits=POLICY_BITS)
+    calibrate_int8(model, [torch.randn(8, 3, 32, 32)])
+    block, x = model.blocks[0], torch.randn(2, 65, model.embed_dim)
+    mlp = block.mlp
+    with torch.inference_mode():
+        h = block.norm2(x)
+        fused = mlp.fc1.quantized_for(h, mlp.fc2)
+        separate = mlp.fc2.operands(mlp.fc1(h))[0]
+        assert fused.dtype == torch.uint8 and (fused.int() - separate.int()).abs().max() <= 1
+        assert (fused != separate).float().mean() < 0.01
+        after_attn = block.attn.proj.add_to(block.attn.mix(block.norm1(x), None), x)
+        want = mlp.fc2.add_to(mlp.fc1.quantized_for(block.norm2(after_attn), mlp.fc2), after_attn)
+        unfused = mlp.fc2.add_to(mlp.fc1(block.norm2(after_attn)), after_attn)
+        assert torch.equal(block(x), want)  # the block takes that path
+    assert _relative_error(want, unfused) < 1e-3
+
+
 class _OneOfTwo(nn.Module):
     def __init__(self):
         super().__init__()
