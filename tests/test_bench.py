@@ -10,8 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vitzoo import bench
 from vitzoo.bench import naive_sdpa, official_arithmetic
 from vitzoo.cli import main as cli
+from vitzoo.models.packed import int8_available
 from vitzoo.precision import cpu_bf16_units
 
 
@@ -25,6 +27,28 @@ def test_bench_infer_against_timm_prints_ratio(tmp_path, capsys):
     assert row["reference"] == "timm" and row["ratio"] > 0 and row["max_abs_diff_fp32"] < 1e-4
     assert row["gflops"] > 0 and len(row["ours_rounds"]) == len(row["ref_rounds"]) == 2
     assert f"{row['ratio']:.2f}x" in text and "| deit_tiny_patch16_224 | infer |" in text
+
+
+@pytest.mark.skipif(not int8_available(), reason="torch without oneDNN's int8 ops, or not an x86 CPU")
+def test_bench_int8_rows_per_call_and_calibrated(tmp_path, capsys):
+    """--precision int8 rows, with --calibrated the ranges fixed first (every int8 layer calibrated); the
+    int8 product's peak is measured for their % peak; --calibrated alone is one line."""
+    out = tmp_path / "b.json"
+    base = ["bench", "--model", "deit_tiny_patch16_224", "--img-size", "64", "--batch-size", "2", "--rounds", "1",
+            "--warmup", "0", "--threads", "1", "--against", "none", "--precision", "int8"]
+    calls = []
+    real = bench.calibrate_int8
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bench, "calibrate_int8", lambda model, batches: calls.append(real(model, batches)) or calls[-1])
+        assert cli(base + ["--json", str(out)]) == 0 and not calls
+        assert cli(base + ["--calibrated", "--json", str(out)]) == 0 and calls == [48]  # 4 layers x 12 blocks
+    text = capsys.readouterr().out
+    row = json.loads(out.read_text())["results"][0]
+    assert row["ours_precision"].startswith("int8 calibrated (") and "| int8 calibrated |" in text
+    assert "int8" in text.split("matmul peak again after the rows:")[1].splitlines()[0]
+    assert cli(["bench", "--model", "deit_tiny_patch16_224", "--calibrated"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--precision int8" in err[0]
 
 
 def test_bench_train_mode_and_official_reference(tmp_path, capsys):

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from vitzoo.engine.optim import kernel_kwargs
 from vitzoo.models import create_model, t2t_vit
-from vitzoo.models.packed import Int8Linear
+from vitzoo.models.packed import Int8Linear, calibrate_int8
 from vitzoo.models.t2t_vit import TokenPerformer
 from vitzoo.precision import FP32, Precision, cpu_bf16_units, cpu_flags, cpu_model
 
@@ -284,7 +284,7 @@ def bench_model(name: str, *, mode: str = "infer", batch: int = 8, img_size: int
                 ours_precision: Precision = FP32, ref_precision: Precision = FP32, against: str = "auto",
                 device: torch.device | str = "cpu", rounds: int = 5, iters: int = 1, warmup: int = 1,
                 clock: str = "wall", compile: bool = False,
-                decide: Callable[[torch.nn.Module], Precision] | None = None) -> dict:
+                decide: Callable[[torch.nn.Module], Precision] | None = None, calibrated: bool = False) -> dict:
     """One row: params, GFLOPs/image, img/s and ms/step of ours (and of the reference with the ratio).
 
     ``decide``: called with our fp32 model to pick its precision (the policy measures the model), else
@@ -318,6 +318,10 @@ def bench_model(name: str, *, mode: str = "infer", batch: int = 8, img_size: int
         if compile:  # inductor packs the linears itself (the same oneDNN ops, models/packed.py)
             ours_precision = dataclasses.replace(ours_precision, pack=False)
         ours = ours_precision.cast_model(ours)
+        if calibrated and ours_precision.int8_weight_bits:  # fixed int8 ranges, from the timed input itself
+            calibrate_int8(ours, [x])
+            calibrated_name = ours_precision.name.replace("int8", "int8 calibrated", 1)
+            ours_precision = dataclasses.replace(ours_precision, name=calibrated_name)
         ref = ref_precision.cast_model(ref) if ref is not None else None
     if compile:
         ours = torch.compile(ours)

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vitzoo's side: auto = the policy (infer: bf16 weights where the device has bf16 "
                         "units and it measures faster; train: amp_dtype auto), or a fixed format (int8: infer on a CPU, "
                         "the linear layers in oneDNN's int8 kernels)")
+    p.add_argument("--calibrated", action="store_true",
+                   help="with --precision int8: fix the int8 layers' input ranges first, on the timed input "
+                        "(as infer / eval --calibration-data do on images)")
     p.add_argument("--ref-precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="the reference's format (bf16/fp16: autocast, as timm's train.py does) (default: fp32, what "
                         "a plain timm script runs)")
@@ -81,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     refuse_int8(args.precision, device, training=args.mode == "train")  # before any timing
+    if args.calibrated and args.precision != "int8":
+        raise UserError("--calibrated fixes int8's activation ranges: add --precision int8")
     if device.type == "cuda" and args.clock != "wall":
         raise UserError("--clock cpu measures host CPU time; on CUDA use the default wall clock")
     info = bench.machine_info()
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             name, mode=args.mode, batch=batch, img_size=size, ref_precision=ref_prec,
             against=args.against, device=device, rounds=args.rounds, iters=args.iters, warmup=args.warmup,
             clock=args.clock, compile=args.compile,
-            decide=lambda m: _precision(args.precision, args.mode, device, m))
+            decide=lambda m: _precision(args.precision, args.mode, device, m), calibrated=args.calibrated)
         rows.append(row)
         ratio = f", {row['reference']} {row['ref_img_s']:.1f} img/s, ratio {row['ratio']:.2f}x" if "ratio" in row else ""
         print(f"# [{i}/{len(runs)}] {name} batch {batch}: {row['ours_precision']}: {row['ours_img_s']:.1f} img/s{ratio}",
