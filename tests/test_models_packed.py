@@ -79,17 +79,33 @@ def test_token_performer_mlp_fuses_its_gelu_and_keeps_its_keys():
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
+def _beit_with_its_own_numbers(dtype=torch.float32, **kw):
+    """A small BEiT whose q / v biases and layer scales are random (negative entries too), not their init."""
+    model = create_model("beit_base_patch16_224", **({"img_size": 32, "num_classes": 5, "depth": 2} | kw))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("q_bias", "v_bias", "gamma_1", "gamma_2")):
+                p.copy_(torch.randn_like(p) * 0.5)
+    return model.to(dtype).eval()
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name, fused", [("deit_tiny_patch16_224", True), ("beit_base_patch16_224", False)])
-def test_residual_adds_fuse_in_blocks_without_layer_scale(name, fused, dtype):
+@pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "beit_base_patch16_224"])
+def test_residual_adds_fuse_in_blocks(name, dtype):
+    """DeiT's blocks, and BEiT's with their layer scales folded into the output layers and their q / k / v
+    biases into the packed qkv layer (models/packed.py: fold): the unpacked model's numbers."""
     torch.manual_seed(0)
-    model = create_model(name, img_size=32, num_classes=5, depth=2).to(dtype).eval()
+    model = (_beit_with_its_own_numbers(dtype) if name.startswith("beit") else
+             create_model(name, img_size=32, num_classes=5, depth=2).to(dtype).eval())
     x = torch.randn(2, 3, 32, 32).to(dtype)
+    keys = model.state_dict().keys()
     with torch.inference_mode():
         want = model(x)
         pack_linears(model)
         got = model(x)
-    assert (type(model.blocks[0]) is ResidualFusedBlock) == fused  # BEiT: LayerScale, its own block
+    assert isinstance(model.blocks[0], ResidualFusedBlock) and model.state_dict().keys() == keys
+    if name.startswith("beit"):
+        assert model.blocks[0].attn.qkv.bias_override is not None and model.blocks[0].mlp.fc2.gain is not None
     # each fused op rounds once where the unfused model rounds twice: a few bf16 steps over two blocks
     tol = {"atol": 0.05, "rtol": 0.02} if dtype == torch.bfloat16 else {"atol": 1e-4, "rtol": 1e-4}
     torch.testing.assert_close(got.float(), want.float(), **tol)
@@ -109,15 +125,22 @@ def test_add_to_reads_the_residual_and_is_the_sum(dtype):
     assert ((got.float() - want).abs() <= want.abs() * step + floor).all()
 
 
-def test_packed_model_trains_through_the_fallback():
+@pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "beit_base_patch16_224"])
+def test_packed_model_trains_through_the_fallback(name):
     torch.manual_seed(0)
-    model = create_model("deit_tiny_patch16_224", img_size=32, num_classes=5)
+    model = (_beit_with_its_own_numbers() if name.startswith("beit") else
+             create_model(name, img_size=32, num_classes=5)).train()
     ref = copy.deepcopy(model)
     pack_linears(model)
     x = torch.randn(2, 3, 32, 32)
-    out = model(x)  # autograd records: plain F.linear (+ GELU), so gradients flow
+    out = model(x)  # autograd records: plain F.linear (+ GELU, x gain), so gradients flow
     out.sum().backward()
-    torch.testing.assert_close(out, ref(x), atol=1e-6, rtol=1e-6)
+    want = ref(x)
+    want.sum().backward()
+    torch.testing.assert_close(out, want, atol=1e-6, rtol=1e-6)
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    for n, p in ref.named_parameters():  # every parameter's gradient, BEiT's layer scales and q bias too
+        torch.testing.assert_close(grads[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
     assert model.blocks[0].mlp.fc1.weight.grad is not None
     with torch.inference_mode():  # the packed path: the same function
         torch.testing.assert_close(model(x), ref(x), atol=1e-5, rtol=1e-5)
@@ -253,6 +276,8 @@ def test_int8_model_keeps_its_heads_fp32_and_its_predictions(name):
     torch.manual_seed(0)
     kw = {"img_size": 64, "num_classes": 5} | ({} if name.startswith("t2t") else {"depth": 2})
     model = create_model(name, **kw).eval()
+    if name.startswith("beit"):  # its layer scales and q / v biases folded into int8 layers: not their init
+        model = _beit_with_its_own_numbers(img_size=64)
     x = torch.randn(4, 3, 64, 64)
     keys = model.state_dict().keys()
     with torch.inference_mode():

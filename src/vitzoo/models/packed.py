@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitzoo.errors import UserError
+from vitzoo.models.beit import BEiTAttention, BEiTBlock
 from vitzoo.models.layers import Attention, Block, Mlp
 
 
@@ -52,6 +53,9 @@ class PackedLinear(nn.Linear):
 
     packed: torch.Tensor | None = None
     gelu: str | None = None
+    bias_override: torch.Tensor | None = None  # the bias where it is not ``self.bias`` (BEiT's q / k / v biases)
+    gain: torch.Tensor | None = None  # multiplies the output per channel (a LayerScale folded in)
+    packed_bias: torch.Tensor | None = None  # folded (:meth:`fold`): gain * (bias_override or bias)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, gelu: str | None = None) -> PackedLinear:
@@ -61,23 +65,47 @@ class PackedLinear(nn.Linear):
             linear.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
         return linear
 
+    @property
+    def op_bias(self) -> torch.Tensor | None:
+        """The bias the packed op adds."""
+        return self.packed_bias if self.packed_bias is not None else self.bias
+
+    def fold(self, bias: torch.Tensor | None = None, gain: torch.Tensor | None = None) -> None:
+        """Compute ``(x W^T + bias) * gain`` (per output channel) in the packed op: ``bias`` in place of
+        ``self.bias``, ``gain`` multiplied into the packed weight (:class:`Int8Linear`: into its per-channel
+        scales, exactly) and the bias. BEiT's q / k / v biases and layer scales (gamma_1 / gamma_2) fold so.
+        The fallback path applies both as they are (``gain`` kept by reference: a LayerScale parameter trains)."""
+        self.bias_override = bias
+        object.__setattr__(self, "gain", gain)  # a reference, not a parameter of this layer (state dict unchanged)
+        source = bias if bias is not None else self.bias
+        with torch.no_grad():
+            if source is not None:
+                self.packed_bias = (source * gain if gain is not None else source).detach().clone()
+            if gain is not None:
+                self._scale_packed_weight(gain.detach())
+
+    def _scale_packed_weight(self, gain: torch.Tensor) -> None:
+        weight = self.weight.detach() * gain[:, None]
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._runs_packed(x):
             return self._unpacked(x)
         if self.gelu is None:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "gelu", [], self.gelu)
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.op_bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.op_bias, "gelu", [], self.gelu)
 
     def add_to(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``residual + self(x)``, the add fused into the product (oneDNN's binary post-op: one pass over
         the output fewer); ``residual`` is read, not written."""
         if self.gelu is not None or not self._runs_packed(x):
             return residual + self(x)
-        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, self.bias, "add")
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, self.op_bias, "add")
 
     def _unpacked(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
-        return y if self.gelu is None else F.gelu(y, approximate=self.gelu)
+        y = F.linear(x, self.weight, self.bias_override if self.bias_override is not None else self.bias)
+        y = y if self.gelu is None else F.gelu(y, approximate=self.gelu)
+        return y if self.gain is None else y * self.gain
 
     def _runs_packed(self, x: torch.Tensor) -> bool:
         return (self.packed is not None and not torch.is_grad_enabled() and x.device.type == "cpu"
@@ -91,6 +119,8 @@ class PackedLinear(nn.Linear):
         copy.load_state_dict(self.state_dict())
         copy.__class__ = PackedLinear
         copy.gelu = self.gelu
+        copy.bias_override = None if self.bias_override is None else self.bias_override.detach().clone()
+        copy.gain = None if self.gain is None else self.gain.detach().clone()
         return copy
 
     def extra_repr(self) -> str:
@@ -109,8 +139,9 @@ class Int8Linear(PackedLinear):
     with oneDNN held to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``) a 384 -> 1152 layer's relative error was 8.6%
     with 8-bit weights and 1.3% with 7-bit ones, as with VNNI (tests/test_models_packed.py).
     As with ONNX Runtime's dynamic int8, an image's logits depend slightly on the batch it is in (the
-    activation range is the batch's), unless the ranges are calibrated (:func:`calibrate_int8`). The fp32 weight stays the module's parameter (state dict, training,
-    copies); the int8 copy is what the forward reads."""
+    activation range is the batch's), unless the ranges are calibrated (:func:`calibrate_int8`). The fp32
+    weight stays the module's parameter (state dict, training, copies); the int8 copy is what the forward
+    reads."""
 
     weight_scale: torch.Tensor | None = None
     weight_zero_point: torch.Tensor | None = None
@@ -131,19 +162,22 @@ class Int8Linear(PackedLinear):
             linear.packed = torch.ops.onednn.qlinear_prepack(qweight, None)
         return linear
 
+    def _scale_packed_weight(self, gain: torch.Tensor) -> None:
+        self.weight_scale = self.weight_scale * gain.float()  # per output channel: the int8 weights stay
+
     @torch.compiler.disable  # a graph break: inductor takes oneDNN's int8 op only with its own quantization
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._runs_packed(x):
             return self._unpacked(x)
         act = ("gelu", [], self.gelu) if self.gelu is not None else ("none", [], "")
-        return torch.ops.onednn.qlinear_pointwise(*self.operands(x), self.bias, 1.0, 0, torch.float32, *act)
+        return torch.ops.onednn.qlinear_pointwise(*self.operands(x), self.op_bias, 1.0, 0, torch.float32, *act)
 
     @torch.compiler.disable  # a graph break: inductor takes oneDNN's int8 op only with its own quantization
     def add_to(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         if self.gelu is not None or not self._runs_packed(x):
             return residual + self(x)
         return torch.ops.onednn.qlinear_pointwise.binary(
-            *self.operands(x), residual, self.bias, 1.0, 0, torch.float32, 1.0, 0, "add", 1.0, "none", [], "")
+            *self.operands(x), residual, self.op_bias, 1.0, 0, torch.float32, 1.0, 0, "add", 1.0, "none", [], "")
 
     @torch.compiler.disable  # a graph break: inductor takes oneDNN's int8 op only with its own quantization
     def quantized_for(self, x: torch.Tensor, consumer: Int8Linear) -> torch.Tensor:
@@ -152,7 +186,7 @@ class Int8Linear(PackedLinear):
         written in fp32 nor read again to quantize it (deit_small's MLP at batch 16: 1.3x)."""
         act = ("gelu", [], self.gelu) if self.gelu is not None else ("none", [], "")
         scale, zero_point = consumer.input_qparams
-        return torch.ops.onednn.qlinear_pointwise(*self.operands(x), self.bias, scale, zero_point, None, *act)
+        return torch.ops.onednn.qlinear_pointwise(*self.operands(x), self.op_bias, scale, zero_point, None, *act)
 
     def operands(self, x: torch.Tensor) -> tuple:
         """The int8 op's first six arguments for input ``x``: its uint8 values, scale and zero point, then the
@@ -271,13 +305,46 @@ class ResidualFusedBlock(Block):
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if self.training or torch.is_grad_enabled():
-            return super().forward(x, bias)
+            return Block.forward(self, x, bias)  # Block's, not the next class's: a BEiT block's gains are folded
         x = self.attn.proj.add_to(self.attn.mix(self.norm1(x), bias), x)
         mlp = self.mlp
         if (type(mlp.fc1) is Int8Linear and type(mlp.fc2) is Int8Linear and mlp.fc2.input_qparams is not None
                 and isinstance(mlp.act, nn.Identity)):  # calibrated int8: the hidden layer passed as uint8
             return mlp.fc2.add_to(mlp.fc1.quantized_for(self.norm2(x), mlp.fc2), x)
         return mlp.fc2.add_to(mlp.act(mlp.fc1(self.norm2(x))), x)
+
+
+class ResidualFusedBEiTBlock(ResidualFusedBlock, BEiTBlock):
+    """A :class:`BEiTBlock` whose layer scales are folded into ``attn.proj`` and ``mlp.fc2`` (their outputs'
+    gains, :meth:`PackedLinear.fold`), so that it runs as a :class:`ResidualFusedBlock`: the two products
+    per residual (scale, add) are gone, and with calibrated int8 the MLP's hidden layer passes as uint8.
+    ``gamma_1`` / ``gamma_2`` stay its parameters (state dict, and training, through the layers' fallback)."""
+
+
+class PackedBEiTAttention(BEiTAttention):
+    """BEiT's attention with its q / k / v biases folded into the packed ``qkv`` layer: BEiT's own
+    :meth:`~BEiTAttention.qkv_proj` hands them to ``F.linear`` with the fp32 weight, past the packed (or
+    int8) layer, a quarter of the block's products. Autograd recording: BEiT's own, the biases live."""
+
+    def qkv_proj(self, x: torch.Tensor) -> torch.Tensor:
+        return super().qkv_proj(x) if torch.is_grad_enabled() else self.qkv(x)
+
+
+def _fold_beit(model: nn.Module) -> None:
+    """BEiT's q / k / v biases into its packed qkv layers and its layer scales into the output layers (then
+    its blocks fuse their residual adds), where those layers were packed."""
+    for module in list(model.modules()):
+        if (type(module) is BEiTAttention and module.q_bias is not None
+                and isinstance(module.qkv, PackedLinear) and module.qkv.bias is None):
+            module.qkv.fold(bias=torch.cat((module.q_bias, module.k_bias, module.v_bias)))
+            module.__class__ = PackedBEiTAttention
+        elif (type(module) is BEiTBlock and type(module.mlp) is Mlp
+              and isinstance(module.attn.proj, PackedLinear) and isinstance(module.mlp.fc2, PackedLinear)
+              and isinstance(module.ls1, nn.Identity) and isinstance(module.ls2, nn.Identity)):
+            if module.gamma_1 is not None:
+                module.attn.proj.fold(gain=module.gamma_1)
+                module.mlp.fc2.fold(gain=module.gamma_2)
+            module.__class__ = ResidualFusedBEiTBlock
 
 
 def pack_linears(model: nn.Module, int8_weight_bits: int | None = None) -> nn.Module:
@@ -311,6 +378,7 @@ def pack_linears(model: nn.Module, int8_weight_bits: int | None = None) -> nn.Mo
     for module in list(model.modules()):
         if type(module) is nn.Linear:
             pack(module)
+    _fold_beit(model)
     for module in list(model.modules()):
         if (type(module) is Block and type(module.attn) is Attention and type(module.mlp) is Mlp
                 and isinstance(module.ls1, nn.Identity) and isinstance(module.ls2, nn.Identity)):
