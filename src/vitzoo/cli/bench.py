@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the linear layers in oneDNN's int8 kernels)")
     p.add_argument("--calibrated", action="store_true",
                    help="with --precision int8: fix the int8 layers' input ranges first, on the timed input "
-                        "(as infer / eval --calibration-data do on images)")
+                        "(as infer and eval do on calibration images)")
     p.add_argument("--ref-precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="the reference's format (bf16/fp16: autocast, as timm's train.py does) (default: fp32, what "
                         "a plain timm script runs)")
