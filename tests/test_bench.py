@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from vitzoo import bench
 from vitzoo.bench import naive_sdpa, official_arithmetic
 from vitzoo.cli import main as cli
-from vitzoo.models.packed import int8_available
+from vitzoo.models.int8 import int8_available
 from vitzoo.precision import cpu_bf16_units
 
 

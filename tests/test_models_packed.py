@@ -13,17 +13,16 @@ from torch import nn
 
 import vitzoo.precision as P
 from vitzoo.errors import UserError
-from vitzoo.models import create_model, packed
+from vitzoo.models import create_model, int8, packed
+from vitzoo.models.int8 import int8_available, quantize_activations
 from vitzoo.models.layers import Mlp
 from vitzoo.models.packed import (
     Int8Linear,
     PackedLinear,
     ResidualFusedBlock,
     calibrate_int8,
-    int8_available,
     pack_linears,
     packing_available,
-    quantize_activations,
 )
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="torch built without oneDNN")
@@ -173,7 +172,6 @@ def test_the_policy_packs_on_a_cpu_where_it_was_measured(monkeypatch, flags, fp3
 
 def test_bf16_is_not_packed_where_onednn_has_no_bf16_path(monkeypatch):
     """An AVX2-only CPU: oneDNN refuses to pack a bf16 weight, so bf16 runs timm's ops (no crash)."""
-    from vitzoo.models import packed
 
     monkeypatch.setattr(P, "_decided", {})
     monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"avx2"}))
@@ -219,12 +217,12 @@ def test_quantize_activations_keeps_zero_and_lands_within_half_a_step():
 def test_quantize_activations_fallback_is_the_fast_path_but_for_ties(monkeypatch):
     """Where torch no longer has quantized tensors the arithmetic + cast gives the same codes; only exact
     halves may differ by one (it rounds them up, ``torch.quantize_per_tensor`` to even)."""
-    if not packed._quantize_per_tensor_works():
+    if not int8._quantize_per_tensor_works():
         pytest.skip("this torch has no quantized tensors: the fallback is the only path")
     torch.manual_seed(0)
     x = torch.randn(197, 384) * 3
     fast, scale, zero_point = quantize_activations(x)
-    monkeypatch.setattr(packed, "_quantize_per_tensor_works", lambda: False)
+    monkeypatch.setattr(int8, "_quantize_per_tensor_works", lambda: False)
     slow, scale_slow, zero_point_slow = quantize_activations(x)
     assert (scale, zero_point) == (scale_slow, zero_point_slow) and fast.dtype == slow.dtype == torch.uint8
     differ = fast != slow
@@ -359,7 +357,7 @@ def test_calibrated_int8_saturates_beyond_its_range(monkeypatch):
     scale, zero_point = linear.input_qparams
     assert zero_point == 0 and scale == pytest.approx(1 / 254, rel=0.01)
     for works in (True, False):
-        monkeypatch.setattr(packed, "_quantize_per_tensor_works", lambda works=works: works)
+        monkeypatch.setattr(int8, "_quantize_per_tensor_works", lambda works=works: works)
         codes = linear.operands(torch.tensor([[-5.0, 0.0, 0.25, 50.0] + [0.0] * 12]))[0][0, :4].tolist()
         assert codes[:2] == [0, 0] and abs(codes[2] - 0.25 / scale) <= 0.5 and codes[3] == 255
         with torch.inference_mode():  # and the layer's output is that of the clamped input

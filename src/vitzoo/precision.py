@@ -28,7 +28,8 @@ import torch
 from vitzoo.bf16_timing import measure_bf16_speedup
 from vitzoo.checkpoint.files import atomic_write_text
 from vitzoo.errors import UserError
-from vitzoo.models.packed import int8_available, pack_linears, packing_available
+from vitzoo.models.int8 import int8_available
+from vitzoo.models.packed import pack_linears, packing_available
 
 
 @dataclass(frozen=True)

@@ -24,16 +24,14 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import platform
-import warnings
 from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitzoo.errors import UserError
 from vitzoo.models.beit import BEiTAttention, BEiTBlock
+from vitzoo.models.int8 import activation_range, int8_available, to_uint8, uint8_qparams
 from vitzoo.models.layers import Attention, Block, Mlp
 
 
@@ -130,7 +128,7 @@ class PackedLinear(nn.Linear):
 class Int8Linear(PackedLinear):
     """A :class:`PackedLinear` computing in int8: weights per output channel (symmetric, ``weight_bits``
     8, or 7 where the CPU lacks VNNI, below), activations quantized on every call over the whole input
-    (uint8, its range from the input's min and max: :func:`quantize_activations`), the products in
+    (uint8, its range from the input's min and max: :mod:`vitzoo.models.int8`), the products in
     oneDNN's int8 kernels accumulating in int32, and the scales, bias, GELU or residual add applied to the
     fp32 output inside the same op (``onednn.qlinear_pointwise``, the op torch's x86 int8 path lowers to).
 
@@ -202,7 +200,7 @@ class Int8Linear(PackedLinear):
             if self.observed is not None:
                 self.observed = (min(self.observed[0], lo), max(self.observed[1], hi))
             scale, zero_point = uint8_qparams(lo, hi)
-        return _to_uint8(x, scale, zero_point), scale, zero_point, self.packed, self.weight_scale, self.weight_zero_point
+        return to_uint8(x, scale, zero_point), scale, zero_point, self.packed, self.weight_scale, self.weight_zero_point
 
     def _runs_packed(self, x: torch.Tensor) -> bool:
         return (self.packed is not None and not torch.is_grad_enabled() and x.device.type == "cpu"
@@ -211,67 +209,6 @@ class Int8Linear(PackedLinear):
     def extra_repr(self) -> str:
         calibrated = ", calibrated" if self.input_qparams is not None else ""
         return nn.Linear.extra_repr(self) + ", int8" + calibrated + (f", gelu={self.gelu}" if self.gelu else "")
-
-
-def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
-    """``x`` (fp32) as uint8 with one scale and zero point from its min and max (:func:`uint8_qparams`), zero
-    kept exact (padding and a GELU's zeros stay zero). Two passes over ``x``: its min and max, then
-    :func:`_to_uint8`."""
-    scale, zero_point = uint8_qparams(*activation_range(x))
-    return _to_uint8(x, scale, zero_point), scale, zero_point
-
-
-def activation_range(x: torch.Tensor) -> tuple[float, float]:
-    """min and max of ``x``; UserError where they are not finite."""
-    lo, hi = (v.item() for v in torch.aminmax(x))
-    if not (math.isfinite(lo) and math.isfinite(hi)):  # fp32 would carry NaN / inf to the logits; int8 has no code
-        raise UserError("int8: a linear layer's input holds NaN or inf values (the weights or the input are "
-                        "not finite); fp32 (--precision fp32) shows where")
-    return lo, hi
-
-
-def uint8_qparams(lo: float, hi: float) -> tuple[float, int]:
-    """Scale and zero point mapping [min(lo, 0), max(hi, 0)] onto uint8, zero exact. The range is divided
-    into 254 steps, not 255: the rounded zero point can move the top by half a step, and the rounding by
-    another half, so the largest value lands on 255 at most."""
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = max(hi - lo, 1e-12) / 254
-    return scale, round(-lo / scale)
-
-
-def _to_uint8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    """``round(x / scale) + zero_point`` as uint8. Through ``torch.quantize_per_tensor`` (one vectorised pass;
-    its quint8 result read as the plain uint8 tensor it stores, no copy): 4x faster than the arithmetic and
-    a float -> uint8 cast, whose ATen kernel is slow (a 3,152 x 1,536 input: 0.9 vs 3.5 ms on a 2-core Xeon),
-    and the arithmetic is where quantized tensors are gone (torch deprecates them): ``+ 0.5`` then the
-    cast's truncation rounds, halves up where torch rounds them to even. Both saturate at 0 and 255 (a
-    calibrated range can be exceeded)."""
-    if _quantize_per_tensor_works():
-        q = torch.quantize_per_tensor(x, scale, zero_point, torch.quint8)
-        return torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
-    return torch.add(torch.tensor(zero_point + 0.5), x, alpha=1 / scale).clamp_(0, 255).to(torch.uint8)
-
-
-@functools.cache
-def _quantize_per_tensor_works() -> bool:
-    """torch still has quantized tensors and their bytes read back as uint8 (checked once; the deprecation
-    warning torch gives once per process is taken here, where it would say nothing to a user)."""
-    x = torch.linspace(-1, 1, 64)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            q = torch.quantize_per_tensor(x, 2 / 254, 127, torch.quint8)
-        got = torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
-    return bool(torch.equal(got.long(), torch.round(x * 127 + 127).long()))
-
-
-@functools.cache
-def int8_available() -> bool:
-    """torch has oneDNN's int8 linear ops and this is an x86 CPU (they are its x86 int8 path)."""
-    return (packing_available() and platform.machine().lower() in ("x86_64", "amd64")
-            and all(hasattr(torch.ops.onednn, op) for op in ("qlinear_prepack", "qlinear_pointwise")))
 
 
 def calibrate_int8(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
