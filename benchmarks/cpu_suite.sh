@@ -25,6 +25,10 @@ vz bench --model deit_tiny_patch16_224,deit_small_patch16_224,deit_base_patch16_
 # int8 in PyTorch (--precision int8: oneDNN's int8 products) vs timm fp32, and of the int8 product's own peak
 vz bench --model deit_tiny_patch16_224,deit_small_patch16_224,deit_base_patch16_224 --precision int8 --batch-size 16 \
    --rounds 5 --json "$out/infer_int8.json"
+# the same with the ranges calibrated first (infer / eval --calibration-data), and BEiT (layer scales folded)
+vz bench --model deit_tiny_patch16_224,deit_small_patch16_224,deit_base_patch16_224 --precision int8 --calibrated \
+   --batch-size 16 --rounds 5 --json "$out/infer_int8_calibrated.json"
+vz bench --model beit_base_patch16_224 --precision int8 --calibrated --batch-size 8 --rounds 5 --json "$out/infer_int8_beit.json"
 # training step: ours bf16 autocast (amp_dtype auto) + fused AdamW vs timm fp32 + AdamW defaults
 vz bench --model deit_tiny_patch16_224,deit_small_patch16_224 --mode train --batch-size 16 --rounds 5 \
    --json "$out/train.json"

@@ -63,6 +63,9 @@ amx)
   vz bench --model deit_tiny_patch16_224,deit_small_patch16_224 --mode train --batch-size 16 "${cpu[@]}" \
      --json "$out/amx_train.json"
   vz bench --model t2t_vit_14,t2t_vit_t_14 --batch-size 16 --precision fp32 "${cpu[@]}" --json "$out/amx_t2t.json"
+  # int8 on AMX-int8 (calibrated ranges), against timm fp32; the bf16 rows above are the policy's choice there
+  vz bench --model deit_small_patch16_224,deit_base_patch16_224 --batch-size 16 --precision int8 --calibrated \
+     "${cpu[@]}" --json "$out/amx_int8.json"
   CUDA_VISIBLE_DEVICES= $py benchmarks/bench_infer.py --model deit_small_patch16_224 --num-images 512 --rounds 2 \
      --json "$out/amx_infer_e2e.json"
   CUDA_VISIBLE_DEVICES= $py benchmarks/bench_onnx.py --model deit_small_patch16_224 --batch 8 --rounds 3
