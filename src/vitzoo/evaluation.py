@@ -138,7 +138,8 @@ def check_calibration(args: argparse.Namespace, choice: str, int8_flag: str) -> 
     if choice != "int8":
         raise UserError(f"--calibration-data fixes int8's activation ranges: add {int8_flag}")
     if not Path(args.calibration_data).is_dir():
-        raise UserError(f"--calibration-data: no such folder: {args.calibration_data}")
+        what = "is not a folder" if Path(args.calibration_data).exists() else "no such folder"
+        raise UserError(f"--calibration-data {args.calibration_data}: {what} (give a folder of calibration images)")
     if args.calibration_images < 1:
         raise UserError(f"--calibration-images must be at least 1, got {args.calibration_images}")
 
@@ -147,7 +148,12 @@ def calibrate(model: torch.nn.Module, precision: Precision, args: argparse.Names
               announce: bool = True) -> None:
     """With ``--calibration-data`` and an int8 ``precision``: calibrate ``model``'s int8 layers on those
     images (:func:`vitzoo.models.packed.calibrate_int8`) and say so on stderr."""
-    if args.calibration_data is None or not precision.int8_weight_bits:
+    if not precision.int8_weight_bits:
+        return
+    if args.calibration_data is None:
+        if announce:
+            print("int8: activation ranges per batch (an image's result can move slightly with its batch; "
+                  "--calibration-data FOLDER fixes them)", file=sys.stderr, flush=True)
         return
     images = image_batch(args.calibration_data, data_config, args.calibration_images)
     layers = calibrate_int8(model, images.split(CALIBRATION_BATCH))
