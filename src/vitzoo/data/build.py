@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -125,11 +126,21 @@ def image_batch(folder: str | os.PathLike, data_config: dict, limit: int) -> tor
     """``limit`` images under ``folder`` (recursive), through the eval transform of ``data_config``, as one
     batch: calibration images for int8 (``vitzoo export --quantize int8``, ``infer / eval --calibration-data``).
     Evenly spaced over the sorted paths, not the first ones: in a folder per class every class has its share
-    (the first 64 of a sorted ImageNet train tree are all tench). An unreadable image is a one-line error
-    naming it."""
+    (the first 64 of a sorted ImageNet train tree are all tench). Unreadable images are skipped, with a
+    note on stderr naming one."""
     paths = list_images(Path(folder), recursive=True)
     paths = [paths[i * len(paths) // limit] for i in range(limit)] if len(paths) > limit else paths
-    if not paths:
-        raise UserError(f"no images in {folder} (calibration images: png / jpeg / ... files, searched recursively)")
     transform = build_eval_transform(data_config)
-    return torch.stack([transform(load_image(p)) for p in paths])
+    images, skipped = [], []
+    for path in paths:
+        try:
+            images.append(transform(load_image(path)))
+        except UserError as e:  # names the file: "PATH: not a readable image (...)"
+            skipped.append(str(e))
+    if skipped:
+        print(f"note: {len(skipped)} unreadable calibration image(s) skipped, e.g. {skipped[0]}", file=sys.stderr,
+              flush=True)
+    if not images:
+        raise UserError(f"no readable images in {folder} (calibration images: png / jpeg / ... files, searched "
+                        "recursively)")
+    return torch.stack(images)
