@@ -36,16 +36,25 @@ def test_bench_int8_rows_per_call_and_calibrated(tmp_path, capsys):
     out = tmp_path / "b.json"
     base = ["bench", "--model", "deit_tiny_patch16_224", "--img-size", "64", "--batch-size", "2", "--rounds", "1",
             "--warmup", "0", "--threads", "1", "--against", "none", "--precision", "int8"]
-    calls = []
-    real = bench.calibrate_int8
+    calls, int8_peak_sizes = [], []
+    real, real_peak = bench.calibrate_int8, bench.matmul_peak
+
+    def peak(dtype, device, n=None, **kw):
+        if dtype == torch.int8:
+            int8_peak_sizes.append(n)
+        return real_peak(dtype, device, n=n if dtype != torch.int8 else 256, **kw)  # small: a test
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(bench, "calibrate_int8", lambda model, batches: calls.append(real(model, batches)) or calls[-1])
+        mp.setattr(bench, "matmul_peak", peak)
         assert cli(base + ["--json", str(out)]) == 0 and not calls
         assert cli(base + ["--calibrated", "--json", str(out)]) == 0 and calls == [48]  # 4 layers x 12 blocks
     text = capsys.readouterr().out
     row = json.loads(out.read_text())["results"][0]
     assert row["ours_precision"].startswith("int8 calibrated (") and "| int8 calibrated |" in text
-    assert "int8" in text.split("matmul peak again after the rows:")[1].splitlines()[0]
+    for line in ("matmul peak here:", "matmul peak again after the rows:"):  # before and after the rows
+        assert "int8" in text.split(line)[1].splitlines()[0]
+    assert int8_peak_sizes == [None] * 4  # full size (not the 512^3 of a dtype without units), two runs
     assert cli(["bench", "--model", "deit_tiny_patch16_224", "--calibrated"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--precision int8" in err[0]
