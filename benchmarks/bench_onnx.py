@@ -15,10 +15,15 @@ does). OpenVINO is not a vitzoo dependency: install it next to vitzoo to measure
 
     python benchmarks/bench_onnx.py --model deit_small_patch16_224 --batch 8 --rounds 5
     python benchmarks/bench_onnx.py --model deit_small_patch16_224 --batch 8 --rounds 5 --openvino
+
+``--torch-int8`` also times vitzoo's own int8 in PyTorch (``--precision int8``: the same model, its linear
+layers in oneDNN's int8 kernels) with per-call ranges and calibrated on the same images as the static file,
+alternated with the sessions in the same rounds: which int8 deploy path is faster here.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -28,11 +33,13 @@ import numpy as np
 import torch
 
 from vitzoo import bench
-from vitzoo.data import make_shapes_dataset
+from vitzoo.data import image_batch, make_shapes_dataset
 from vitzoo.deploy.export import export_model
 from vitzoo.deploy.onnx_runtime import create_session, run_session
 from vitzoo.deploy.quantize import quantize_onnx
 from vitzoo.models import create_model
+from vitzoo.models.packed import calibrate_int8, pack_linears
+from vitzoo.precision import int8_precision
 
 
 def openvino_runners(paths: dict[str, Path], threads: int) -> tuple[dict, str]:
@@ -53,6 +60,23 @@ def openvino_runners(paths: dict[str, Path], threads: int) -> tuple[dict, str]:
     return runners, f"openvino {ov.__version__}, CPU default inference precision {default}"
 
 
+def torch_int8_runners(model: torch.nn.Module, calibration: Path, num_images: int) -> dict:
+    """{label: x -> logits} for ``model`` with int8 linear layers (the policy's weight bits), per call and
+    calibrated on ``calibration``."""
+    bits = int8_precision("bench").int8_weight_bits
+    per_call = pack_linears(copy.deepcopy(model), int8_weight_bits=bits)
+    calibrated = pack_linears(copy.deepcopy(model), int8_weight_bits=bits)
+    calibrate_int8(calibrated, image_batch(calibration, model.data_config, num_images).split(16))
+
+    def runner(m):
+        def run(x):
+            with torch.inference_mode():
+                return m(torch.from_numpy(x)).numpy()
+        return run
+
+    return {"torch int8 per call": runner(per_call), "torch int8 calibrated": runner(calibrated)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="deit_small_patch16_224")
@@ -61,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib", type=int, default=32, help="generated calibration images for static int8")
     ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: ORT's default)")
     ap.add_argument("--openvino", action="store_true", help="also time the same files in OpenVINO (if installed)")
+    ap.add_argument("--torch-int8", action="store_true", help="also time vitzoo's int8 in PyTorch (per call, calibrated)")
     args = ap.parse_args(argv)
     info = bench.machine_info()
     import onnxruntime
@@ -85,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             more, about = openvino_runners(paths, args.threads)
             runners.update(more)
             print(f"# {about}", flush=True)
+        if args.torch_int8:
+            runners.update(torch_int8_runners(model, calib / "val", args.calib))
         x = np.random.default_rng(0).standard_normal((args.batch, *model.data_config["input_size"]),
                                                      dtype=np.float32)
         outputs = {k: run(x) for k, run in runners.items()}  # warm-up, and the logits compared below
@@ -103,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             same = k == "fp32"
             agree = "-" if same else f"{100 * (outputs[k].argmax(1) == base.argmax(1)).mean():.0f}%"
             diff = "-" if same else f"{np.abs(outputs[k] - base).max():.3f}"
-            label = k if k.startswith("ov ") else ("ORT fp32" if same else f"ORT int8 {k}")
+            label = k if k.startswith(("ov ", "torch ")) else ("ORT fp32" if same else f"ORT int8 {k}")
             print(f"| {label} | {statistics.median(rates[k]):.1f} | {ratio:.2f}x | {agree} | {diff} |")
         print("# file sizes: " + ", ".join(f"{k} {p.stat().st_size / 2**20:.1f} MiB" for k, p in paths.items()))
     return 0
