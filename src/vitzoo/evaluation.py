@@ -125,10 +125,12 @@ def add_calibration_args(parser: argparse.ArgumentParser | argparse._ArgumentGro
     parser.add_argument("--calibration-data", "--calibration_data", dest="calibration_data", default=None,
                         metavar="FOLDER",
                         help=f"with {int8_flag}: fix the int8 layers' input ranges on these images (searched "
-                             "recursively), so that an image's result no longer depends on the batch it is in "
-                             "(default: each batch's own range)")
+                             "recursively), so that an image's result no longer depends on the batch it is in; "
+                             "faster too (default: each batch's own range)")
     parser.add_argument("--calibration-images", "--calibration_images", dest="calibration_images", type=int,
-                        default=64, help="at most this many calibration images (default: %(default)s)")
+                        default=64, metavar="N",
+                        help="at most this many calibration images, evenly spaced over the folder's sorted "
+                             "images (default: %(default)s)")
 
 
 def check_calibration(args: argparse.Namespace, choice: str, int8_flag: str) -> None:
