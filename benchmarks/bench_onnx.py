@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from vitzoo import bench
-from vitzoo.data import image_batch, make_shapes_dataset
+from vitzoo.data import image_batches, make_shapes_dataset
 from vitzoo.deploy.export import export_model
 from vitzoo.deploy.onnx_runtime import create_session, run_session
 from vitzoo.deploy.quantize import quantize_onnx
@@ -66,7 +66,7 @@ def torch_int8_runners(model: torch.nn.Module, calibration: Path, num_images: in
     bits = int8_precision("bench").int8_weight_bits
     per_call = pack_linears(copy.deepcopy(model), int8_weight_bits=bits)
     calibrated = pack_linears(copy.deepcopy(model), int8_weight_bits=bits)
-    calibrate_int8(calibrated, image_batch(calibration, model.data_config, num_images).split(16))
+    calibrate_int8(calibrated, image_batches(calibration, model.data_config, num_images))
 
     def runner(m):
         def run(x):

@@ -21,7 +21,7 @@ from vitzoo.data import (
     build_loader,
     build_mixup,
     build_train_transform,
-    image_batch,
+    image_batches,
     list_images,
     load_image,
     make_shapes_dataset,
@@ -403,23 +403,24 @@ def test_workers_capped_at_the_usable_cpus(folder):
 
 
 def test_calibration_images_are_spread_over_the_folder_and_skip_bad_files(tmp_path, capsys):
-    """image_batch (int8 calibration): evenly spaced over the sorted paths, so every class of a folder per
-    class is in it; an unreadable image is skipped with a note naming it; none readable is one line."""
+    """image_batches (int8 calibration): evenly spaced over the sorted paths, so every class of a folder per
+    class is in it, streamed in batches; an unreadable image is skipped with a note naming it; none readable
+    is one line."""
     for c in ("a", "b", "c"):
         (tmp_path / c).mkdir()
         for i in range(4):
             Image.new("RGB", (16, 16), (80 * ("abc".index(c)), 10 * i, 0)).save(tmp_path / c / f"{i}.png")
     config = {"input_size": (3, 16, 16), "interpolation": "bilinear", "crop_pct": 1.0,
               "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
-    batch = image_batch(tmp_path, config, 3)
-    assert batch.shape == (3, 3, 16, 16)
-    assert sorted(round(v * 255 / 80) for v in batch[:, 0, 0, 0].tolist()) == [0, 1, 2]  # one per class
+    batches = list(image_batches(tmp_path, config, 3))
+    assert [b.shape for b in batches] == [(3, 3, 16, 16)]
+    assert sorted(round(v * 255 / 80) for v in batches[0][:, 0, 0, 0].tolist()) == [0, 1, 2]  # one per class
     (tmp_path / "b" / "9.png").write_bytes(b"not a png")
-    assert image_batch(tmp_path, config, 100).shape[0] == 12
+    assert [len(b) for b in image_batches(tmp_path, config, 100, batch_size=5)] == [5, 5, 2]
     err = capsys.readouterr().err
     assert "1 unreadable calibration image(s) skipped" in err and "9.png" in err
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "x.jpg").write_bytes(b"nope")
     with pytest.raises(UserError, match="no readable images in"):
-        image_batch(bad, config, 8)
+        list(image_batches(bad, config, 8))

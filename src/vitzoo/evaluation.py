@@ -14,7 +14,7 @@ import torch
 from vitzoo.config import RunConfig
 from vitzoo.config.schema import default_of
 from vitzoo.constants import HALF_MEAN, IMAGENET_MEAN
-from vitzoo.data import image_batch, resolve_data_config
+from vitzoo.data import image_batches, resolve_data_config
 from vitzoo.data.transforms import PREPROCESSING_KEYS
 from vitzoo.engine import dist
 from vitzoo.errors import UserError
@@ -157,8 +157,14 @@ def calibrate(model: torch.nn.Module, precision: Precision, args: argparse.Names
             print("int8: activation ranges per batch (an image's result can move slightly with its batch; "
                   "--calibration-data FOLDER fixes them)", file=sys.stderr, flush=True)
         return
-    images = image_batch(args.calibration_data, data_config, args.calibration_images)
-    layers = calibrate_int8(model, images.split(CALIBRATION_BATCH))
+    sizes: list[int] = []
+
+    def batches():  # counted as they stream by
+        for batch in image_batches(args.calibration_data, data_config, args.calibration_images, CALIBRATION_BATCH):
+            sizes.append(len(batch))
+            yield batch
+
+    layers = calibrate_int8(model, batches())
     if announce:
-        print(f"int8: input ranges of {layers} layer(s) calibrated on {len(images)} image(s) from "
+        print(f"int8: input ranges of {layers} layer(s) calibrated on {sum(sizes)} image(s) from "
               f"{args.calibration_data} (the same for every batch)", file=sys.stderr, flush=True)

@@ -12,7 +12,7 @@ Typical use (the trainer)::
 
 from __future__ import annotations
 
-from vitzoo.data.build import build_dataset, check_split_data, image_batch
+from vitzoo.data.build import build_dataset, check_split_data, image_batches
 from vitzoo.data.cifar import CifarBinaryDataset, read_cifar_bin
 from vitzoo.data.datasets import (
     IMG_EXTENSIONS,
@@ -59,7 +59,7 @@ __all__ = [
     "check_split_data",
     "decoding_errors_named",
     "device_stage",
-    "image_batch",
+    "image_batches",
     "list_images",
     "load_image",
     "loader_from_batch",

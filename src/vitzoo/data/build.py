@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -122,25 +122,34 @@ def finish_dataset(cfg: RunConfig, split: str, ds, transform: Callable | None, d
     return ds
 
 
-def image_batch(folder: str | os.PathLike, data_config: dict, limit: int) -> torch.Tensor:
-    """``limit`` images under ``folder`` (recursive), through the eval transform of ``data_config``, as one
-    batch: calibration images for int8 (``vitzoo export --quantize int8``, ``infer / eval --calibration-data``).
-    Evenly spaced over the sorted paths, not the first ones: in a folder per class every class has its share
-    (the first 64 of a sorted ImageNet train tree are all tench). Unreadable images are skipped, with a
-    note on stderr naming one."""
+def image_batches(folder: str | os.PathLike, data_config: dict, limit: int,
+                  batch_size: int = 16) -> Iterator[torch.Tensor]:
+    """``limit`` images under ``folder`` (recursive), through the eval transform of ``data_config``, in
+    batches of ``batch_size`` (a generator: only one batch is in memory): calibration images for int8
+    (``vitzoo export --quantize int8``, ``infer / eval --calibration-data``). Evenly spaced over the sorted
+    paths, not the first ones: in a folder per class every class has its share (the first 64 of a sorted
+    ImageNet train tree are all tench). Unreadable images are skipped, with a note on stderr naming one;
+    none readable is a UserError once the images are read."""
     paths = list_images(Path(folder), recursive=True)
     paths = [paths[i * len(paths) // limit] for i in range(limit)] if len(paths) > limit else paths
     transform = build_eval_transform(data_config)
-    images, skipped = [], []
+    batch, skipped, count = [], [], 0
     for path in paths:
         try:
-            images.append(transform(load_image(path)))
+            batch.append(transform(load_image(path)))
         except UserError as e:  # names the file: "PATH: not a readable image (...)"
             skipped.append(str(e))
+            continue
+        if len(batch) == batch_size:
+            count += len(batch)
+            yield torch.stack(batch)
+            batch = []
+    if batch:
+        count += len(batch)
+        yield torch.stack(batch)
     if skipped:
         print(f"note: {len(skipped)} unreadable calibration image(s) skipped, e.g. {skipped[0]}", file=sys.stderr,
               flush=True)
-    if not images:
+    if not count:
         raise UserError(f"no readable images in {folder} (calibration images: png / jpeg / ... files, searched "
                         "recursively)")
-    return torch.stack(images)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from vitzoo.checkpoint import atomic_write
-from vitzoo.data import image_batch
+from vitzoo.data import image_batches
 from vitzoo.deploy.onnx_runtime import create_session, data_config_for, run_session
 from vitzoo.errors import UserError
 
@@ -38,12 +38,16 @@ class ImageReader:
 
     def __init__(self, folder: str | os.PathLike, data_config: dict, input_name: str, limit: int = 64,
                  batch: int = 8):
-        x = image_batch(folder, data_config, limit).numpy().astype(np.float32)
-        self.batches = iter([{input_name: x[i:i + batch]} for i in range(0, len(x), batch)])
-        self.count = len(x)
+        self.batches = image_batches(folder, data_config, limit, batch)
+        self.input_name = input_name
+        self.count = 0  # images read so far
 
     def get_next(self):
-        return next(self.batches, None)
+        x = next(self.batches, None)
+        if x is None:
+            return None
+        self.count += len(x)
+        return {self.input_name: x.numpy().astype(np.float32)}
 
     def rewind(self):  # pragma: no cover - ORT calls it only for some calibration methods
         pass
@@ -81,7 +85,6 @@ def quantize_onnx(fp32_path: str | os.PathLike, output: str | os.PathLike, mode:
         else:
             session = create_session(fp32_path, "CPU")
             reader = ImageReader(calibration, data_config_for(session), session.get_inputs()[0].name, num_images)
-            used = reader.count
 
             class Reader(CalibrationDataReader):  # ORT checks the base class
                 def get_next(self):
@@ -91,6 +94,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, output: str | os.PathLike, mode:
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True,
                             op_types_to_quantize=["MatMul", "Gemm", "Conv"],
                             nodes_to_exclude=activation_matmuls(onnx.load(pre)))
+            used = reader.count
         proto = onnx.load(raw)
         del proto.metadata_props[:]
         props.update({"quantization": f"int8 {mode}", "quantized_from": fp32_path.name})
