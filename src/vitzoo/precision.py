@@ -134,8 +134,8 @@ def _measured_training_choice(model: torch.nn.Module, device: torch.device) -> t
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
 # int8 (asked for) runs the linear layers in oneDNN's int8 kernels. On a 2-core Intel Xeon with avx512_vnni
 # and avx512_bf16 but no AMX, whose bf16 units run at half the fp32 rate, deit_small's int8 layers ran
-# 2.1-2.9x their fp32 ones (activation quantization included) and the model 1.6-1.9x timm's fp32
-# (benchmarks/README.md). Not measured on an AMX Xeon (amx_int8), where bf16 weights ran 2.6x timm and torch's
+# 2.1-2.9x their fp32 ones (activation quantization included) and the model 1.6-2.5x timm's fp32, 2.1-2.8x
+# with calibrated ranges (benchmarks/README.md). Not measured on an AMX Xeon (amx_int8), where bf16 weights ran 2.6x timm and torch's
 # older eager int8 only 35 img/s against bf16's 114. ONNX Runtime's int8 is the other route (vitzoo export).
 INT8_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # u8 x s8 products summed in int32, no saturation
 MIN_AUTO_FLOPS = 1e8  # below ~0.1 GFLOP per image the forward is too short to time, and fp32 is kept
@@ -199,10 +199,15 @@ def refuse_int8(choice: str, device: torch.device | None = None, *, training: bo
                         "--precision int8, then vitzoo eval-onnx / infer-onnx")
 
 
+def int8_units() -> list[str]:
+    """This CPU's flags among :data:`INT8_VNNI_FLAGS` (units that sum int8 products in int32)."""
+    return [f for f in INT8_VNNI_FLAGS if f in cpu_flags()]
+
+
 def int8_precision(why: str) -> Precision:
     """int8 linear layers: 8-bit weights where this CPU sums int8 products in int32 (VNNI, AMX-int8), 7-bit
     elsewhere (VPMADDUBSW saturates the int16 sum of two 8-bit products: models/packed.Int8Linear)."""
-    units = [f for f in INT8_VNNI_FLAGS if f in cpu_flags()]
+    units = int8_units()
     bits = 8 if units else 7
     has = f"CPU has {'+'.join(units)}" if units else "7-bit weights: this CPU has no VNNI"
     return Precision(name=f"int8 ({why}; linear layers in int8, {has}; top-1 may move: eval it)",
@@ -233,7 +238,7 @@ def _with_int8_hint(choice: str, device: torch.device, model: torch.nn.Module | 
                     precision: Precision) -> Precision:
     """``auto`` that kept fp32 for a model large enough to time, on a CPU with int8 units: say that int8
     would use them (never chosen silently: it moves the numbers more than bf16 does)."""
-    units = [f for f in INT8_VNNI_FLAGS if f in cpu_flags()]
+    units = int8_units()
     if (choice != "auto" or device.type != "cpu" or precision.weights or not units or not int8_available()
             or (model is not None and approx_flops(model) < MIN_AUTO_FLOPS)):
         return precision

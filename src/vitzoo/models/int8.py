@@ -50,9 +50,13 @@ def to_uint8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     cast's truncation rounds, halves up where torch rounds them to even. Both saturate at 0 and 255 (a
     calibrated range can be exceeded)."""
     if _quantize_per_tensor_works():
-        q = torch.quantize_per_tensor(x, scale, zero_point, torch.quint8)
-        return torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
+        return _bytes_of(torch.quantize_per_tensor(x, scale, zero_point, torch.quint8))
     return torch.add(torch.tensor(zero_point + 0.5), x, alpha=1 / scale).clamp_(0, 255).to(torch.uint8)
+
+
+def _bytes_of(q: torch.Tensor) -> torch.Tensor:
+    """A quint8 tensor's codes as a plain uint8 tensor on the same storage (no copy)."""
+    return torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
 
 
 @functools.cache
@@ -63,8 +67,7 @@ def _quantize_per_tensor_works() -> bool:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            q = torch.quantize_per_tensor(x, 2 / 254, 127, torch.quint8)
-        got = torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
+            got = _bytes_of(torch.quantize_per_tensor(x, 2 / 254, 127, torch.quint8))
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
     return bool(torch.equal(got.long(), torch.round(x * 127 + 127).long()))
