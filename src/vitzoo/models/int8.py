@@ -43,15 +43,27 @@ def uint8_qparams(lo: float, hi: float) -> tuple[float, int]:
 
 
 def to_uint8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    """``round(x / scale) + zero_point`` as uint8. Through ``torch.quantize_per_tensor`` (one vectorised pass;
-    its quint8 result read as the plain uint8 tensor it stores, no copy): 4x faster than the arithmetic and
-    a float -> uint8 cast, whose ATen kernel is slow (a 3,152 x 1,536 input: 0.9 vs 3.5 ms on a 2-core Xeon),
-    and the arithmetic is where quantized tensors are gone (torch deprecates them): ``+ 0.5`` then the
-    cast's truncation rounds, halves up where torch rounds them to even. Both saturate at 0 and 255 (a
-    calibrated range can be exceeded)."""
+    """``round(x / scale) + zero_point`` as uint8, saturating at 0 and 255 (a calibrated range can be
+    exceeded). Through ``torch.quantize_per_tensor`` (one vectorised pass; its quint8 result read as the
+    plain uint8 tensor it stores, no copy), else (torch deprecates quantized tensors) :func:`_to_uint8_by_float`."""
     if _quantize_per_tensor_works():
         return _bytes_of(torch.quantize_per_tensor(x, scale, zero_point, torch.quint8))
-    return torch.add(torch.tensor(zero_point + 0.5), x, alpha=1 / scale).clamp_(0, 255).to(torch.uint8)
+    return _to_uint8_by_float(x, scale, zero_point)
+
+
+_ROUNDER = 1.5 * 2 ** 23  # a float32 in [2^23, 2^24) is an integer: adding this rounds a value within 2^22 of
+# zero to an integer (half to even: the constant is even) and leaves it in the low mantissa bits, which the
+# int32 view reads; the float -> uint8 cast, whose ATen kernel is slow, is never taken
+
+
+def _to_uint8_by_float(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """:func:`to_uint8` in float arithmetic, the codes ``torch.quantize_per_tensor`` gives: ``x / scale``
+    rounded half to even, then the zero point added, saturating at 0 and 255. A 3,152 x 1,536 input on a
+    2-core AVX2 EPYC: 3.9 ms, against 6.4 for ``+ 0.5``, clamp and the uint8 cast, and 0.9 for
+    ``quantize_per_tensor``."""
+    y = torch.add(torch.tensor(_ROUNDER), x, alpha=1 / scale).clamp_(_ROUNDER - zero_point, _ROUNDER + 255 - zero_point)
+    # the int32 bits are 0x4B400000 + the rounded value: its low byte, modulo 256; the zero point added there
+    return y.view(torch.int32).to(torch.uint8).add_(zero_point)
 
 
 def _bytes_of(q: torch.Tensor) -> torch.Tensor:
