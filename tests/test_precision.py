@@ -216,13 +216,18 @@ def test_int8_weights_have_8_bits_where_the_cpu_sums_in_int32(monkeypatch, capsy
     assert P.inference_precision("auto", CPU, create_model("deit_tiny_patch16_224")).int8_weight_bits is None
 
 
-@pytest.mark.parametrize("flags, hinted", [({"avx512_bf16", "avx512_vnni"}, True), ({"avx512_bf16"}, False)])
-def test_auto_keeping_fp32_names_the_int8_units(monkeypatch, flags, hinted):
-    _mock_cpu(monkeypatch, flags, speedup=0.6)  # bf16 measured slower: fp32 kept
+@pytest.mark.parametrize("flags, hint", [({"avx512_bf16", "avx512_vnni"}, "would use its avx512_vnni units"),
+                                         ({"avx512_bf16"}, "would run faster (7-bit weights: this CPU has no VNNI)"),
+                                         ({"avx2"}, "would run faster (7-bit weights: this CPU has no VNNI)")])
+def test_auto_keeping_fp32_names_int8(monkeypatch, flags, hint):
+    _mock_cpu(monkeypatch, flags, speedup=0.6)  # bf16 measured slower, or no bf16 units: fp32 kept
     monkeypatch.setattr(P, "int8_available", lambda: True)
     prec = P.inference_precision("auto", CPU, create_model("deit_tiny_patch16_224"), announce=False)
     assert prec.weights is None and prec.int8_weight_bits is None  # int8 is never chosen silently
-    assert ("int8, asked for by name, would use its avx512_vnni units" in prec.name) == hinted
+    assert prec.name.startswith("fp32 (auto") and f"; int8, asked for by name, {hint}" in prec.name
+    monkeypatch.setattr(P, "int8_available", lambda: False)  # no oneDNN int8 ops (or not x86): no hint
+    monkeypatch.setattr(P, "_decided", {})
+    assert "int8" not in P.inference_precision("auto", CPU, create_model("deit_tiny_patch16_224"), announce=False).name
     small = create_model("deit_tiny_patch16_224", num_classes=4, **TINY)  # too small to time: no hint
     assert "int8" not in P.inference_precision("auto", CPU, small, announce=False).name
 
