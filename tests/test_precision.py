@@ -225,11 +225,11 @@ def test_auto_keeping_fp32_names_int8(monkeypatch, flags, hint):
     prec = P.inference_precision("auto", CPU, create_model("deit_tiny_patch16_224"), announce=False)
     assert prec.weights is None and prec.int8_weight_bits is None  # int8 is never chosen silently
     assert prec.name.startswith("fp32 (auto") and f"; int8, asked for by name, {hint}" in prec.name
+    small = create_model("deit_tiny_patch16_224", num_classes=4, **TINY)  # too small to time: no hint
+    assert "int8" not in P.inference_precision("auto", CPU, small, announce=False).name
     monkeypatch.setattr(P, "int8_available", lambda: False)  # no oneDNN int8 ops (or not x86): no hint
     monkeypatch.setattr(P, "_decided", {})
     assert "int8" not in P.inference_precision("auto", CPU, create_model("deit_tiny_patch16_224"), announce=False).name
-    small = create_model("deit_tiny_patch16_224", num_classes=4, **TINY)  # too small to time: no hint
-    assert "int8" not in P.inference_precision("auto", CPU, small, announce=False).name
 
 
 def test_int8_where_it_cannot_run_is_one_line(monkeypatch, trained, capsys, tmp_path):

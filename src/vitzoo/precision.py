@@ -237,8 +237,8 @@ def inference_precision(choice: str, device: torch.device, model: torch.nn.Modul
 def _with_int8_hint(choice: str, device: torch.device, model: torch.nn.Module | None,
                     precision: Precision) -> Precision:
     """``auto`` that kept fp32 for a model large enough to time, on an x86 CPU: say that int8 would run
-    faster (never chosen silently: it moves the numbers more than bf16 does). With VNNI / AMX-int8 units
-    int8 ran deit_small 2.1-2.4x timm fp32; without them, 7-bit weights, 1.6x (AVX2 EPYC; benchmarks/README.md)."""
+    faster (never chosen silently: it moves the numbers more than bf16 does): deit_small 2.1-2.4x timm fp32
+    on a Xeon with VNNI, 1.6x with 7-bit weights on an AVX2-only EPYC (benchmarks/README.md)."""
     if (choice != "auto" or device.type != "cpu" or precision.weights or not int8_available()
             or (model is not None and approx_flops(model) < MIN_AUTO_FLOPS)):
         return precision
