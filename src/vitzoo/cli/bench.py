@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from vitzoo import bench
+from vitzoo import bench, bench_report
 from vitzoo.checkpoint import atomic_write_text
 from vitzoo.cli.helpfmt import HelpFormatter
 from vitzoo.engine.dist import resolve_device
@@ -119,14 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     peaks = {dtype: max(peaks.get(dtype, 0.0), again[dtype]) for dtype in again}
     print(f"# matmul peak again after the rows: {_gflops(again)}; % peak uses the better of the two", flush=True)
     bench.add_peak_fractions(rows, peaks)
-    print(bench.format_table(rows))
+    print(bench_report.format_table(rows))
     if args.json:
         out = {"machine": info, "matmul_peak_gflops": {str(k): v for k, v in peaks.items()},
                "args": vars(args), "results": rows}
         atomic_write_text(args.json, json.dumps(out, indent=1) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
     if args.plot:
-        bench.plot_rows(rows, args.plot)
+        bench_report.plot_rows(rows, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
 
