@@ -126,7 +126,7 @@ def add_calibration_args(parser: argparse.ArgumentParser | argparse._ArgumentGro
                         metavar="FOLDER",
                         help=f"with {int8_flag}: fix the int8 layers' input ranges on these images (searched "
                              "recursively), so that an image's result no longer depends on the batch it is in; "
-                             "faster too (default: each batch's own range)")
+                             "faster too on CPUs with VNNI, the same speed without (default: each batch's own range)")
     parser.add_argument("--calibration-images", "--calibration_images", dest="calibration_images", type=int,
                         default=64, metavar="N",
                         help="at most this many calibration images, evenly spaced over the folder's sorted "
