@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m vitzoo.demo --out $(DEMO_DIR)
+	$(BIN)/vitzoo demo --out $(DEMO_DIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -7,9 +7,9 @@ Two pipelines over the same folder of JPEGs, both feeding no model:
   copied to ``--device``, as ``vitzoo infer`` copies it before the forward.
 - **device** (``--decode device``): the workers only read the bytes; each batch is decoded in one
   ``torchvision.io.decode_jpeg`` call on ``--device`` (nvJPEG on CUDA, libjpeg-turbo on a CPU) and
-  resized, cropped and normalised there (:mod:`vitzoo.data.gpu_jpeg`).
+  resized, cropped and normalised there (:mod:`vitzoo.data.device.jpeg`).
 
-Both go through ``vitzoo.predict.iter_batches``, the loop the command runs, so a round is what one
+Both go through ``vitzoo.inference.predict.iter_batches``, the loop the command runs, so a round is what one
 ``vitzoo infer`` run spends on its input, loader start-up included (use enough images that it is small).
 Rounds alternate (cpu, device, cpu, ...) after one warm-up of each (page cache, nvJPEG start-up); the best
 round of each is reported. The photos are generated: smooth noise at three scales plus grain, 500x375
@@ -35,10 +35,10 @@ import torchvision
 from PIL import Image
 
 from vitzoo.data import build_eval_transform, load_image
-from vitzoo.data.gpu_jpeg import DevicePreprocess, EncodedFiles
+from vitzoo.data.device.jpeg import DevicePreprocess, EncodedFiles
 from vitzoo.engine.dist import resolve_device
 from vitzoo.models.registry import get_entry
-from vitzoo.predict import iter_batches
+from vitzoo.inference.predict import iter_batches
 
 
 def photo(args: tuple[int, int, int]) -> Image.Image:

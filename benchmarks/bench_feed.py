@@ -6,7 +6,7 @@ Three rates, measured in one run on one machine:
    rand-m9-mstd0.5-inc1, normalise, RandomErasing 0.25) with ``--workers`` processes over a folder of
    JPEGs, nothing else running; best of ``--rounds`` epochs after a warm-up epoch.
 2. **model**: the training step alone (forward, loss, backward, AdamW) on a batch already on the device,
-   under the precision policy (and ``torch.compile`` with ``--compile``), from ``vitzoo.bench``; with the
+   under the precision policy (and ``torch.compile`` with ``--compile``), from ``vitzoo.bench.measure``; with the
    FLOPs counted on the model, its utilisation of the matmul peak measured in the same run.
 3. **fed**: the loader feeding the step (pinned memory, non-blocking copies), one epoch after a warm-up.
 
@@ -38,11 +38,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_data import MODES, photo_size, recipe_cfg, to_jpeg, write_photos
 
-from vitzoo import bench
+from vitzoo.bench import measure as bench
 from vitzoo.data import build_dataset, build_loader, device_stage, make_shapes_dataset
 from vitzoo.engine.dist import resolve_device
 from vitzoo.models import create_model
-from vitzoo.precision import resolve_precision
+from vitzoo.runtime.precision import resolve_precision
 
 WHAT_ON_DEVICE = {"cpu": "", "device": " (augment_on: device)", "decode": " (decode_on: device)"}
 

@@ -35,7 +35,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_data import photo_size
 
-from vitzoo import bench, precision
+from vitzoo.bench import measure as bench
+from vitzoo.runtime import precision
 from vitzoo.checkpoint import save_checkpoint
 from vitzoo.cli import main as vitzoo_cli
 from vitzoo.data.synthetic import photo_like

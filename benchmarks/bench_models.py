@@ -30,8 +30,8 @@ from contextlib import nullcontext
 
 import torch
 
-from vitzoo import bench
-from vitzoo.bench import CLOCKS, official_arithmetic, peak_memory, time_iters
+from vitzoo.bench import measure as bench
+from vitzoo.bench.measure import CLOCKS, official_arithmetic, peak_memory, time_iters
 
 DEFAULT_NAMES = ("deit_tiny_patch16_224", "deit_small_patch16_224", "deit_tiny_distilled_patch16_224",
                  "vit_base_patch16_224", "beit_base_patch16_224", "t2t_vit_14", "t2t_vit_t_14")
@@ -43,7 +43,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def build_pair(name: str, ref_kind: str):
-    """(ours, reference, reference label): :func:`vitzoo.bench.build_pair` (timm's model with its weights
+    """(ours, reference, reference label): :func:`vitzoo.bench.measure.build_pair` (timm's model with its weights
     copied into ours, or ours with naive attention math), labelled as this script's table does."""
     try:
         ours, ref, label = bench.build_pair(name, {"naive": "official"}.get(ref_kind, ref_kind))

@@ -32,14 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vitzoo import bench
+from vitzoo.bench import measure as bench
 from vitzoo.data import image_batches, make_shapes_dataset
 from vitzoo.deploy.export import export_model
 from vitzoo.deploy.onnx_runtime import create_session, run_session
 from vitzoo.deploy.quantize import quantize_onnx
 from vitzoo.models import create_model
-from vitzoo.models.packed import calibrate_int8, pack_linears
-from vitzoo.precision import int8_precision
+from vitzoo.runtime.packed import calibrate_int8, pack_linears
+from vitzoo.runtime.precision import int8_precision
 
 
 def openvino_runners(paths: dict[str, Path], threads: int) -> tuple[dict, str]:

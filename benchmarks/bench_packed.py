@@ -23,10 +23,10 @@ import statistics
 
 import torch
 
-from vitzoo import bench
-from vitzoo.host_allocator import keep_freed_memory
-from vitzoo.models.packed import pack_linears, packing_available
-from vitzoo.precision import FP32
+from vitzoo.bench import measure as bench
+from vitzoo.runtime.host_allocator import keep_freed_memory
+from vitzoo.runtime.packed import pack_linears, packing_available
+from vitzoo.runtime.precision import FP32
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -50,7 +50,7 @@ def bench_ours(args, device, amp_dtype, x, y) -> tuple[float, float]:
     from vitzoo.engine.losses import build_criterion
     from vitzoo.engine.optim import build_optimizer
     from vitzoo.engine.schedule import LRScheduler
-    from vitzoo.precision import Precision
+    from vitzoo.runtime.precision import Precision
 
     model = create_model(args.model, num_classes=args.num_classes, img_size=args.img_size,
                          drop_path_rate=args.drop_path).to(device)

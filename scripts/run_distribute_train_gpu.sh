@@ -57,5 +57,5 @@ else
           --master_port "${MASTER_PORT:-29500}")
 fi
 set -x
-exec "${PYTHON:-python}" -m vitzoo.launch "${LAUNCH[@]}" --nproc_per_node "$NUM" \
+exec "${PYTHON:-python}" -m vitzoo.cli.launch "${LAUNCH[@]}" --nproc_per_node "$NUM" \
   -m vitzoo train "${ARGS[@]}" ${EXTRA[@]+"${EXTRA[@]}"}

@@ -19,5 +19,5 @@ ARGS=(--config "$CONFIG")
 check_train_args "${ARGS[@]}" ${EXTRA[@]+"${EXTRA[@]}"}
 use_one_gpu "$DEVICE" "training in 1 process"
 set -x
-exec "${PYTHON:-python}" -m vitzoo.launch --standalone --nproc_per_node 1 \
+exec "${PYTHON:-python}" -m vitzoo.cli.launch --standalone --nproc_per_node 1 \
   -m vitzoo train "${ARGS[@]}" ${EXTRA[@]+"${EXTRA[@]}"}

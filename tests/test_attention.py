@@ -1,11 +1,11 @@
-"""`vitzoo attention` and the attention-rollout arithmetic of vitzoo.visualize (CPU, seconds)."""
+"""`vitzoo attention` and the attention-rollout arithmetic of vitzoo.viz.draw (CPU, seconds)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from vitzoo.cli import main as cli
-from vitzoo.visualize import attention_rollout, class_token_map, to_grid
+from vitzoo.viz.draw import attention_rollout, class_token_map, to_grid
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = {"img_size": 32, "patch_size": 4, "depth": 2, "embed_dim": 48, "num_heads": 3}

@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitzoo import bench
-from vitzoo.bench import naive_sdpa, official_arithmetic
+from vitzoo.bench import measure as bench
+from vitzoo.bench.measure import naive_sdpa, official_arithmetic
 from vitzoo.cli import main as cli
-from vitzoo.models.int8 import int8_available
-from vitzoo.precision import cpu_bf16_units
+from vitzoo.runtime.int8 import int8_available
+from vitzoo.runtime.precision import cpu_bf16_units
 
 
 def test_bench_infer_against_timm_prints_ratio(tmp_path, capsys):
@@ -91,7 +91,8 @@ def test_bench_scaling_lists_and_plot(tmp_path, capsys):
 def test_bench_measures_the_bf16_peak_only_where_it_is_used(tmp_path, capsys, monkeypatch):
     """On a CPU without bf16 units a 2048^3 bf16 product takes seconds: an fp32 bench skips it, a bf16 row
     still gets its peak (measured after the rows)."""
-    from vitzoo import bench, precision
+    from vitzoo.bench import measure as bench
+    from vitzoo.runtime import precision
 
     measured = []
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
@@ -117,7 +118,7 @@ def test_bench_rejects_unknown_model(capsys):
 
 
 def test_cpu_peak_memory_follows_allocations_in_time_order():
-    from vitzoo.bench import peak_memory
+    from vitzoo.bench.measure import peak_memory
 
     def call():
         a = torch.ones(2 * 2**20)  # 8 MiB
@@ -132,7 +133,7 @@ def test_cpu_peak_memory_follows_allocations_in_time_order():
 
 def test_cpu_peak_memory_keeps_the_profiler_quiet():
     # a fresh process: kineto reads its log level when the profiler first starts
-    code = ("import torch; from vitzoo.bench import peak_memory; "
+    code = ("import torch; from vitzoo.bench.measure import peak_memory; "
             "print(peak_memory(lambda: torch.ones(2**20), torch.device('cpu')))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
                          env={k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"})
@@ -151,7 +152,7 @@ def test_official_arithmetic_matches_fused():
 
 
 def test_official_performer_arithmetic_is_the_same_function():
-    from vitzoo.bench import official_arithmetic
+    from vitzoo.bench.measure import official_arithmetic
     from vitzoo.models.t2t_vit import TokenPerformer
 
     torch.manual_seed(0)
@@ -167,7 +168,7 @@ def test_official_performer_arithmetic_is_the_same_function():
 
 
 def test_official_soft_split_is_the_same_function():
-    from vitzoo.bench import official_arithmetic, official_soft_split
+    from vitzoo.bench.measure import official_arithmetic, official_soft_split
     from vitzoo.models import create_model, t2t_vit
 
     torch.manual_seed(0)
@@ -183,7 +184,7 @@ def test_official_soft_split_is_the_same_function():
 
 
 def test_gflops_count_the_attention_matmuls():
-    from vitzoo.bench import count_gflops
+    from vitzoo.bench.measure import count_gflops
     from vitzoo.models import create_model
 
     model = create_model("deit_tiny_patch16_224", img_size=32).eval()

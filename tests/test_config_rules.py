@@ -26,7 +26,7 @@ from vitzoo.engine.scaling import build_scaler
 from vitzoo.engine.schedule import build_scheduler
 from vitzoo.errors import UserError
 from vitzoo.models import create_model
-from vitzoo.precision import resolve_precision
+from vitzoo.runtime.precision import resolve_precision
 
 
 def _bounds(rule: Range, integer: bool) -> list[tuple[float, bool]]:

@@ -11,8 +11,8 @@ from timm.data import auto_augment as taa
 
 from vitzoo.config import config_from_dict
 from vitzoo.data import build_loader, build_train_transform, device_stage
-from vitzoo.data.augment_ops import DeviceAugment, apply_plan
-from vitzoo.data.augment_plan import PLAN_WIDTH, _Recorder
+from vitzoo.data.device.augment_ops import DeviceAugment, apply_plan
+from vitzoo.data.device.augment_plan import PLAN_WIDTH, _Recorder
 from vitzoo.data.datasets import seeded_augmentation
 from vitzoo.data.synthetic import photo_like
 from vitzoo.data.transforms import DEFAULT_DATA_CONFIG, _posterize
@@ -63,7 +63,7 @@ def test_smooth_is_pillows_on_noise_too():
     """Sharpness blends against Pillow's SMOOTH: on noise (every rounding case) the same integers."""
     from PIL import ImageFilter
 
-    from vitzoo.data.augment_ops import _smooth
+    from vitzoo.data.device.augment_ops import _smooth
 
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (97, 131, 3), dtype=np.uint8))
     expected = np.array(noise.filter(ImageFilter.SMOOTH))
@@ -195,7 +195,7 @@ def test_device_decode_draws_and_crops_what_the_worker_path_does(monkeypatch):
     plain = build_train_transform(make_cfg(augment_on="device"), DEFAULT_DATA_CONFIG)
     decoding = decode_chain()
     from vitzoo.data.datasets import open_image
-    from vitzoo.data.device_decode import EncodedBatch
+    from vitzoo.data.device.decode import EncodedBatch
 
     crops, samples = [], []
     for seed in range(12):
@@ -214,7 +214,7 @@ def test_device_decode_draws_and_crops_what_the_worker_path_does(monkeypatch):
     assert torch.equal(made, torch.stack([c[0] for c in crops]).permute(0, 3, 1, 2))
     out, labels = stage(batch, torch.arange(12), "cpu")
     assert out.shape == (12, 3, 224, 224) and torch.equal(labels, torch.arange(12))
-    from vitzoo.data import gpu_jpeg
+    from vitzoo.data.device import jpeg as gpu_jpeg
 
     monkeypatch.setattr(gpu_jpeg, "DECODE_BYTES", 1)  # one JPEG per decode call: the same batch
     assert torch.equal(stage(batch, torch.arange(12), "cpu")[0], out)
@@ -290,7 +290,7 @@ def test_on_cuda_the_same_pixels_as_on_the_cpu(monkeypatch):
         erased[i, :, top:top + h, left:left + w] = True
     assert (on_gpu.cpu() - on_cpu).abs().masked_fill(erased, 0).max() < 1e-5
     from vitzoo.data.datasets import open_image
-    from vitzoo.data.device_decode import EncodedBatch
+    from vitzoo.data.device.decode import EncodedBatch
 
     decoding = decode_chain(aa="none", color_jitter=0.0, reprob=0.0)
     samples = []

@@ -1,4 +1,4 @@
-"""vitzoo.data.pillow_resize against Pillow's own ``Image.resize``: the same integers, every filter and pass order."""
+"""vitzoo.data.device.pillow_resize against Pillow's own ``Image.resize``: the same integers, every filter and pass order."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vitzoo.data import pillow_resize as pr
-from vitzoo.data.pillow_resize import BICUBIC, BILINEAR, BOX, NEAREST, coefficients, horizontal_first, resize
+from vitzoo.data.device import pillow_resize as pr
+from vitzoo.data.device.pillow_resize import BICUBIC, BILINEAR, BOX, NEAREST, coefficients, horizontal_first, resize
 from vitzoo.data.synthetic import photo_like
 
 # (h, w): down- and upscales, one axis only, the output's own size, tall and wide strips (Pillow 13 runs

@@ -20,7 +20,7 @@ from vitzoo.data import transforms as vt
 from vitzoo.data.datasets import _open_rgb, is_undecoded_jpeg
 from vitzoo.data.synthetic import photo_like
 from vitzoo.mim.transforms import MIMTransform
-from vitzoo.predict import _ImageFiles
+from vitzoo.inference.predict import _ImageFiles
 
 
 def photo(path: Path, width: int, height: int, mode: str = "RGB") -> Path:

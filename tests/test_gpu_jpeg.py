@@ -13,9 +13,9 @@ from PIL import Image
 from vitzoo.checkpoint import save_checkpoint
 from vitzoo.cli import main as cli
 from vitzoo.data import build_eval_transform, load_image
-from vitzoo.data.gpu_jpeg import DevicePreprocess, EncodedFiles
+from vitzoo.data.device.jpeg import DevicePreprocess, EncodedFiles
 from vitzoo.models import create_model
-from vitzoo.predict import iter_batches
+from vitzoo.inference.predict import iter_batches
 
 CPU = torch.device("cpu")
 
@@ -51,10 +51,10 @@ def test_device_preprocessing_matches_pil(folder, monkeypatch):
     model = create_model("deit_tiny_patch16_224").eval()
     pil, ours = preprocessed(paths, model.data_config)
     assert ours.shape == pil.shape == (len(paths), 3, 224, 224)
-    # Pillow's resize arithmetic (vitzoo.data.pillow_resize) and torchvision's normalisation, after the same
+    # Pillow's resize arithmetic (vitzoo.data.device.pillow_resize) and torchvision's normalisation, after the same
     # libjpeg-turbo decoding: the same tensors (torch's antialiased resize was up to 2 grey levels off)
     assert torch.equal(ours, pil)
-    from vitzoo.data import gpu_jpeg
+    from vitzoo.data.device import jpeg as gpu_jpeg
 
     monkeypatch.setattr(gpu_jpeg, "DECODE_BYTES", 1)  # one JPEG per decode call (bounded memory): the same
     assert torch.equal(preprocessed(paths, model.data_config)[1], ours)
@@ -136,7 +136,7 @@ def test_infer_decode_device_predicts_as_cpu_and_skips_a_corrupt_jpeg(folder, ch
 
 
 def test_batch_size_auto_by_device_and_bad_values_are_one_line(checkpoint, folder, capsys):
-    from vitzoo.predict import auto_batch_size
+    from vitzoo.inference.predict import auto_batch_size
 
     assert auto_batch_size(torch.device("cuda")) == 256 and auto_batch_size(CPU) == 32
     for bad in ("0", "x", "-3"):
@@ -180,7 +180,7 @@ def test_eval_decode_device_gives_the_cpu_metrics_and_leaves_out_a_corrupt_file(
 
 
 def test_choose_preprocess_follows_the_flag_and_says_why_not(capsys):
-    from vitzoo.data.gpu_jpeg import choose_preprocess
+    from vitzoo.data.device.jpeg import choose_preprocess
     from vitzoo.errors import UserError
 
     square = {"input_size": (3, 32, 32), "crop_pct": 1.0, "interpolation": "bicubic", "mean": (0, 0, 0),

@@ -1,4 +1,4 @@
-"""vitzoo.host_allocator: with freed memory kept, re-allocating an activation-sized block touches no new
+"""vitzoo.runtime.host_allocator: with freed memory kept, re-allocating an activation-sized block touches no new
 pages; glibc's defaults (the reference, in a second process) fault on every one. Counted, not timed."""
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from vitzoo import host_allocator
+from vitzoo.runtime import host_allocator
 
 PROBE = """
 import json, resource, sys
 import torch
-from vitzoo.host_allocator import keep_freed_memory
+from vitzoo.runtime.host_allocator import keep_freed_memory
 how = keep_freed_memory()
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt

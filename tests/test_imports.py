@@ -9,6 +9,9 @@ the source (``ast``, nothing is imported), that:
   dependencies such as onnx / onnxruntime are imported where needed, each with a comment saying why);
 - the graph of vitzoo imports, wherever they are written, has no cycle;
 
+- the packages import downwards only, as the layer table below says (DESIGN.md, README "Layout");
+- nothing but the package's own few modules sits loose at the top of ``src/vitzoo``;
+
 and, by running the code, that every module imports on its own, as the first vitzoo module of a process.
 """
 from __future__ import annotations
@@ -28,6 +31,24 @@ PACKAGE = SRC / "vitzoo"
 # (file relative to src/vitzoo, imported module): function-level vitzoo imports that are allowed, each
 # with the reason. Keep it empty: a module that needs another one imports it at the top.
 ALLOWED: dict[tuple[str, str], str] = {}
+
+# The layers, lowest first: a package imports only packages of a lower layer (its own modules aside). Two
+# packages in one layer do not import each other; what both need lives lower. The top-level ``vitzoo``
+# package (the public API) and ``__main__`` stand above everything.
+LAYERS: list[tuple[str, ...]] = [
+    ("constants", "errors", "version"),  # values, the one user-facing exception, the version stamp
+    ("config",),  # the typed run schema, its dialects and its command line
+    ("checkpoint",),  # atomic files, the run state, run folders
+    ("data", "models", "viz"),  # datasets and loaders; networks, registry, converters; pictures
+    ("runtime",),  # how a model runs here: precision policy, CPU capability, packed / int8 kernels
+    ("engine",),  # the Trainer, its loop, optimisers, schedules, losses, distributed helpers
+    ("inference", "deploy", "bench"),  # evaluate / predict, export and ONNX Runtime, side-by-side timing
+    ("tokenizers",),  # visual tokenizers (DALL-E dVAE, VQ-VAE) and their training task
+    ("mim", "probe"),  # BEiT pre-training, linear probe and k-NN: tasks built on the engine
+    ("cli",),  # one thin main per command
+]
+LAYER_OF = {package: rank for rank, packages in enumerate(LAYERS) for package in packages}
+LOOSE_MODULES = {"__init__.py", "__main__.py", "constants.py", "errors.py", "version.py"}
 
 # The entry point of `python -m vitzoo`: importing it runs the command line, by design.
 NOT_IMPORTABLE_ALONE = {"vitzoo.__main__"}
@@ -166,11 +187,43 @@ print(json.dumps(failures))
     assert failures == {}, "\n".join(f"{name}: {error}" for name, error in failures.items())
 
 
+def package_of(module: str) -> str:
+    """The top-level part of vitzoo a module belongs to: ``vitzoo.data.shards.read`` -> ``data``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "vitzoo"
+
+
+def test_every_package_has_a_layer():
+    packages = {package_of(m) for m in MODULES} - {"vitzoo", "__main__"}
+    assert packages <= set(LAYER_OF), f"place these in LAYERS: {sorted(packages - set(LAYER_OF))}"
+
+
+def test_no_loose_modules_at_the_top():
+    loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in LOOSE_MODULES)
+    assert not loose, f"modules loose in src/vitzoo (move each into the package of its layer): {loose}"
+
+
+def test_imports_follow_the_layers():
+    """A package imports only lower layers: data flows config -> data / models -> runtime -> engine -> ..."""
+    upward = []
+    for name, path in MODULES.items():
+        here = package_of(name)
+        if here not in LAYER_OF:  # vitzoo/__init__ (the public API) and __main__ sit on top
+            continue
+        for module, line, _ in vitzoo_imports(path):
+            there = package_of(module)
+            if there != here and LAYER_OF.get(there, len(LAYERS)) >= LAYER_OF[here]:
+                upward.append(f"{relative(path)}:{line}: {here} (layer {LAYER_OF[here]}) imports {module} "
+                              f"(layer {LAYER_OF.get(there, 'top')})")
+    assert not upward, "imports against the layer table (move the shared code down a layer):\n" + \
+        "\n".join(upward)
+
+
 def test_commands_do_not_import_each_other():
-    """What two commands share lives in a module that is no command's (predict.py, evaluation.py,
-    probe/inputs.py, cli/training.py), so each command file reads on its own."""
+    """What two commands share lives in a module that is no command's (inference/predict.py,
+    inference/evaluate.py, probe/inputs.py, cli/training.py), so each command file reads on its own."""
     commands = {f"vitzoo.cli.{p.stem}" for p in (PACKAGE / "cli").glob("*.py")} - {
-        "vitzoo.cli.__init__", "vitzoo.cli.helpfmt", "vitzoo.cli.training"}
+        "vitzoo.cli.__init__", "vitzoo.cli.helpfmt", "vitzoo.cli.training", "vitzoo.cli.launch"}
     crossed = [f"{relative(MODULES[c])}: imports {m}" for c in sorted(commands)
                for m, _, _ in vitzoo_imports(MODULES[c]) if m in commands and m != c]
     assert not crossed, "\n".join(crossed)

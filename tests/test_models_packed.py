@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import vitzoo.precision as P
+import vitzoo.runtime.precision as P
 from vitzoo.errors import UserError
-from vitzoo.models import create_model, int8, packed
-from vitzoo.models.int8 import int8_available, quantize_activations
+from vitzoo.models import create_model
+from vitzoo.runtime import int8, packed
+from vitzoo.runtime.int8 import int8_available, quantize_activations
 from vitzoo.models.layers import Mlp
-from vitzoo.models.packed import (
+from vitzoo.runtime.packed import (
     Int8Linear,
     PackedLinear,
     ResidualFusedBlock,
@@ -386,7 +387,7 @@ SATURATION = """
 import copy, torch
 import torch.nn.functional as F
 from torch import nn
-from vitzoo.models.packed import Int8Linear
+from vitzoo.runtime.packed import Int8Linear
 torch.manual_seed(0)
 linear, x = nn.Linear(384, 1152), torch.randn(3152, 384)
 want = F.linear(x, linear.weight, linear.bias)

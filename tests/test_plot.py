@@ -49,7 +49,7 @@ def test_plot_writes_png_from_run_folder_and_compares_runs(tmp_path, capsys):
 
 def test_plot_reads_rows_as_written(tmp_path):
     from vitzoo.cli.plot import read_metrics
-    from vitzoo.visualize import _series
+    from vitzoo.viz.draw import _series
 
     rows = read_metrics(write_metrics(tmp_path / "m.jsonl"))
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
@@ -83,7 +83,7 @@ def test_curves_say_val_and_draw_the_lr_per_update(tmp_path, monkeypatch):
     one-epoch warmup was invisible. The trainer's rows now carry ``lr_steps``; the plot draws them."""
     from types import SimpleNamespace
 
-    from vitzoo import visualize
+    from vitzoo.viz import draw as visualize
     from vitzoo.engine.reporting import EpochStats, MetricsFile
 
     metrics = MetricsFile(tmp_path, enabled=True)

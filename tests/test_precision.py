@@ -1,4 +1,4 @@
-"""The precision policy (``vitzoo.precision``): what ``auto`` chooses on which hardware (units mocked),
+"""The precision policy (``vitzoo.runtime.precision``): what ``auto`` chooses on which hardware (units mocked),
 that the choice is printed once, and accuracy guards on a model trained here: bf16 evaluation against
 fp32, int8 (eval and infer) against fp32, and the int8 ONNX export (loads, agrees with fp32, ``eval-onnx``
 reports the change)."""
@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitzoo import precision as P
+from vitzoo.runtime import precision as P
 from vitzoo.checkpoint import save_checkpoint
 from vitzoo.cli import main as cli
 from vitzoo.data import build_eval_transform, list_images, load_image, make_shapes_dataset

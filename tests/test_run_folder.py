@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vitzoo import demo
+from vitzoo.cli import demo
 from vitzoo.checkpoint import RunFolders
 from vitzoo.checkpoint.store import best_name, ckpt_name
 from vitzoo.cli import main as vitzoo

@@ -60,7 +60,7 @@ def test_train_script_checks_then_launches_on_the_gpus(tmp_path, fake_python):
     check, launch = log.read_text().splitlines()
     assert check.split() == ["-m", "vitzoo", "train", "--check", "--config", cfg, "--resume", "auto",
                              "--batch_size", "8"]
-    assert launch.split() == ["-m", "vitzoo.launch", "--standalone", "--nproc_per_node", "2", "-m", "vitzoo",
+    assert launch.split() == ["-m", "vitzoo.cli.launch", "--standalone", "--nproc_per_node", "2", "-m", "vitzoo",
                               "train", "--config", cfg, "--resume", "auto", "--batch_size", "8"]
     assert "training on 2 GPU(s) of 0,1, one process each" in out.stderr
 
@@ -79,7 +79,7 @@ def test_gpu_ids_the_machine_lacks_are_one_line(tmp_path, fake_python):
     out = run_script("run_distribute_train_gpu.sh", config(tmp_path), "--device_ids", "0,1,2,3", python=exe,
                      path=gpus(tmp_path, 2))
     assert out.returncode == 1 and out.stderr.strip() == "--device_ids 0,1,2,3: only 2 GPU(s) found (ids 0 to 1)"
-    assert "vitzoo.launch" not in log.read_text()
+    assert "vitzoo.cli.launch" not in log.read_text()
 
 
 @pytest.mark.parametrize(("script", "what"), [("run_standalone_train_gpu.sh", "training in 1 process"),
@@ -110,7 +110,7 @@ def test_launch_reports_a_failed_process_in_one_line(tmp_path):
     """Past the check (here: skipped), a process that fails under torchrun is its own line plus one line
     from the launcher, not torchrun's ChildFailedError traceback and failure table."""
     bad = config(tmp_path, "learning_rate: 0.1\n")
-    out = subprocess.run([sys.executable, "-m", "vitzoo.launch", "--standalone", "--nproc_per_node", "1",
+    out = subprocess.run([sys.executable, "-m", "vitzoo.cli.launch", "--standalone", "--nproc_per_node", "1",
                           "-m", "vitzoo", "train", "--config", bad], capture_output=True, text=True, check=False,
                          timeout=120)
     assert out.returncode == 2

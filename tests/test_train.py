@@ -134,7 +134,7 @@ def test_resuming_a_run_with_another_head_names_the_num_classes_that_continues_i
 
 def test_amp_dtype_auto_trains_in_what_measured_faster_for_the_model(shapes, tmp_path, monkeypatch):
     # a CPU whose bf16 units make training slower (measured 0.61x on a Xeon with avx512_bf16, no AMX)
-    from vitzoo import precision
+    from vitzoo.runtime import precision
 
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
     timed = []
@@ -323,7 +323,7 @@ def test_torchrun_two_processes_gloo(shapes, tmp_path):
 
 
 def test_demo_wires_dataset_training_and_evaluation(tmp_path, capsys):
-    from vitzoo import demo
+    from vitzoo.cli import demo
 
     code = demo.main(["--out", str(tmp_path / "demo"), "--num-train", "40", "--num-val", "10", "--epochs", "1",
                       "--num_workers", "0", "--batch_size", "8", "--model_overrides", TINY, "--device", "cpu"])

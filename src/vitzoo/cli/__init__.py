@@ -10,11 +10,12 @@ import importlib
 import sys
 
 from vitzoo.errors import UserError
-from vitzoo.host_allocator import keep_freed_memory
+from vitzoo.runtime.host_allocator import keep_freed_memory
 from vitzoo.version import __version__
 
 # name -> (module, one-line summary)
 COMMANDS = {
+    "demo": ("vitzoo.cli.demo", "the whole loop on a CPU in ~3 minutes: make data, train, evaluate (no download)"),
     "models": ("vitzoo.cli.models", "list registered models (with parameter counts)"),
     "train": ("vitzoo.cli.train", "train a model from a YAML config (+ --key value overrides)"),
     "pretrain": ("vitzoo.cli.pretrain", "BEiT masked-image-modeling pre-training on unlabeled images"),

@@ -27,9 +27,9 @@ from vitzoo.data import build_eval_transform, load_image
 from vitzoo.engine.dist import resolve_device
 from vitzoo.errors import UserError
 from vitzoo.models import create_model, load_model
-from vitzoo.precision import PRECISION_CHOICES, inference_precision, refuse_int8
-from vitzoo.predict import collect_images
-from vitzoo.visualize import class_token_map, draw_attention, to_grid, upsample
+from vitzoo.runtime.precision import PRECISION_CHOICES, inference_precision, refuse_int8
+from vitzoo.inference.predict import collect_images
+from vitzoo.viz.draw import class_token_map, draw_attention, to_grid, upsample
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,14 +17,14 @@ import sys
 
 import torch
 
-from vitzoo import bench, bench_report
+from vitzoo.bench import measure, report
 from vitzoo.checkpoint import atomic_write_text
 from vitzoo.cli.helpfmt import HelpFormatter
 from vitzoo.engine.dist import resolve_device
 from vitzoo.errors import UserError
-from vitzoo.host_allocator import keep_freed_memory
+from vitzoo.runtime.host_allocator import keep_freed_memory
 from vitzoo.models import list_models
-from vitzoo.precision import FP32, PRECISION_CHOICES, inference_precision, refuse_int8, resolve_precision
+from vitzoo.runtime.precision import FP32, PRECISION_CHOICES, inference_precision, refuse_int8, resolve_precision
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=1, help="steps per side per round")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per side first")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--clock", default="wall", choices=sorted(bench.CLOCKS),
+    p.add_argument("--clock", default="wall", choices=sorted(measure.CLOCKS),
                    help="wall, or cpu: process CPU time, robust to other jobs on a shared CPU (use --threads 1)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the rows (with every round) to FILE")
     p.add_argument("--plot", default=None, metavar="PNG", help="also draw img/s per row (ours vs reference)")
@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--calibrated fixes int8's activation ranges: add --precision int8")
     if device.type == "cuda" and args.clock != "wall":
         raise UserError("--clock cpu measures host CPU time; on CUDA use the default wall clock")
-    info = bench.machine_info()
-    print(f"# {info['cpu']} (flags: {' '.join(info['cpu_flags']) or 'none of ' + ', '.join(bench.FLAGS_SHOWN)}; "
+    info = measure.machine_info()
+    print(f"# {info['cpu']} (flags: {' '.join(info['cpu_flags']) or 'none of ' + ', '.join(measure.FLAGS_SHOWN)}; "
           f"torch capability {info['cpu_capability']}){', ' + info['gpu'] if 'gpu' in info else ''}", flush=True)
     print(f"# torch {info['torch']}, timm {info.get('timm', '-')}, {device}, threads {info['threads']}, "
           f"{args.clock} clock, {args.mode}", flush=True)
@@ -97,13 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     ref_prec = FP32 if args.ref_precision == "fp32" else resolve_precision("O1", args.ref_precision, device)
     # int8 rows: the int8 product's peak, at full size before and after the rows like the others (measured
     # only after, at the 512^3 kept for slow fallbacks, it came out low and a BEiT row read 100%)
-    dtypes = bench.peak_dtypes(device) + ((torch.int8,) if args.precision == "int8" else ())
-    peaks = {dtype: bench.matmul_peak(dtype, device, clock=args.clock) for dtype in dtypes}
+    dtypes = measure.peak_dtypes(device) + ((torch.int8,) if args.precision == "int8" else ())
+    peaks = {dtype: measure.matmul_peak(dtype, device, clock=args.clock) for dtype in dtypes}
     print("# matmul peak here: " + _gflops(peaks), flush=True)
     rows = []
     runs = [(n, b, s) for n in names for s in sizes for b in batches]
     for i, (name, batch, size) in enumerate(runs, 1):
-        row = bench.bench_model(
+        row = measure.bench_model(
             name, mode=args.mode, batch=batch, img_size=size, ref_precision=ref_prec,
             against=args.against, device=device, rounds=args.rounds, iters=args.iters, warmup=args.warmup,
             clock=args.clock, compile=args.compile,
@@ -114,19 +114,19 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     used = {row["_peak_dtype"] for row in rows} | set(peaks)
     # a dtype without units here (bf16 on an AVX2 CPU) runs a scalar fallback: a 512^3 product measures it
-    again = {dtype: bench.matmul_peak(dtype, device, n=None if dtype in peaks else 512, clock=args.clock)
+    again = {dtype: measure.matmul_peak(dtype, device, n=None if dtype in peaks else 512, clock=args.clock)
              for dtype in sorted(used, key=str)}
     peaks = {dtype: max(peaks.get(dtype, 0.0), again[dtype]) for dtype in again}
     print(f"# matmul peak again after the rows: {_gflops(again)}; % peak uses the better of the two", flush=True)
-    bench.add_peak_fractions(rows, peaks)
-    print(bench_report.format_table(rows))
+    measure.add_peak_fractions(rows, peaks)
+    print(report.format_table(rows))
     if args.json:
         out = {"machine": info, "matmul_peak_gflops": {str(k): v for k, v in peaks.items()},
                "args": vars(args), "results": rows}
         atomic_write_text(args.json, json.dumps(out, indent=1) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
     if args.plot:
-        bench_report.plot_rows(rows, args.plot)
+        report.plot_rows(rows, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
 

@@ -24,12 +24,12 @@ from vitzoo.config import RunConfig, dump_config, parse_args
 from vitzoo.config import build_parser as config_parser
 from vitzoo.data import build_dataset, build_loader, check_split_data
 from vitzoo.data.datasets import ImageFiles
-from vitzoo.data.gpu_jpeg import DECODE_CHOICES, DECODE_HELP, choose_preprocess, eval_batches
+from vitzoo.data.device.jpeg import DECODE_CHOICES, DECODE_HELP, choose_preprocess, eval_batches
 from vitzoo.data.loader import OrderedSplitSampler, usable_cpus
 from vitzoo.engine import dist
 from vitzoo.engine.loop import evaluate, format_eval
 from vitzoo.errors import UserError
-from vitzoo.evaluation import (
+from vitzoo.inference.evaluate import (
     add_calibration_args,
     calibrate,
     check_calibration,
@@ -39,7 +39,7 @@ from vitzoo.evaluation import (
     eval_precision,
     load_for_eval,
 )
-from vitzoo.precision import config_precision_choice
+from vitzoo.runtime.precision import config_precision_choice
 
 
 def build_parser():

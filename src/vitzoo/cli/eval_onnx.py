@@ -21,7 +21,7 @@ from vitzoo.deploy.onnx_runtime import (
     session_metadata,
 )
 from vitzoo.errors import UserError
-from vitzoo.evaluation import describe_change
+from vitzoo.inference.evaluate import describe_change
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ come from the same run.
 
 Folders: image files (png/jpeg/...) in the folder root, as in the seed; ``--recursive`` walks sub-folders.
 Files that are not images (by extension) and images that fail to decode are reported on stderr and skipped;
-the JSON is still written for the rest. The prediction itself is :mod:`vitzoo.predict`, shared with
+the JSON is still written for the rest. The prediction itself is :mod:`vitzoo.inference.predict`, shared with
 ``vitzoo infer-onnx``.
 """
 from __future__ import annotations
@@ -21,12 +21,12 @@ import torch
 
 from vitzoo.cli.helpfmt import HelpFormatter
 from vitzoo.data import build_eval_transform
-from vitzoo.data.gpu_jpeg import DECODE_CHOICES, DECODE_HELP, choose_preprocess
+from vitzoo.data.device.jpeg import DECODE_CHOICES, DECODE_HELP, choose_preprocess
 from vitzoo.engine.dist import resolve_device
-from vitzoo.evaluation import add_calibration_args, calibrate, check_calibration
+from vitzoo.inference.evaluate import add_calibration_args, calibrate, check_calibration
 from vitzoo.models import load_model
-from vitzoo.precision import PRECISION_CHOICES, inference_precision, refuse_int8
-from vitzoo.predict import add_common_args, find_inputs, run_prediction
+from vitzoo.runtime.precision import PRECISION_CHOICES, inference_precision, refuse_int8
+from vitzoo.inference.predict import add_common_args, find_inputs, run_prediction
 
 
 def build_parser() -> argparse.ArgumentParser:

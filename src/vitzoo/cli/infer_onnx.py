@@ -18,7 +18,7 @@ from vitzoo.deploy.onnx_runtime import (
     open_model,
     run_session,
 )
-from vitzoo.predict import add_common_args, find_inputs, run_prediction
+from vitzoo.inference.predict import add_common_args, find_inputs, run_prediction
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from vitzoo.data.shard_write import folder_to_shards
+from vitzoo.data.shards.write import folder_to_shards
 from vitzoo.data.synthetic import SHAPES, make_shapes_dataset, shapes_dataset_exists
 from vitzoo.errors import UserError
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from vitzoo.errors import UserError
-from vitzoo.visualize import draw_curves
+from vitzoo.viz.draw import draw_curves
 
 METRICS_FILE = "metrics.jsonl"
 

@@ -19,7 +19,7 @@ from vitzoo.config import RunConfig, dump_config
 from vitzoo.engine.preempt import Preempted
 from vitzoo.engine.trainer import Trainer, train
 from vitzoo.errors import UserError
-from vitzoo.precision import refuse_int8
+from vitzoo.runtime.precision import refuse_int8
 
 
 def run_training(cfg: RunConfig, argv: list[str] | None, command: str, trainer_cls: type[Trainer] = Trainer) -> int:

@@ -11,7 +11,7 @@ import torch
 from vitzoo.config import RunConfig
 from vitzoo.data.cifar import CIFAR_FORMATS, CifarBinaryDataset, cifar_files
 from vitzoo.data.datasets import BaseDataset, ImageFolderDataset, list_images, load_image
-from vitzoo.data.shards import build_shard_dataset, shard_sources
+from vitzoo.data.shards.read import build_shard_dataset, shard_sources
 from vitzoo.data.transforms import build_eval_transform, build_train_transform, resolve_data_config
 from vitzoo.errors import UserError
 

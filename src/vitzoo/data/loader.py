@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset, Sampler, default_colla
 
 from vitzoo.config import RunConfig
 from vitzoo.data.datasets import SampleKey, base_dataset
-from vitzoo.data.device_decode import EncodedBatch, EncodedCrop
+from vitzoo.data.device.decode import EncodedBatch, EncodedCrop
 from vitzoo.data.transforms import build_eval_transform, build_train_transform
 from vitzoo.data.workers import worker_init
 from vitzoo.errors import UserError
@@ -205,7 +205,7 @@ def build_loader(
 
 def _streamed_loader(cfg: RunConfig, dataset: Any, train: bool, batch_size: int, world: int, rank: int) -> Loader:
     """The loader of a streamed (iterable) dataset, e.g. shards from URLs: it splits, shuffles and seeds
-    itself (:mod:`vitzoo.data.shard_stream`), so no sampler. Workers are not persistent: each epoch's
+    itself (:mod:`vitzoo.data.shards.stream`), so no sampler. Workers are not persistent: each epoch's
     workers must take a fresh copy of the dataset, which carries the epoch."""
     dataset.plan(batch_size, world, rank)
     workers = min(cfg.num_workers, usable_cpus())

@@ -13,7 +13,7 @@ everything smaller takes timm's path to the pixel. ``eval`` keeps timm's path fo
 
 ``augment_on: device`` ends the workers' chain after the flips with an :class:`AugmentPlanner` (the rest of
 the recipe drawn, applied by the device: :func:`device_stage`); ``decode_on: device`` makes the chain a
-:class:`~vitzoo.data.device_decode.CropPlanner`, which only draws the crop and flips of a JPEG as well.
+:class:`~vitzoo.data.device.decode.CropPlanner`, which only draws the crop and flips of a JPEG as well.
 
 Means and stds: the model's ``data_config`` by default; ``imagenet_default_mean_and_std: true`` forces
 ImageNet's, ``false`` forces 0.5/0.5 (BEiT's fine-tuning recipe, seed 002).
@@ -37,9 +37,9 @@ from torchvision.transforms import functional as TF
 
 from vitzoo.config import RunConfig
 from vitzoo.constants import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD
-from vitzoo.data.augment_plan import AugmentPlanner
+from vitzoo.data.device.augment_plan import AugmentPlanner
 from vitzoo.data.datasets import decode_image, is_undecoded_jpeg
-from vitzoo.data.device_decode import CropPlanner, DeviceDecode
+from vitzoo.data.device.decode import CropPlanner, DeviceDecode
 from vitzoo.errors import UserError
 
 DEFAULT_DATA_CONFIG = {

@@ -1,7 +1,7 @@
 """Unlabeled images for pre-training (``vitzoo pretrain``, ``vitzoo train-tokenizer``): labels ignored.
 
 ``dataset: folder`` reads every image of a folder tree at any depth (class folders, flat folders, or a
-mix); ``dataset: webdataset`` reads the images of tar shards (:mod:`vitzoo.data.shards`) and drops their
+mix); ``dataset: webdataset`` reads the images of tar shards (:mod:`vitzoo.data.shards.read`) and drops their
 ``.cls``. Every item is ``(transform(image), 0)``: the label is a constant so the loaders, collate and
 bad-file relay of the labeled path work unchanged, and the transform may return a tuple (BEiT's
 pre-training transform returns patch view, tokenizer view and mask; ``default_collate`` stacks each).
@@ -23,7 +23,7 @@ from pathlib import Path
 from vitzoo.config import RunConfig
 from vitzoo.data.build import finish_dataset
 from vitzoo.data.datasets import IMG_EXTENSIONS, BaseDataset, ImageFiles, list_images
-from vitzoo.data.shards import build_shard_dataset
+from vitzoo.data.shards.read import build_shard_dataset
 from vitzoo.errors import UserError
 
 UNLABELED_CLASSES = ["images"]  # one name for the constant label 0 (checkpoints carry a class list)

@@ -18,7 +18,7 @@ from vitzoo.config import RunConfig
 from vitzoo.data import build_dataset, build_loader, build_mixup, device_stage, resolve_data_config
 from vitzoo.data.build import train_class_count
 from vitzoo.data.datasets import base_dataset
-from vitzoo.data.device_decode import DeviceDecode
+from vitzoo.data.device.decode import DeviceDecode
 from vitzoo.engine.ema import ModelEma
 from vitzoo.engine.loop import TrainStep
 from vitzoo.engine.losses import build_criterion
@@ -28,7 +28,7 @@ from vitzoo.engine.schedule import build_scheduler
 from vitzoo.engine.teacher import build_teacher
 from vitzoo.errors import UserError
 from vitzoo.models import create_model
-from vitzoo.precision import Precision
+from vitzoo.runtime.precision import Precision
 
 
 def model_kwargs(cfg: RunConfig) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from torch import nn
 
 from vitzoo.engine import dist
 from vitzoo.errors import UserError
-from vitzoo.precision import FP32, Precision
+from vitzoo.runtime.precision import FP32, Precision
 
 
 class NonFiniteLossError(UserError):

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from vitzoo.precision import Precision
+from vitzoo.runtime.precision import Precision
 
 
 def build_scaler(precision: Precision, device: torch.device, dynamic: bool, loss_scale: float) -> Any:

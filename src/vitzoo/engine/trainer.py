@@ -33,7 +33,7 @@ from vitzoo.engine.preempt import Preempted, StopRequest
 from vitzoo.engine.reporting import EpochStats, MetricsFile, Progress, Tensorboard, close_logger, setup_logger
 from vitzoo.engine.seeding import rng_state, seed_everything, set_rng_state
 from vitzoo.errors import UserError
-from vitzoo.precision import Precision, resolve_precision
+from vitzoo.runtime.precision import Precision, resolve_precision
 
 
 @dataclass

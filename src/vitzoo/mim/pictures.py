@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from vitzoo.mim.targets import MIMTarget, PixelTarget
-from vitzoo.visualize import pyplot, save_figure
+from vitzoo.viz.draw import pyplot, save_figure
 
 
 def _unnormalize(images: torch.Tensor, mean, std) -> torch.Tensor:

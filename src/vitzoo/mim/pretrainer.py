@@ -32,7 +32,7 @@ from vitzoo.mim.task import MIMForward, evaluate_mim, format_mim_eval, mim_crite
 from vitzoo.mim.transforms import MIMTransform
 from vitzoo.models.beit_mim import build_mim_model, mim_encoder_config
 from vitzoo.models.convert import load_pretrained
-from vitzoo.precision import resolve_precision
+from vitzoo.runtime.precision import resolve_precision
 
 DEFAULT_VAL_IMAGES = 256
 PICTURE_IMAGES = 6

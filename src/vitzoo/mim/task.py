@@ -17,7 +17,7 @@ from torch import nn
 from vitzoo.engine import dist
 from vitzoo.errors import UserError
 from vitzoo.mim.targets import MIMTarget
-from vitzoo.precision import FP32, Precision
+from vitzoo.runtime.precision import FP32, Precision
 
 
 class MIMForward:

@@ -17,7 +17,7 @@ from vitzoo.engine import dist
 from vitzoo.engine.build import model_kwargs
 from vitzoo.engine.seeding import seed_everything
 from vitzoo.errors import UserError
-from vitzoo.evaluation import describe_preprocessing, eval_data_config, eval_precision, load_for_eval
+from vitzoo.inference.evaluate import describe_preprocessing, eval_data_config, eval_precision, load_for_eval
 from vitzoo.models import create_model
 from vitzoo.probe.features import Features, FeatureSpec, FrozenEncoder, extract_features, feature_spec
 

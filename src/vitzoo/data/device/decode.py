@@ -4,11 +4,11 @@ Why: with ``augment_on: device`` a loader worker still decodes each JPEG and res
 3 ms of a 400 px JPEG on the AVX2 EPYC, so a 16-core host feeds a few thousand images per second to a GPU
 that takes more. Here a worker reads the file's header only and *draws* the crop box, its filter and the
 flips (timm's ``RandomResizedCropAndInterpolation.get_params`` and the flips' own draws, on the header's
-size, in timm's order), then the auto-augment / erasing plan (:mod:`vitzoo.data.augment_plan`); the batch
+size, in timm's order), then the auto-augment / erasing plan (:mod:`vitzoo.data.device.augment_plan`); the batch
 crosses to the main process as its files' bytes. The device decodes the batch in one
 ``torchvision.io.decode_jpeg`` call (nvJPEG on CUDA), crops, resizes with Pillow's arithmetic in a few
-batched matrix products (:mod:`vitzoo.data.pillow_resize`: the worker path's integers), flips, and hands
-the crops to :class:`~vitzoo.data.augment_ops.DeviceAugment`. On a CPU the pixels are the worker path's
+batched matrix products (:mod:`vitzoo.data.device.pillow_resize`: the worker path's integers), flips, and hands
+the crops to :class:`~vitzoo.data.device.augment_ops.DeviceAugment`. On a CPU the pixels are the worker path's
 bit for bit (libjpeg-turbo decodes for both); on a GPU nvJPEG's decoding differs (1.5 grey levels on
 average, 22 at most, over 64 photos on an H100).
 
@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 
-from vitzoo.data.augment_ops import DeviceAugment
-from vitzoo.data.augment_plan import AugmentPlanner
+from vitzoo.data.device.augment_ops import DeviceAugment
+from vitzoo.data.device.augment_plan import AugmentPlanner
 from vitzoo.data.datasets import is_undecoded_jpeg
-from vitzoo.data.gpu_jpeg import decode_in_chunks
-from vitzoo.data.pillow_resize import FILTER_NAMES, resize
+from vitzoo.data.device.jpeg import decode_in_chunks
+from vitzoo.data.device.pillow_resize import FILTER_NAMES, resize
 from vitzoo.errors import UserError
 
 log = logging.getLogger("vitzoo")

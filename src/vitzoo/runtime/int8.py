@@ -1,4 +1,4 @@
-"""int8 arithmetic for oneDNN's int8 product (:class:`vitzoo.models.packed.Int8Linear`): activation ranges,
+"""int8 arithmetic for oneDNN's int8 product (:class:`vitzoo.runtime.packed.Int8Linear`): activation ranges,
 scales and zero points, the uint8 codes, and whether this torch and CPU have the ops.
 
 Activations are asymmetric uint8 (oneDNN's fast int8 kernels take uint8 inputs and int8 weights; a signed

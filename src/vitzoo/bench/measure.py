@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 from vitzoo.engine.optim import kernel_kwargs
 from vitzoo.models import create_model, t2t_vit
-from vitzoo.models.packed import Int8Linear, calibrate_int8
+from vitzoo.runtime.packed import Int8Linear, calibrate_int8
 from vitzoo.models.t2t_vit import TokenPerformer
-from vitzoo.precision import FP32, Precision, cpu_bf16_units, cpu_flags, cpu_model
+from vitzoo.runtime.precision import FP32, Precision, cpu_bf16_units, cpu_flags, cpu_model
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 FLAGS_SHOWN = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")

@@ -11,7 +11,7 @@ Inference (eval, infer, attention, bench; ``--precision auto|fp32|bf16|fp16|int8
 :func:`inference_precision`: ``auto`` = bf16 weights where the device has bf16 units and, on a CPU, a
 forward of the model measures faster in bf16; fp32 otherwise. ``int8`` (CPU, asked for: it changes the
 numbers more than bf16 does, so ``auto`` never picks it) runs the linear layers in oneDNN's int8 kernels
-(:class:`vitzoo.models.packed.Int8Linear`). The choice is printed once with its reason.
+(:class:`vitzoo.runtime.packed.Int8Linear`). The choice is printed once with its reason.
 """
 from __future__ import annotations
 
@@ -25,18 +25,18 @@ from pathlib import Path
 
 import torch
 
-from vitzoo.bf16_timing import measure_bf16_speedup
+from vitzoo.runtime.bf16_timing import measure_bf16_speedup
 from vitzoo.checkpoint.files import atomic_write_text
 from vitzoo.errors import UserError
-from vitzoo.models.int8 import int8_available
-from vitzoo.models.packed import pack_linears, packing_available
+from vitzoo.runtime.int8 import int8_available
+from vitzoo.runtime.packed import pack_linears, packing_available
 
 
 @dataclass(frozen=True)
 class Precision:
     """``autocast``: dtype of autocast regions (None = off); ``weights``: dtype the model and inputs are
     cast to (O3; None = fp32); ``name``: what to print; ``pack``: pre-pack the linear layers for oneDNN
-    (CPU inference, :mod:`vitzoo.models.packed`); ``int8_weight_bits``: run the linear layers in int8 with
+    (CPU inference, :mod:`vitzoo.runtime.packed`); ``int8_weight_bits``: run the linear layers in int8 with
     weights of that many bits (8, or 7 on CPUs without VNNI; None = not int8)."""
 
     autocast: torch.dtype | None = None

@@ -1,4 +1,4 @@
-"""Timing a model in bf16 against fp32, for the precision policy (:mod:`vitzoo.precision`): one forward
+"""Timing a model in bf16 against fp32, for the precision policy (:mod:`vitzoo.runtime.precision`): one forward
 (bf16 weights) or one training step (bf16 autocast), on one thread by CPU time. The policy decides and
 remembers; this module only measures.
 """

@@ -19,8 +19,8 @@ from vitzoo.data.transforms import PREPROCESSING_KEYS
 from vitzoo.engine import dist
 from vitzoo.errors import UserError
 from vitzoo.models import load_model
-from vitzoo.models.packed import calibrate_int8
-from vitzoo.precision import FP32, Precision, config_precision_choice, inference_precision
+from vitzoo.runtime.packed import calibrate_int8
+from vitzoo.runtime.precision import FP32, Precision, config_precision_choice, inference_precision
 
 
 def load_for_eval(cfg: RunConfig, use_ema: bool, device: torch.device):
@@ -149,7 +149,7 @@ def check_calibration(args: argparse.Namespace, choice: str, int8_flag: str) -> 
 def calibrate(model: torch.nn.Module, precision: Precision, args: argparse.Namespace, data_config: dict,
               announce: bool = True) -> None:
     """With ``--calibration-data`` and an int8 ``precision``: calibrate ``model``'s int8 layers on those
-    images (:func:`vitzoo.models.packed.calibrate_int8`) and say so on stderr."""
+    images (:func:`vitzoo.runtime.packed.calibrate_int8`) and say so on stderr."""
     if not precision.int8_weight_bits:
         return
     if args.calibration_data is None:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitzoo.models.beit import BEiTAttention, BEiTBlock
-from vitzoo.models.int8 import activation_range, int8_available, to_uint8, uint8_qparams
+from vitzoo.runtime.int8 import activation_range, int8_available, to_uint8, uint8_qparams
 from vitzoo.models.layers import Attention, Block, Mlp
 
 
@@ -133,7 +133,7 @@ class PackedLinear(nn.Linear):
 class Int8Linear(PackedLinear):
     """A :class:`PackedLinear` computing in int8: weights per output channel (symmetric, ``weight_bits``
     8, or 7 where the CPU lacks VNNI, below), activations quantized on every call over the whole input
-    (uint8, its range from the input's min and max: :mod:`vitzoo.models.int8`), the products in
+    (uint8, its range from the input's min and max: :mod:`vitzoo.runtime.int8`), the products in
     oneDNN's int8 kernels accumulating in int32, and the scales, bias, GELU or residual add applied to the
     fp32 output inside the same op (``onednn.qlinear_pointwise``, the op torch's x86 int8 path lowers to).
 

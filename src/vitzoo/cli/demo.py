@@ -1,4 +1,4 @@
-"""``python -m vitzoo.demo --out DIR`` (``make demo``): the whole loop on a CPU, no download.
+"""``vitzoo demo --out DIR`` (``make demo``): the whole loop on a CPU, no download.
 
 1. write the generated shapes dataset (``vitzoo make-dataset shapes``) under ``DIR/shapes``;
 2. train the small DeiT of ``configs/demo_shapes.yaml`` on it (``vitzoo train``) into ``DIR/run``;
@@ -24,7 +24,7 @@ from vitzoo.models import load_model
 
 def _demo_config() -> Path:
     """configs/demo_shapes.yaml of the source tree (src layout), else of the current folder."""
-    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+    for root in (Path(__file__).resolve().parents[3], Path.cwd()):
         path = root / "configs" / "demo_shapes.yaml"
         if path.is_file():
             return path
@@ -32,13 +32,13 @@ def _demo_config() -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m vitzoo.demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="vitzoo demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo_out", help="folder for the dataset and the run (default demo_out)")
     p.add_argument("--config", default=None, help="training config (default configs/demo_shapes.yaml)")
     p.add_argument("--num-train", type=int, default=2000, help="generated training images (default 2000)")
     p.add_argument("--num-val", type=int, default=500, help="generated validation images (default 500)")
     p.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
-    p.epilog = "Any other --key value is a training option (e.g. --batch_size 32 --device cpu)."
+    p.epilog = "Other options go to vitzoo train, e.g. --batch_size 32 --device cpu."
     return p
 
 
@@ -86,8 +86,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  vitzoo plot {run / 'metrics.jsonl'}")
     return 0
 
-
-if __name__ == "__main__":
-    from vitzoo.cli import run
-
-    sys.exit(run("vitzoo.demo", sys.argv[1:], prog="python -m vitzoo.demo"))

@@ -6,7 +6,7 @@ deit_small at over 20,000. Here the workers only read file bytes; the JPEGs of a
 ``torchvision.io.decode_jpeg`` call on the device (nvJPEG on CUDA, libjpeg-turbo on a CPU), then resized,
 centre-cropped and normalised there, as timm's eval transform does on the CPU (``transforms_imagenet_eval``:
 shorter side to ``floor(size / crop_pct)``, centre crop ``size``). The resize is Pillow's arithmetic, batched
-(:mod:`vitzoo.data.pillow_resize`), computing the crop's pixels only, and the normalisation torchvision's, so
+(:mod:`vitzoo.data.device.pillow_resize`), computing the crop's pixels only, and the normalisation torchvision's, so
 on a CPU (libjpeg-turbo decoding, as PIL's) the two paths give the same tensors (tests/test_gpu_jpeg.py);
 on a GPU, nvJPEG's decoding differs (1.5 grey levels on average, 22 at most, over 64 photos on an H100).
 
@@ -26,7 +26,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from vitzoo.data.datasets import load_image
-from vitzoo.data.pillow_resize import FILTER_NAMES, resize
+from vitzoo.data.device.pillow_resize import FILTER_NAMES, resize
 from vitzoo.data.workers import worker_init
 from vitzoo.errors import UserError
 
@@ -94,7 +94,7 @@ class EncodedFiles(torch.utils.data.Dataset):
 def pack_encoded(items: list) -> tuple[list, torch.Tensor, list[int]]:
     """``--decode device``, run in the loader worker (``collate_fn``): the batch's still-encoded JPEGs (1-D uint8) joined
     into one tensor, so the batch crosses to the main process as one tensor in shared memory rather than
-    one per file, as ``vitzoo.predict`` does for pixels. The transport alone, measured on the 2-core
+    one per file, as ``vitzoo.inference.predict`` does for pixels. The transport alone, measured on the 2-core
     CI box (2 workers, 256 files of 100 KB per batch): ~9,000 img/s joined vs ~2,000 as a list, a ceiling
     near what nvJPEG decodes. Returns (the items with their JPEG bytes taken out, the joined bytes, each
     item's byte count: 0 for an item that is not a JPEG)."""

@@ -7,7 +7,7 @@ an ImageNet-sized JPEG, RandAugment's two ops, the normalisation and random eras
 and flips as before and hands over the 224 px crop as uint8, plus a *plan*: every random choice the rest
 of the recipe would make -- which auto-augment ops, their magnitudes and filters, the erasing boxes -- drawn
 by timm's own code in timm's order from the sample's seeded generators. The training device then applies
-the plan to the whole batch (:mod:`vitzoo.data.augment_ops`). For the same seed an image gets the same ops,
+the plan to the whole batch (:mod:`vitzoo.data.device.augment_ops`). For the same seed an image gets the same ops,
 magnitudes and boxes as on the CPU path; only the erasing noise comes from another generator.
 
 How the draws stay timm's: :class:`AugmentPlanner` runs a copy of timm's ``RandAugment`` / ``AutoAugment``
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitzoo.data.augment_ops import (
+from vitzoo.data.device.augment_ops import (
     AFFINE,
     AUTOCONTRAST,
     BICUBIC,
@@ -193,7 +193,7 @@ class AugmentPlanner:
         return plan, boxes, seed
 
     def device_stage(self):
-        """The :class:`~vitzoo.data.augment_ops.DeviceAugment` that applies this planner's plans."""
+        """The :class:`~vitzoo.data.device.augment_ops.DeviceAugment` that applies this planner's plans."""
         return DeviceAugment(self.mean, self.std, self.fill, self.erase_mode)
 
     def __repr__(self) -> str:

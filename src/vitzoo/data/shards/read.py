@@ -14,7 +14,7 @@ Why two readers. Local shards are indexed once (tar headers only: each member's 
 is stored uncompressed and contiguous, so an image is one ``pread``). That gives a map-style dataset,
 and the seeded shuffle, SeededSampler (per-sample augmentation seeds), exact mid-epoch resume,
 ``train_num_samples`` subsets and the distributed samplers work exactly as for image folders. URLs cannot
-be read at random, so they are streamed (:mod:`vitzoo.data.shard_stream`) with a shuffle buffer and an
+be read at random, so they are streamed (:mod:`vitzoo.data.shards.stream`) with a shuffle buffer and an
 epoch length of ``train_num_samples``.
 """
 
@@ -33,7 +33,7 @@ import braceexpand
 
 from vitzoo.config import RunConfig
 from vitzoo.data.datasets import BaseDataset, _BadImage, open_image, opens_lazily
-from vitzoo.data.shard_stream import SHARD_IMAGE_EXTS, StreamedShardDataset
+from vitzoo.data.shards.stream import SHARD_IMAGE_EXTS, StreamedShardDataset
 from vitzoo.errors import UserError
 
 URL_PREFIXES = ("http://", "https://", "pipe:", "gs://", "s3://", "ais://", "hf://")

@@ -18,7 +18,7 @@ import torch
 
 from vitzoo.checkpoint import atomic_write_text
 from vitzoo.data import decoding_errors_named, list_images, load_image, opens_lazily
-from vitzoo.data.gpu_jpeg import DevicePreprocess, EncodedFiles, pack_encoded, unpack_encoded
+from vitzoo.data.device.jpeg import DevicePreprocess, EncodedFiles, pack_encoded, unpack_encoded
 from vitzoo.data.workers import worker_init
 from vitzoo.errors import UserError
 

@@ -1,4 +1,4 @@
-"""How ``vitzoo bench`` shows its rows (:mod:`vitzoo.bench` measures them): a markdown table, the ratio with
+"""How ``vitzoo bench`` shows its rows (:mod:`vitzoo.bench.measure` measures them): a markdown table, the ratio with
 the range of its rounds, and a bar chart."""
 from __future__ import annotations
 

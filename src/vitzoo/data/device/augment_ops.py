@@ -1,5 +1,5 @@
 """The device half of ``augment_on: device``: timm's auto-augment ops, normalisation and random erasing on a
-batch, as :mod:`vitzoo.data.augment_plan` planned them per image.
+batch, as :mod:`vitzoo.data.device.augment_plan` planned them per image.
 
 Each op is Pillow's arithmetic (what timm's ops call) on (n, 3, H, W) uint8 tensors with one argument per
 image, so a batch takes one call per op kind and layer rather than one per image, and every op gives

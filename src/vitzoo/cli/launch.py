@@ -1,4 +1,4 @@
-"""``python -m vitzoo.launch TORCHRUN_ARGS``: ``torchrun``, with a failed process reported in one line.
+"""``python -m vitzoo.cli.launch TORCHRUN_ARGS``: ``torchrun``, with a failed process reported in one line.
 
 Why: torchrun ends a run whose process failed by raising ``ChildFailedError``; its traceback and failure
 table (~30 lines) bury the one-line message the process printed itself. This runs torchrun's own ``main``

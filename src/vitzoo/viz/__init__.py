@@ -1,0 +1,1 @@
+"""Pictures: attention maps (rollout) and training curves, drawn with matplotlib."""
