@@ -1,71 +1,112 @@
-"""The README's commands run as written and print what it quotes (issue 13, item 8).
+"""The documentation's commands run as written and print what they quote (README.md and docs/*.md).
 
-The commands of the README's ``bash`` blocks run in order, in process, in a temporary folder standing in
-for the repository (``configs/`` linked into it), on a reduced demo: :data:`REDUCED` lists the only
-changes (fewer images, one epoch, no loader workers). A ``# ...`` line under a command is output the README
-quotes: the command must print a line of that shape (numbers and shape names may differ on the reduced
-demo, the text around them may not). A plain block right after a one-command ``bash`` block is that
-command's exact output. Commands that need what this repository does not ship (GPUs, official release
-files) or that time things are listed in :data:`NOT_RUN` with the reason; any other line fails the test,
-so a new README command is either run here or skipped on purpose.
+Every shell block (```bash, ```sh, ```console) either runs here or says, in an HTML comment on the line just
+before it, what it needs: ``<!-- needs: slow -->``, ``<!-- needs: gpu, download -->`` (:data:`NEEDS` lists the
+words and what each means). Unmarked blocks run in the default suite and must stay cheap (help, listings,
+small generated data). Blocks marked ``slow`` and nothing else (they train) run under ``make test-slow``.
+
+A file's blocks run in order, in process, in a temporary folder standing for the repository (``configs/``
+linked into it), on a reduced demo: :data:`REDUCED` and :data:`APPENDED` are the only changes (fewer images,
+one epoch, no loader workers). ``VAR=$(ls GLOB)`` sets ``$VAR`` to the one file GLOB matches. A ``# ...`` line
+under a command is output the document quotes: the command must print a line of that shape (numbers and shape
+names may differ on the reduced demo, the text around them may not). A plain block right after a one-command
+shell block is that command's exact output. Any other line fails the test, so a new documented command is
+either run here or marked on purpose.
 """
 from __future__ import annotations
 
 import contextlib
 import glob
+import importlib
+import importlib.util
 import io
 import os
 import re
 import shlex
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
+from vitzoo.cli import COMMANDS
 from vitzoo.cli import main as vitzoo
 from vitzoo.cli.models import count_params
 from vitzoo.data import SHAPES
 
 ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+MAX_README_LINES = 250
 
-# the reduced demo: (README text, replacement) applied to each command, and flags appended per command
+SHELL = {"bash", "sh", "console", "shell"}
+NEEDS = {
+    "slow": "trains or runs for minutes: run by `make test-slow` (pytest -m slow)",
+    "gpu": "a CUDA GPU (and torchrun's processes): tests/test_scripts.py runs the wrappers with a stand-in",
+    "download": "files this repository does not ship (official weights, ImageNet, other packages)",
+    "bench": "timings, not a check (tests/test_bench.py runs vitzoo bench on a small input)",
+    "setup": "sets up the environment this test runs in (make)",
+}
+
+# the reduced demo: (document text, replacement) applied to each command, and flags appended per command
 REDUCED = [("--num-train 2000 --num-val 500", "--num-train 40 --num-val 15"),
            ("--num-train 3000 --num-val 500", "--num-train 40 --num-val 20")]
 SHORT = ["--epochs", "1", "--batch_size", "8", "--num_workers", "0"]
 APPENDED = {"train": SHORT, "pretrain": SHORT, "train-tokenizer": SHORT,
+            "demo": ["--num-train", "40", "--num-val", "15", *SHORT],
             "eval": ["--num_workers", "0"], "eval-onnx": ["--num-workers", "0"],
             "linprobe": ["--num_workers", "0", "--probe_epochs", "2"], "knn": ["--num_workers", "0"]}
-NOT_RUN = {
-    "make ": "sets up the environment this test runs in",
-    "bash scripts/": "GPU wrappers around torchrun: tests/test_scripts.py runs them with a stand-in",
-    "torchrun ": "several processes: tests/test_train.py and test_eval_infer.py run torchrun",
-    "vitzoo convert ": "needs the official release files, which are not shipped",
-    ".venv/bin/python benchmarks/": "timings, not a check",
-    "vitzoo bench ": "timings, not a check (tests/test_bench.py runs it on a small input)",
-}
 NUMBER = r"-?\d+(?:\.\d+)?(?:e-?\d+)?"
 WORDS = "|".join(SHAPES)
+FENCE = re.compile(r"^```(\w*)[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+MARKER = re.compile(r"<!--\s*needs:([^>]*?)-->")
 
 
-def readme_blocks() -> list[tuple[str, str]]:
-    """(language, text) of each fenced block, in order."""
-    return re.findall(r"^```(\w*)\n(.*?)^```", README, flags=re.MULTILINE | re.DOTALL)
+@dataclass
+class Command:
+    text: str
+    quotes: list[str] = field(default_factory=list)
+    exact: str | None = None
 
 
-def readme_commands() -> list[tuple[str, list[str], str | None]]:
-    """(command, quoted output lines, exact output or None) in README order."""
-    blocks = readme_blocks()
-    found: list[tuple[str, list[str], str | None]] = []
-    for i, (lang, text) in enumerate(blocks):
-        if lang != "bash":
-            continue
-        for line in text.splitlines():
+@dataclass
+class Block:
+    doc: str  # file name relative to the repository
+    lang: str
+    text: str
+    needs: frozenset[str]
+    exact: str | None = None  # the plain block right after it
+
+    def commands(self) -> list[Command]:
+        found: list[Command] = []
+        for line in self.text.splitlines():
             if line.startswith("# ") and found:
-                found[-1][1].append(line[2:])
+                found[-1].quotes.append(line[2:])
             elif line.strip() and not line.startswith("#"):
-                found.append((re.sub(r"\s+#\s.*$", "", line).strip(), [], None))
-        exact = blocks[i + 1][1] if i + 1 < len(blocks) and blocks[i + 1][0] == "" else None
-        if exact is not None and README.find(f"```\n```\n{exact}") >= 0:  # the very next block
-            found[-1] = (found[-1][0], found[-1][1], exact)
+                found.append(Command(re.sub(r"\s+#\s.*$", "", line).strip()))
+        if self.exact is not None and len(found) == 1:
+            found[0].exact = self.exact
+        return found
+
+
+def blocks_of(path: Path) -> list[Block]:
+    """The fenced blocks of a markdown file, each with the needs marked just before it."""
+    text = path.read_text(encoding="utf-8")
+    name = str(path.relative_to(ROOT))
+    found: list[Block] = []
+    previous_end = -1
+    for match in FENCE.finditer(text):
+        lang, body = match.group(1), match.group(2)
+        before = text[:match.start()].rstrip()
+        marker = MARKER.search(before[before.rfind("\n") + 1:]) if before.endswith("-->") else None
+        needs = frozenset(w.strip() for w in marker.group(1).split(",")) if marker else frozenset()
+        if lang == "" and found and found[-1].lang in SHELL and not text[previous_end:match.start()].strip():
+            found[-1].exact = body
+        found.append(Block(name, lang, body, needs))
+        previous_end = match.end()
     return found
+
+
+ALL_BLOCKS = {path.name: blocks_of(path) for path in DOCS}
 
 
 def shape_of(quoted: str) -> re.Pattern:
@@ -76,12 +117,12 @@ def shape_of(quoted: str) -> re.Pattern:
     return re.compile(regex)
 
 
-def as_run(command: str, ckpt: str) -> list[str]:
-    """The argv a README command runs with on the reduced demo."""
+def as_run(command: str, variables: dict[str, str]) -> list[str]:
+    """The argv a documented command runs with on the reduced demo."""
     for text, reduced in REDUCED:
         command = command.replace(text, reduced)
-    argv = [ckpt if a == "$CKPT" else a for a in shlex.split(command)][1:]  # drop "vitzoo"
-    if "--dry-run" not in argv:
+    argv = [variables.get(a[1:], a) if a.startswith("$") else a for a in shlex.split(command)][1:]
+    if argv and "--dry-run" not in argv:
         argv += APPENDED.get(argv[0], [])
     return argv
 
@@ -89,58 +130,154 @@ def as_run(command: str, ckpt: str) -> list[str]:
 def run(argv: list[str]) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        code = vitzoo(argv)
+        try:
+            code = vitzoo(argv)
+        except SystemExit as stop:  # argparse's --help
+            code = stop.code or 0
     return code, out.getvalue()
 
 
-def check(command: str, argv: list[str], quotes: list[str], exact: str | None, code: int, output: str) -> None:
-    assert code == 0, f"README command failed: {command}\n{output}"
+def check(command: Command, code: int, output: str) -> None:
+    assert code == 0, f"documented command failed: {command.text}\n{output}"
     lines = [line.rstrip() for line in output.splitlines()]
-    for quoted in quotes:
+    for quoted in command.quotes:
         pattern = shape_of(quoted)
         assert any(pattern.fullmatch(line) for line in lines), \
-            f"{command}: no output line shaped like the README's\n  {quoted}\noutput:\n{output}"
-    if exact is not None:
-        assert output.strip() == exact.strip(), f"{command}: output differs from the README's block"
+            f"{command.text}: no output line shaped like the document's\n  {quoted}\noutput:\n{output}"
+    if command.exact is not None:
+        assert output.strip() == command.exact.strip(), f"{command.text}: output differs from the document's block"
 
 
-def run_readme(folder: Path) -> list[str]:
-    """Run the README's commands in order in ``folder``, checking each; return those run."""
+def run_blocks(blocks: list[Block], folder: Path) -> list[str]:
+    """Run the blocks' commands in order in ``folder``, checking each; return those run."""
     done: list[str] = []
-    ckpt = ""
+    variables: dict[str, str] = {}
     with contextlib.chdir(folder):
-        for command, quotes, exact in readme_commands():
-            if command.startswith("CKPT=$(ls "):
-                found = glob.glob(command.removeprefix("CKPT=$(ls ").removesuffix(")"))
-                assert len(found) == 1, found
-                ckpt = found[0]
-                continue
-            if any(command.startswith(prefix) for prefix in NOT_RUN):
-                continue
-            assert command.startswith("vitzoo "), f"README command the test does not know: {command}"
-            argv = as_run(command, ckpt)
-            check(command, argv, quotes, exact, *run(argv))
-            done.append(command)
+        for block in blocks:
+            for command in block.commands():
+                assignment = re.fullmatch(r"(\w+)=\$\(ls (\S+)\)", command.text)
+                if assignment:
+                    found = glob.glob(assignment.group(2))
+                    assert len(found) == 1, f"{block.doc}: {command.text} matched {found}"
+                    variables[assignment.group(1)] = found[0]
+                    continue
+                assert command.text.startswith("vitzoo "), \
+                    f"{block.doc}: a command the test does not know (run it, or mark the block): {command.text}"
+                check(command, *run(as_run(command.text, variables)))
+                done.append(command.text)
     return done
 
 
-def test_readme_commands_run_as_written(tmp_path):
-    """~40 s: the reduced demo trains 1-epoch runs (classifier, tokenizer, pre-training), then every command
-    uses their checkpoints."""
-    (tmp_path / "configs").symlink_to(ROOT / "configs")  # the README's paths are the repository's
-    done = run_readme(tmp_path)
-    assert {c.split()[1] for c in done} == {"make-dataset", "train", "eval", "infer", "export", "eval-onnx",
-                                            "infer-onnx", "attention", "plot", "models", "train-tokenizer",
-                                            "pretrain", "linprobe", "knn"}
-    assert (tmp_path / "attn.png").is_file() and (tmp_path / "curves.png").is_file()
-    assert (tmp_path / "pretrain_curves.png").is_file() and (tmp_path / "knn.json").is_file()
+def repository_folder(tmp_path: Path, name: str) -> Path:
+    folder = tmp_path / name.replace("/", "_")
+    folder.mkdir()
+    (folder / "configs").symlink_to(ROOT / "configs")  # the documents' paths are the repository's
+    return folder
 
 
-def test_readme_python_example_runs():
-    code = next(text for lang, text in readme_blocks() if lang == "python")
-    namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own example
-    assert tuple(namespace["logits"].shape) == (2, 10) and len(namespace["maps"]) == 6
+def shell_blocks(needs_at_most: set[str]) -> dict[str, list[Block]]:
+    return {name: [b for b in blocks if b.lang in SHELL and b.needs <= needs_at_most]
+            for name, blocks in ALL_BLOCKS.items()}
+
+
+def test_every_shell_block_runs_or_says_what_it_needs():
+    for name, blocks in ALL_BLOCKS.items():
+        text = next(p for p in DOCS if p.name == name).read_text(encoding="utf-8")
+        marked = [b for b in blocks if b.needs]
+        assert len(marked) == len(MARKER.findall(text)), \
+            f"{name}: a <!-- needs: ... --> comment must sit on the line just before a shell block"
+        for block in marked:
+            assert block.lang in SHELL, f"{name}: needs marked on a {block.lang or 'plain'} block"
+            assert block.needs <= set(NEEDS), f"{name}: unknown needs {sorted(block.needs - set(NEEDS))}: " \
+                                              f"use one of {sorted(NEEDS)}"
+
+
+def test_cheap_blocks_run_as_written(tmp_path):
+    """Seconds: the unmarked blocks (help, listings, a small generated dataset, a dry run)."""
+    done = []
+    for name, blocks in shell_blocks(set()).items():
+        done += run_blocks(blocks, repository_folder(tmp_path, name))
+    assert {c.split()[1] for c in done} >= {"--help", "models", "make-dataset", "train"}
+
+
+@pytest.mark.slow
+def test_documented_commands_run_as_written(tmp_path):
+    """~2-3 min: every file's unmarked and `slow` blocks in order on the reduced demo (1-epoch runs of the
+    classifier, the tokenizer and pre-training, then every command on their checkpoints)."""
+    done = []
+    folders = {}
+    for name, blocks in shell_blocks({"slow"}).items():
+        folders[name] = repository_folder(tmp_path, name)
+        done += run_blocks(blocks, folders[name])
+    untested = set(COMMANDS) - {c.split()[1] for c in done}
+    assert untested == {"convert", "bench"}, f"commands no document runs: {sorted(untested)}"
+    assert (folders["inference.md"] / "attn.png").is_file() and (folders["training.md"] / "curves.png").is_file()
+    assert (folders["pretraining.md"] / "pretrain_curves.png").is_file()
+    assert (folders["pretraining.md"] / "knn.json").is_file()
+
+
+def test_python_blocks_run():
+    for name, blocks in ALL_BLOCKS.items():
+        for block in (b for b in blocks if b.lang == "python"):
+            namespace: dict = {}
+            exec(compile(block.text, name, "exec"), namespace)  # noqa: S102 - the documents' own examples
+            if name == "README.md":
+                assert tuple(namespace["logits"].shape) == (2, 10) and len(namespace["maps"]) == 6
+
+
+def test_readme_is_a_door():
+    assert len(README.splitlines()) <= MAX_README_LINES
+    for path in DOCS:  # reference, not a diary
+        assert not re.search(r"\b(second|third|fourth|fifth|this) session\b", path.read_text(encoding="utf-8"),
+                             re.IGNORECASE), path.name
+
+
+def test_readme_lists_every_command_with_its_doc():
+    table = README.split("## Commands", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\| `([\w-]+)` \|.*\| \[\w+\]\(([^)]+)\) \|$", table, flags=re.MULTILINE)
+    assert [name for name, _ in listed] == list(COMMANDS)
+
+
+def test_links_and_paths_exist():
+    """Relative links resolve; every src/, tests/, benchmarks/, scripts/, configs/ path and vitzoo.* name
+    the documents mention exists (the reorganisation moved modules: vitzoo.precision is vitzoo.runtime.precision)."""
+    for path in DOCS:
+        text = path.read_text(encoding="utf-8")
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if not re.match(r"\w+://", target):
+                assert (path.parent / target).exists(), f"{path.name}: broken link {target}"
+        for match in re.finditer(r"(?<![\w/])((?:src/vitzoo|tests|benchmarks|scripts|configs)/[\w./-]*\w)", text):
+            if text[match.end():match.end() + 1] not in ("{", "*"):  # a pattern, not a path
+                assert (ROOT / match.group(1)).exists(), f"{path.name}: {match.group(1)} does not exist"
+        for dotted in set(re.findall(r"`(vitzoo(?:\.\w+)+)", text)):
+            assert resolves(dotted), f"{path.name}: {dotted} is not a module or attribute of vitzoo"
+
+
+def resolves(dotted: str) -> bool:
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            if importlib.util.find_spec(".".join(parts[:cut])) is None:
+                continue
+        except ModuleNotFoundError:  # a name inside a module, not a submodule
+            continue
+        obj = importlib.import_module(".".join(parts[:cut]))
+        for attr in parts[cut:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+def test_readme_layout_is_the_layer_table_of_test_imports():
+    spec = importlib.util.spec_from_file_location("layer_table", ROOT / "tests" / "test_imports.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    section = README.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("|")][2:]
+    layers = [tuple(re.findall(r"`(\w+)`", cells[1])) for cells in rows]
+    assert layers == module.LAYERS
 
 
 def expand_names(cell: str) -> list[str]:
@@ -166,7 +303,8 @@ def test_readme_model_table_counts_are_what_vitzoo_models_prints():
             assert count_params(name)[0] == count, name
 
 
-def test_readme_states_the_durations_it_promises():
-    assert "`make bench` times two models against their references in about a minute" in README
-    assert "make bench FULL=1" in README
+def test_docs_state_the_durations_they_promise():
+    performance = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
+    assert "`make bench` times two models against their references in about a minute" in performance
+    assert "make bench FULL=1" in performance
     assert os.path.isfile(ROOT / "benchmarks" / "bench_models.py")
