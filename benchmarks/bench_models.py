@@ -14,7 +14,7 @@ ratios ours / reference (paired, so load changes between rounds cancel). ``torch
 bf16/fp16 run under autocast (as ``vitzoo eval`` does). On CUDA, peak memory of one forward is reported per model.
 
     python benchmarks/bench_models.py              # quick: 2 small models, few rounds (~1 min on 2 CPU cores)
-    python benchmarks/bench_models.py --full       # the 7 models of the README table (~15 min on 2 CPU cores)
+    python benchmarks/bench_models.py --full       # the 7 models of docs/performance.md (~15 min on 2 CPU cores)
     python benchmarks/bench_models.py --device cuda --dtype bf16 --batch 64 --compile --json out.json
 
 Progress goes to the console as it runs: model i/n, its rates, and an estimate of the time left.

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The 2-core CPU figures of README "Performance" (issue 12), one command: `benchmarks/cpu_suite.sh OUT`.
+# The 2-core CPU figures of docs/performance.md, one command: `benchmarks/cpu_suite.sh OUT`.
 # Every line is vitzoo and its reference side by side in one process (interleaved rounds, medians), wall
 # clock with torch's default threads, on an otherwise idle machine; the tables go to OUT/cpu.md and the rows
-# to OUT/*.json. Measured 2026-12-02 on a 2-core Intel Xeon with AMX (benchmarks/README.md): 4.5 min; on a
+# to OUT/*.json. Measured 2026-12-02 on a 2-core Intel Xeon with AMX (docs/performance.md): 4.5 min; on a
 # 2-core AVX2-only AMD EPYC (no bf16 units: every row fp32 but the int8 ones, added later): 16.6 min;
 # 2026-12-03 on a 2-core Intel Xeon with avx512_bf16 and no AMX (bf16 at half the fp32 rate: the policy
 # keeps fp32): 12.5 min.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of README "Performance" (issue 12), as run on a lent H100: `benchmarks/gpu_suite.sh PART OUT`.
+# The GPU figures of docs/performance.md, as run on a lent H100: `benchmarks/gpu_suite.sh PART OUT`.
 # PART: models (vitzoo bench rows, eager), compiled (the same with torch.compile), feed (loader vs model),
 # decode (CPU vs on-device JPEG decoding, and vitzoo infer end to end), amx (the lent machine's *host* CPU,
 # an Intel Xeon with AMX: issue 12's AMX targets, measured on the CPU alone). Each writes its tables to OUT/PART.md

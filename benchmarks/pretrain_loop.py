@@ -1,6 +1,6 @@
 """The whole BEiT loop at CPU scale: pre-train on unlabeled images, fine-tune on 10% of the labels, compare.
 
-What the README's "Pre-train on your own images" table reports, measured in one run on generated data:
+What docs/pretraining.md's CPU-scale table reports, measured in one run on generated data:
 
 1. ``vitzoo make-dataset shapes``: 3,000 train images (their labels unused until step 4) and 500 val images;
 2. ``vitzoo train-tokenizer`` (for the tokenizer target);

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write an int8 ONNX model to --output and keep the fp32 one beside it as <name>.fp32.onnx")
     q.add_argument("--quantize-mode", choices=MODES, default="dynamic",
                    help="dynamic: int8 weights, activation ranges per batch (no images needed; measured the "
-                        "faster one here, benchmarks/README.md); static: activation ranges calibrated on "
+                        "faster one here, docs/performance.md); static: activation ranges calibrated on "
                         "--calibration-data")
     q.add_argument("--calibration-data", default=None, metavar="FOLDER",
                    help="images (searched recursively) to calibrate static int8 and to check the int8 model on")

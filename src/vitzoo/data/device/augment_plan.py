@@ -1,7 +1,7 @@
 """The loader-worker half of ``augment_on: device``: crop and flip the image, and *draw* the rest of the recipe.
 
 Why: on a GPU the DeiT recipe's per-image work in PIL sets the pace. On the lent H100 machine 8 loader
-workers fed 881 img/s to a deit_small step that takes 5,148 (README "Performance"); of a worker's time on
+workers fed 881 img/s to a deit_small step that takes 5,148 (docs/performance.md); of a worker's time on
 an ImageNet-sized JPEG, RandAugment's two ops, the normalisation and random erasing take about half
 (timm's affine ops alone 1.4-2.1 ms each in Pillow). With ``augment_on: device`` a worker decodes, crops
 and flips as before and hands over the 224 px crop as uint8, plus a *plan*: every random choice the rest
