@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 from vitzoo.checkpoint import RunFolders, load_checkpoint
@@ -38,7 +39,8 @@ Train a visual tokenizer (conv encoder -> discrete codes -> conv decoder) on the
   input_size         training crop size (random-resized crop with min_crop, flip with hflip)
 
 Defaults differ from `vitzoo train` where a tokenizer needs it (used unless YAML / command line set them):
-  {', '.join(f'{k} {v}' for k, v in TOKENIZER_DEFAULTS.items())}.
+{textwrap.fill(', '.join(f'{k} {v}' for k, v in TOKENIZER_DEFAULTS.items()) + '.', 108, initial_indent='  ',
+                subsequent_indent='  ')}
 
 Writes in output_dir, every epoch (eval_every): {TOKENIZER_FILE} (weights + architecture),
 {PICTURES}/epoch_NNN.png (originals above their reconstructions through the tokens), and the training
