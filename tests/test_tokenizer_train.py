@@ -16,7 +16,7 @@ from vitzoo.data import make_shapes_dataset
 from vitzoo.errors import UserError
 from vitzoo.tokenizers import create_tokenizer
 from vitzoo.tokenizers import train as train_module
-from vitzoo.tokenizers.train import code_stats, temperature
+from vitzoo.tokenizers.task import code_stats, temperature
 from vitzoo.tokenizers.vqvae import TokenizerSpec, TrainedTokenizer, load_trained_tokenizer
 
 TINY = ["--input_size", "32", "--tokenizer_width", "8", "--codebook_size", "32", "--batch_size", "16",
@@ -55,7 +55,7 @@ def test_run_learns_and_writes_its_files(runs, kind):
     assert all(0 < r["codebook_usage"] <= 1 for r in rows)
     pictures = sorted((folder / "reconstructions").glob("epoch_*.png"))
     assert [p.name for p in pictures] == [f"epoch_{i:03d}.png" for i in range(1, len(rows) + 1)]
-    assert (folder / "train_tokenizer.log").read_text().count("recon_mse") == len(rows)
+    assert (folder / "train.log").read_text().count("recon_mse") == len(rows)
 
 
 @pytest.mark.parametrize("kind", ["vqvae", "dvae"])
@@ -86,7 +86,7 @@ def test_vqvae_tokens_are_the_quantisers_choice(runs):
 def test_finished_run_and_resume(runs, shapes, capsys):
     folder = runs["vqvae"]
     args = ["--data_path", str(shapes), "--output_dir", str(folder), *TINY]
-    with pytest.raises(UserError, match="already holds a train-tokenizer run"):
+    with pytest.raises(UserError, match="already holds a run .*--resume auto.*--overwrite"):
         train_tokenizer_main([*args, "--epochs", "4"])
     assert train_tokenizer_main([*args, "--epochs", "4", "--resume", "auto"]) == 0
     assert "nothing to do" in capsys.readouterr().out

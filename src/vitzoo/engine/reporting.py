@@ -178,12 +178,15 @@ class MetricsFile:
                 self.rows.append(row)
 
     def add(self, row: dict[str, Any]) -> None:
-        self.rows.append({k: row.get(k) for k in METRIC_KEYS} | {k: row[k] for k in (LR_TRACE_KEY,) if k in row})
+        """``row``: the METRIC_KEYS (missing ones null), then any keys a task adds (train-tokenizer's recon_mse,
+        perplexity, ...), which the CSV gets as further columns (all but the lr trace: one value per cell)."""
+        self.rows.append({k: row.get(k) for k in METRIC_KEYS} | {k: v for k, v in row.items() if k not in METRIC_KEYS})
         if not self.enabled:
             return
         atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in self.rows))
+        task_keys = dict.fromkeys(k for r in self.rows for k in r if k not in METRIC_KEYS and k != LR_TRACE_KEY)
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=METRIC_KEYS, lineterminator="\n", extrasaction="ignore")
+        w = csv.DictWriter(buf, fieldnames=[*METRIC_KEYS, *task_keys], lineterminator="\n", extrasaction="ignore")
         w.writeheader()
         w.writerows(self.rows)
         atomic_write_text(self.csv, buf.getvalue())

@@ -65,7 +65,7 @@ class Trainer:
         model = self.build_model()
         self.precision = self.choose_precision(model)
         self.model = self.precision.cast_model(model)
-        self.log.info("model %s: %.2fM parameters, %s, device %s, %d process(es)", cfg.model,
+        self.log.info("model %s: %.2fM parameters, %s, device %s, %d process(es)", self.model_name(),
                       sum(p.numel() for p in self.model.parameters()) / 1e6, self.precision.name, self.device,
                       self.world)
         seed_everything(cfg.seed + self.rank)  # DeiT: seed + rank for data and dropout streams
@@ -77,7 +77,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ the task
     # Classification here; a subclass trains another task with the same loop, checkpoints and resume
-    # (vitzoo.mim.pretrainer: BEiT's masked image modeling) by replacing these five.
+    # (vitzoo.mim.pretrainer: BEiT's masked image modeling; vitzoo.tokenizers.train: a visual tokenizer)
+    # by replacing these five, and the reporting hooks below where its model or metrics differ.
     def build_model(self) -> torch.nn.Module:
         """The fp32 model on the run's device (the precision is chosen for it, then applied)."""
         take_num_classes_from_data(self.cfg, self.log)
@@ -105,6 +106,19 @@ class Trainer:
 
     def after_evaluate(self, epoch: int) -> None:
         """Called after each validation (pictures of what the model does, for instance)."""
+
+    def model_name(self) -> str:
+        """How the log names the model."""
+        return self.cfg.model
+
+    def describe_model(self) -> dict[str, Any]:
+        """What a checkpoint needs to rebuild the model and feed it (arch, kwargs, preprocessing)."""
+        return model_meta(unwrap(self.model))
+
+    def epoch_row(self, row: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+        """This epoch's metrics.jsonl line: the engine's ``row`` (reporting.METRIC_KEYS) plus what the task
+        adds from its evaluation ``metrics`` (classification adds nothing: the row maps its metrics)."""
+        return row
 
     def meta(self) -> dict[str, Any]:
         """What the checkpoint's meta records besides the model's own description."""
@@ -213,7 +227,8 @@ class Trainer:
             self.step.scheduler.step_epoch(self.score(metrics))
             self.after_evaluate(epoch + 1)
         self.tb.epoch(pos.global_step, stats, metrics)
-        self.metrics.add(stats.row(epoch + 1, pos.global_step, self.step.scheduler.get_lr(), metrics))
+        self.metrics.add(self.epoch_row(stats.row(epoch + 1, pos.global_step, self.step.scheduler.get_lr(), metrics),
+                                        metrics))
         pos.epoch, pos.batch = epoch + 1, 0
         self.save(pos, metrics)
         if metrics:
@@ -244,7 +259,7 @@ class Trainer:
     def run_state(self, pos: Position, metrics: dict | None = None, rng: dict | None = None) -> RunState:
         """The whole run at ``pos`` as one object (what a checkpoint holds)."""
         model = unwrap(self.model)
-        meta = model_meta(model, **self.meta())
+        meta = {**self.describe_model(), **self.meta()}
         step = self.step
         return RunState(model=model.state_dict(), meta=meta, ema=step.ema.state_dict() if step.ema else None,
                         optimizer=step.optimizer.state_dict(), scheduler=step.scheduler.state_dict(),

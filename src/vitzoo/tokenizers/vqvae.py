@@ -43,7 +43,7 @@ TOKENIZER_TYPES = ("vqvae", "dvae")
 COMMITMENT_WEIGHT = 0.25  # beta of arXiv:1711.00937 eq. 3 ("results did not vary for 0.1 to 2.0")
 EMA_DECAY = 0.9  # codebook EMA; 0.99 (the paper's) is too slow for a few hundred updates on small data
 DEAD_CODE_THRESHOLD = 2  # EMA usage under which a code is re-seeded (vector-quantize-pytorch's example)
-KL_WEIGHT = 1e-3  # dvae: KL(q || uniform) per cell against per-pixel MSE; see tokenizers/train.py notes
+KL_WEIGHT = 1e-3  # dvae: KL(q || uniform) per cell against per-pixel MSE; see tokenizers/task.py
 
 
 @dataclass(frozen=True)
@@ -165,8 +165,9 @@ class TrainedTokenizer(VisualTokenizer):
         z = self.codebook()[tokens].permute(0, 3, 1, 2)  # (B, h, w, D) -> (B, D, h, w)
         return (self.decoder(z) * 0.5 + 0.5).clamp(0, 1)
 
-    def train_step(self, images: torch.Tensor, temperature: float = 1.0) -> StepOutput:
-        """The training forward (in train mode the vqvae codebook's EMA moves here)."""
+    def forward(self, images: torch.Tensor, temperature: float = 1.0) -> StepOutput:
+        """The training forward (in train mode the vqvae codebook's EMA moves here); ``forward`` so that DDP
+        and torch.compile wrap it. Using the tokenizer is ``tokenize`` / ``logits`` / ``decode``."""
         self._check(images)
         z = self.encoder(images * 2.0 - 1.0)
         if self.spec.type == "vqvae":
