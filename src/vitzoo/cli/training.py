@@ -1,4 +1,4 @@
-"""What `vitzoo train` and `vitzoo pretrain` share around a run: the one-run-per-folder rule, a finished
+"""What `vitzoo train`, `pretrain` and `train-tokenizer` share around a run: the one-run-per-folder rule, a finished
 run, and turning a pre-emption into the command that continues it.
 
 One run per output folder: a folder that already holds a run (checkpoints or metrics) is refused unless
