@@ -1,5 +1,5 @@
-"""What `vitzoo train`, `pretrain` and `train-tokenizer` share around a run: the one-run-per-folder rule, a finished
-run, and turning a pre-emption into the command that continues it.
+"""What `vitzoo train`, `pretrain` and `train-tokenizer` share around a run: the one-run-per-folder rule,
+a finished run, and turning a pre-emption into the command that continues it.
 
 One run per output folder: a folder that already holds a run (checkpoints or metrics) is refused unless
 the command continues it (``--resume auto``) or replaces it (``--overwrite``); continuing a finished run
