@@ -53,9 +53,9 @@ _V5 = [(r"\blayers\.(\d+)\.", r"encoder.layer.\1."), (r"\.attention\.q_proj\.", 
        (r"\.mlp\.fc2\.", ".output.dense."), (r"\.relative_position_bias\.relative_position_bias_table$",
                                               ".attention.attention.relative_position_bias.relative_position_bias_table")]
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
-_LAYER_KEYS = {"attention.output.dense": "attn.proj", "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2",
+LAYER_KEYS = {"attention.output.dense": "attn.proj", "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2",
                "layernorm_before": "norm1", "layernorm_after": "norm2"}
-_TOP_KEYS = {"embeddings.cls_token": "cls_token", "embeddings.distillation_token": "dist_token",
+TOP_KEYS = {"embeddings.cls_token": "cls_token", "embeddings.distillation_token": "dist_token",
              "embeddings.position_embeddings": "pos_embed", "embeddings.mask_token": "mask_token",
              "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
              "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
@@ -90,8 +90,8 @@ def to_state_dict(tensors: dict[str, torch.Tensor], model_type: str) -> dict[str
         head = key.rsplit(".", 1)
         if head[0] in _HEADS:
             sd[f"{_HEADS[head[0]]}.{head[1]}"] = value
-        elif key in _TOP_KEYS:
-            sd[_TOP_KEYS[key]] = value
+        elif key in TOP_KEYS:
+            sd[TOP_KEYS[key]] = value
         elif m := _LAYER.match(key):
             i, rest = int(m.group(1)), m.group(2)
             part = rest.rsplit(".", 1)
@@ -103,8 +103,8 @@ def to_state_dict(tensors: dict[str, torch.Tensor], model_type: str) -> dict[str
                 continue  # derived from the grid; rebuilt by the model
             elif rest in ("lambda_1", "lambda_2"):
                 sd[f"blocks.{i}.gamma_{rest[-1]}"] = value
-            elif part[0] in _LAYER_KEYS:
-                sd[f"blocks.{i}.{_LAYER_KEYS[part[0]]}.{part[1]}"] = value
+            elif part[0] in LAYER_KEYS:
+                sd[f"blocks.{i}.{LAYER_KEYS[part[0]]}.{part[1]}"] = value
             else:
                 raise UserError(f"unexpected tensor {key} in a {model_type} checkpoint")
         elif not key.endswith("relative_position_index"):
