@@ -17,6 +17,7 @@ from torch import nn
 
 from vitzoo.checkpoint import model_meta, save_checkpoint
 from vitzoo.errors import UserError
+from vitzoo.models.convert.hub_out import check_folder
 from vitzoo.models.convert.layouts import read_weights, writer_for
 from vitzoo.models.convert.load import build_for, load_model, load_pretrained, resolve_arch
 from vitzoo.models.convert.weights import Weights, no_arch_overrides
@@ -42,6 +43,8 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, arch: 
     """
     src = str(src)
     writer = writer_for(dst, to)
+    if writer is not None and not writer.SUFFIX:  # a folder writer: refuse a folder in use before the work
+        check_folder(dst, overwrite)
     weights = read_weights(src, use_ema)
     arch = resolve_arch(weights, arch)
     kwargs = {**(weights.meta.get("model_kwargs") or {}), **weights.model_kwargs, **(overrides or {})}

@@ -24,13 +24,20 @@ CONFIG = "config.json"
 CARD = "README.md"
 
 
-def prepare_folder(path: str | os.PathLike, overwrite: bool) -> Path:
-    """The output folder, created; a UserError when it is a file, or holds files and not ``overwrite``."""
+def check_folder(path: str | os.PathLike, overwrite: bool) -> Path:
+    """A UserError when ``path`` is a file, or a folder holding files and not ``overwrite`` (checked before
+    any work is done, and again when writing)."""
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder} is a file; --to hf / --to timm write a folder (give a folder name)")
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
         raise UserError(f"{folder} is not empty; pass --overwrite to replace its files, or name a new folder")
+    return folder
+
+
+def prepare_folder(path: str | os.PathLike, overwrite: bool) -> Path:
+    """The output folder, checked (:func:`check_folder`) and created."""
+    folder = check_folder(path, overwrite)
     return make_folder(folder, f"cannot create the folder {folder}")
 
 
