@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     for line in info["notes"]:
         print(f"  {line}")
     print(f"  checked: the written file reproduces the logits, max |diff| {info['max_diff']:.3g}")
+    if args.to in ("hf", "timm"):
+        print(f"  model card: {info['path']}/README.md; to publish: hf upload USER/REPO {info['path']}")
     return 0
 
 

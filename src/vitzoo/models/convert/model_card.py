@@ -22,7 +22,7 @@ from vitzoo.version import __version__
 # the config sections that make the recipe (data paths, workers, output folders are the machine's, not the recipe's)
 RECIPE_SECTIONS = ("model", "aug", "optim", "precision", "ema", "distill")
 RECIPE_DATA_KEYS = ("dataset", "batch_size", "train_num_samples", "repeated_aug", "interpolation", "crop_pct")
-_SKIP = ("pretrained", "compile", "channels_last", "grad_checkpointing", "model_overrides", "start_epoch")
+_SKIP = ("compile", "channels_last", "grad_checkpointing", "start_epoch")  # speed / resume, not recipe
 # readers whose data set is a public one, by its hub name (a folder of images could be anything)
 HUB_DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100"}
 METRICS = (("Top1-Acc", "top-1 accuracy"), ("Top5-Acc", "top-5 accuracy"), ("Loss", "validation loss (CE)"))
@@ -109,8 +109,10 @@ def _recipe_section(meta: dict[str, Any]) -> str:
     sections = {f.name: f.metadata["section"] for f in schema()}
     recipe = {k: v for k, v in config.items() if k not in _SKIP and
               (sections.get(k) in RECIPE_SECTIONS or k in RECIPE_DATA_KEYS)}
-    done = [f"{meta[k]:,} {k.replace('global_step', 'optimizer steps').replace('epoch', 'epochs')}"
-            for k in ("epoch", "global_step") if isinstance(meta.get(k), int)]
+    if recipe.get("pretrained"):  # the starting weights by file name: the machine's folders stay private
+        recipe["pretrained"] = Path(str(recipe["pretrained"])).name
+    units = {"epoch": "epoch", "global_step": "optimizer step"}
+    done = [f"{meta[k]:,} {unit}{'' if meta[k] == 1 else 's'}" for k, unit in units.items() if isinstance(meta.get(k), int)]
     head = f"Trained for {' / '.join(done)}" if done else "Trained"
     return (f"## Training recipe\n\n{head}; the run's config as the checkpoint records it (`vitzoo train "
             f"--config recipe.yaml` takes these keys):\n\n```yaml\n{yaml.safe_dump(recipe, sort_keys=False)}```\n")
