@@ -68,6 +68,8 @@ def test_other_numerics_are_written_and_their_change_reported(tmp_path, capsys):
     assert "the target network computes with norm_eps=1e-06, gelu_approximate=False" in out
     theirs = timm.create_model(f"local-dir:{folder}", pretrained=True)
     assert theirs.blocks[0].attn.qkv.bias is None  # qkv_bias=False travelled in model_args
+    card = (folder / "README.md").read_text()
+    assert "LayerNorm eps 1e-06, exact GELU (the checkpoint's model: LayerNorm eps 1e-12, tanh GELU" in card
     ours, _ = load_model(FIXTURES / "vit_tanh_noqkvbias.safetensors", norm_eps=1e-6, gelu_approximate=False)
     torch.testing.assert_close(logits(theirs), logits(ours), atol=ATOL, rtol=0)
 

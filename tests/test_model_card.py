@@ -71,3 +71,18 @@ def test_the_card_says_what_the_checkpoint_records(run, to, tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     assert load_config(str(path), ["--data_path", "x"]).lr == recipe["lr"]
+
+
+def test_a_foreign_file_says_what_it_does_not_record(tmp_path):
+    """A transformers release file has no recipe, metrics or image counts: the card says so, guessing nothing."""
+    from pathlib import Path
+
+    src = Path(__file__).parent / "fixtures" / "convert" / "hf_deit_teacher"
+    assert cli(["convert", str(src), str(tmp_path / "out"), "--to", "timm"]) == 0
+    card = (tmp_path / "out" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert "metrics" not in front and "datasets" not in front and front["license"] == "other"
+    for text in ("names not recorded", "images: not recorded", "## Training recipe\n\nNot recorded",
+                 "Validation metrics: not recorded", "Hugging Face transformers DeiTForImageClassificationWithTeacher"):
+        assert text in card, text
+    assert "trained / saved by" not in card and "trained with vitzoo" not in card

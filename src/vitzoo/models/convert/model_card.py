@@ -30,10 +30,14 @@ SHOWN_CLASSES = 30
 NOT_RECORDED = "not recorded in the checkpoint"
 
 
-def render(model: nn.Module, meta: dict[str, Any], library: str, hub_class: str) -> str:
-    """The card's markdown: front matter, then model, data, recipe, results, usage and provenance."""
+def render(model: nn.Module, meta: dict[str, Any], library: str, hub_class: str,
+           numerics: dict[str, Any] | None = None) -> str:
+    """The card's markdown: front matter, then model, data, recipe, results, usage and provenance.
+
+    ``numerics``: what the target library computes with, where it is fixed (timm's LayerNorm eps and GELU);
+    None when the folder's config carries the model's own."""
     return "\n".join([_front_matter(model, meta, library), f"# {model.arch}", "", _summary(model, meta, library, hub_class),
-                      _model_section(model), _data_section(model, meta), _recipe_section(meta),
+                      _model_section(model, numerics or {}), _data_section(model, meta), _recipe_section(meta),
                       _results_section(meta), _usage_section(model, library), _provenance_section(meta)])
 
 
@@ -62,7 +66,11 @@ def _summary(model: nn.Module, meta: dict[str, Any], library: str, hub_class: st
             f"written for {library} ({hub_class}) by `vitzoo convert` {__version__}.\n")
 
 
-def _model_section(model: nn.Module) -> str:
+def _numerics(eps: float, approximate: bool) -> str:
+    return f"LayerNorm eps {eps}, {'tanh' if approximate else 'exact'} GELU"
+
+
+def _model_section(model: nn.Module, numerics: dict[str, Any]) -> str:
     cfg, dc = model.cfg, model.data_config
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -76,7 +84,11 @@ def _model_section(model: nn.Module) -> str:
             ("eval preprocessing", (f"resize to {int(h / crop_pct)} ({h} / crop_pct {crop_pct}, "
                                     f"{dc.get('interpolation', '')}), centre crop {h}x{w}, "
                                     f"mean {list(dc['mean'])}, std {list(dc['std'])}")),
-            ("numerics", f"LayerNorm eps {cfg.norm_eps}, {'tanh' if cfg.gelu_approximate else 'exact'} GELU")]
+            ("numerics", _numerics(cfg.norm_eps, cfg.gelu_approximate))]
+    target = (numerics.get("norm_eps", cfg.norm_eps), numerics.get("gelu_approximate", cfg.gelu_approximate))
+    if target != (cfg.norm_eps, cfg.gelu_approximate):
+        note = f"{_numerics(*target)} (the checkpoint's model: {rows[-1][1]}; `vitzoo convert` printed the logit change)"
+        rows[-1] = ("numerics", note)
     return "## Model\n\n" + _table(rows)
 
 
@@ -142,9 +154,10 @@ def _usage_section(model: nn.Module, library: str) -> str:
 
 
 def _provenance_section(meta: dict[str, Any]) -> str:
-    rows = [("trained / saved by", f"vitzoo {meta.get('vitzoo_version') or '(version ' + NOT_RECORDED + ')'}"
-                                   + (f", torch {meta['torch_version']}" if meta.get("torch_version") else "")),
-            ("converted by", f"vitzoo {__version__}, torch {torch.__version__}"),
+    rows = [("trained / saved by", f"vitzoo {meta['vitzoo_version']}"
+                                   + (f", torch {meta['torch_version']}" if meta.get("torch_version") else ""))
+            ] if meta.get("vitzoo_version") else []  # a foreign file: its layout is the source row's
+    rows += [("converted by", f"vitzoo {__version__}, torch {torch.__version__}"),
             ("source", f"`{Path(str(meta['source'])).name}` ({meta.get('source_layout', '')})"
                        if meta.get("source") else NOT_RECORDED),
             ("weights", "EMA" if meta.get("use_ema") else "model")]

@@ -90,5 +90,5 @@ def write(model: nn.Module, path: str | os.PathLike, meta: dict | None = None, o
     _check(model)
     config = timm_config(model, list(meta.get("class_names") or []))
     tensors = {k: v for k, v in model.state_dict().items() if not k.endswith("relative_position_index")}
-    card = model_card.render(model, meta, library="timm", hub_class=model.arch)
+    card = model_card.render(model, meta, library="timm", hub_class=model.arch, numerics=NUMERICS)
     return hub_out.write_hub_folder(path, tensors, config, card, overwrite=overwrite)
