@@ -167,7 +167,8 @@ def model_kwargs(config: dict, sd: dict[str, torch.Tensor]) -> dict[str, Any]:
         kw["num_classes"] = int(sd["head.weight"].shape[0])
     if model_type == "beit":
         scale = config.get("layer_scale_init_value", 0.1)
-        kw.update(use_abs_pos_emb=bool(config.get("use_absolute_position_embeddings", False)),
+        kw.update(qkv_bias=bool(config.get("qkv_bias", True)),  # written by vitzoo's --to hf only (to_hf.py)
+                  use_abs_pos_emb=bool(config.get("use_absolute_position_embeddings", False)),
                   use_rel_pos_bias=bool(config.get("use_relative_position_bias", False)),
                   use_shared_rel_pos_bias=bool(config.get("use_shared_relative_position_bias", False)),
                   use_mean_pooling=bool(config.get("use_mean_pooling", True)),
@@ -189,6 +190,8 @@ def read(obj: None, path: str, use_ema: bool) -> Weights:
         sd = to_state_dict(tensors, model_type)
         family = _family(model_type, folder)
         kwargs = model_kwargs(config, sd)
+        if model_type == "beit" and not kwargs["qkv_bias"]:  # the zeros to_hf.py writes for transformers' biases
+            sd = {k: v for k, v in sd.items() if not k.endswith((".attn.q_bias", ".attn.v_bias"))}
     except KeyError as e:
         raise UserError(f"{path}: {hub.CONFIG} lacks {e.args[0]}") from e
     except UserError as e:

@@ -142,8 +142,8 @@ def hf_config(model: nn.Module, class_names: list[str]) -> dict[str, Any]:
         "image_size": cfg.img_size, "patch_size": cfg.patch_size, "num_channels": cfg.in_chans,
         "id2label": id2label, "label2id": label2id, "dtype": "float32",
     }
-    if model_type == "beit":
-        config.update(use_mask_token=False, use_absolute_position_embeddings=cfg.use_abs_pos_emb,
+    if model_type == "beit":  # qkv_bias: transformers' BEiT ignores it (zero biases stand in); vitzoo reads it
+        config.update(qkv_bias=cfg.qkv_bias, use_mask_token=False, use_absolute_position_embeddings=cfg.use_abs_pos_emb,
                       use_relative_position_bias=cfg.use_rel_pos_bias,
                       use_shared_relative_position_bias=cfg.use_shared_rel_pos_bias,
                       layer_scale_init_value=float(cfg.layer_scale_init_value or 0.0),
