@@ -3,6 +3,7 @@ converted with ``--to hf`` and ``--to timm``, and every number and name in the c
 checkpoint records; the recipe block must be a config ``vitzoo train --config`` accepts."""
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -37,7 +38,7 @@ def run(tmp_path_factory):
                              "--data_path", str(data), "--output_dir", str(out), "--batch_size", "6",
                              "--num_workers", "0", "--amp_level", "O0", "--device", "cpu", "--epochs", "1",
                              "--warmup_epochs", "0", "--lr", "1e-3", "--aa", "none", "--mixup", "0", "--cutmix", "0",
-                             "--ckpt_save_every_seconds", "0", "--seed", "3"])
+                             "--ckpt_save_every_seconds", "0", "--seed", "3", "--crop_pct", "1.0"])
     return train(cfg)["last_checkpoint"]
 
 
@@ -57,6 +58,13 @@ def test_the_card_says_what_the_checkpoint_records(run, to, tmp_path):
                  f"trained / saved by | vitzoo {meta['vitzoo_version']}", f"converted by | vitzoo {__version__}",
                  "depth=1", "embed_dim=24", "num_heads=2"):
         assert text in card, text
+    # the run's preprocessing (crop_pct 1.0, not the arch's 0.875) is what the folder publishes
+    config = json.loads((folder / ("preprocessor_config.json" if to == "hf" else "config.json")).read_text())
+    if to == "hf":
+        assert config["size"] == config["crop_size"] == {"height": 32, "width": 32}
+    else:
+        assert config["pretrained_cfg"]["crop_pct"] == 1.0 and config["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    assert "resize to 32 (32 / crop_pct 1.0" in card
     params = int(re.search(r"\(([\d,]+) parameters\)", card).group(1).replace(",", ""))
     from vitzoo.models import load_model
 

@@ -61,7 +61,8 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, arch: 
 
     if writer is not None:
         card_meta = {**weights.meta, "source": src, "source_layout": weights.layout, "use_ema": use_ema,
-                     "license": license or weights.meta.get("license")}
+                     "license": license or weights.meta.get("license"),
+                     "data_config": _data_config(weights.meta, model)}
         path = writer.write(model, dst, meta=card_meta, overwrite=overwrite)
         notes.extend(_target_numerics_notes(writer, model))
         max_diff = _check_reload(model, path, reread=lambda: _reread(writer, model, path))

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from vitzoo.checkpoint import atomic_write, atomic_write_text, make_folder
 from vitzoo.errors import UserError
@@ -22,6 +23,12 @@ from vitzoo.errors import UserError
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 CARD = "README.md"
+
+
+def data_config(model: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
+    """The eval preprocessing to publish: the checkpoint's (the run's crop_pct, mean / std; ``convert_checkpoint``
+    puts it in ``meta``), else the arch's."""
+    return dict(meta.get("data_config") or model.data_config)
 
 
 def check_folder(path: str | os.PathLike, overwrite: bool) -> Path:

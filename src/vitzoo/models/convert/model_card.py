@@ -17,6 +17,7 @@ import yaml
 from torch import nn
 
 from vitzoo.config.schema import schema
+from vitzoo.models.convert.hub_out import data_config
 from vitzoo.version import __version__
 
 # the config sections that make the recipe (data paths, workers, output folders are the machine's, not the recipe's)
@@ -37,7 +38,7 @@ def render(model: nn.Module, meta: dict[str, Any], library: str, hub_class: str,
     ``numerics``: what the target library computes with, where it is fixed (timm's LayerNorm eps and GELU);
     None when the folder's config carries the model's own."""
     return "\n".join([_front_matter(model, meta, library), f"# {model.arch}", "", _summary(model, meta, library, hub_class),
-                      _model_section(model, numerics or {}), _data_section(model, meta), _recipe_section(meta),
+                      _model_section(model, data_config(model, meta), numerics or {}), _data_section(model, meta), _recipe_section(meta),
                       _results_section(meta), _usage_section(model, library), _provenance_section(meta)])
 
 
@@ -70,8 +71,8 @@ def _numerics(eps: float, approximate: bool) -> str:
     return f"LayerNorm eps {eps}, {'tanh' if approximate else 'exact'} GELU"
 
 
-def _model_section(model: nn.Module, numerics: dict[str, Any]) -> str:
-    cfg, dc = model.cfg, model.data_config
+def _model_section(model: nn.Module, dc: dict[str, Any], numerics: dict[str, Any]) -> str:
+    cfg = model.cfg
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     overrides = ", ".join(f"{k}={v}" for k, v in sorted(model.model_kwargs.items())) or "none"

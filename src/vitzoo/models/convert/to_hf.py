@@ -153,10 +153,10 @@ def hf_config(model: nn.Module, class_names: list[str]) -> dict[str, Any]:
     return config
 
 
-def preprocessor_config(model: nn.Module) -> dict[str, Any]:
+def preprocessor_config(model: nn.Module, dc: dict[str, Any]) -> dict[str, Any]:
     """``preprocessor_config.json`` from the model's eval preprocessing: resize to size / crop_pct, centre
-    crop to the input size, normalise (DeiT's and BEiT's processors crop; ViT's would not)."""
-    dc = model.data_config
+    crop to the input size, normalise (DeiT's and BEiT's processors crop; ViT's would not). ``dc``: the
+    checkpoint's data config (:func:`.hub_out.data_config`)."""
     _, h, w = dc["input_size"]
     crop_pct = float(dc.get("crop_pct") or 1.0)
     processor = "BeitImageProcessor" if family(model) == "beit" else "DeiTImageProcessor"
@@ -175,4 +175,5 @@ def write(model: nn.Module, path: str | os.PathLike, meta: dict | None = None, o
     config = hf_config(model, list(meta.get("class_names") or []))
     card = model_card.render(model, meta, library="transformers", hub_class=config["architectures"][0])
     return hub_out.write_hub_folder(path, tensors, config, card, overwrite=overwrite,
-                                    extra_json={"preprocessor_config.json": preprocessor_config(model)})
+                                    extra_json={"preprocessor_config.json":
+                                                preprocessor_config(model, hub_out.data_config(model, meta))})

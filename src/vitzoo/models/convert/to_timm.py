@@ -65,8 +65,8 @@ def model_args(model: nn.Module) -> dict[str, Any]:
     return args
 
 
-def pretrained_cfg(model: nn.Module) -> dict[str, Any]:
-    dc = model.data_config
+def pretrained_cfg(model: nn.Module, dc: dict[str, Any]) -> dict[str, Any]:
+    """timm's preprocessing record, from the checkpoint's data config (:func:`.hub_out.data_config`)."""
     classifier = ["head", "head_dist"] if getattr(model, "head_dist", None) is not None else "head"
     return {"input_size": list(dc["input_size"]), "fixed_input_size": True,
             "interpolation": dc.get("interpolation", "bicubic"), "crop_pct": dc.get("crop_pct", 1.0),
@@ -74,21 +74,22 @@ def pretrained_cfg(model: nn.Module) -> dict[str, Any]:
             "num_classes": model.num_classes, "first_conv": "patch_embed.proj", "classifier": classifier}
 
 
-def timm_config(model: nn.Module, class_names: list[str]) -> dict[str, Any]:
+def timm_config(model: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
+    class_names = list(meta.get("class_names") or [])
     config: dict[str, Any] = {
         "architecture": model.arch, "num_classes": model.num_classes, "num_features": model.embed_dim,
         "global_pool": "avg" if model.cfg.use_mean_pooling else "token"}
     if len(class_names) == model.num_classes:
         config["label_names"] = list(class_names)
     config["model_args"] = model_args(model)
-    config["pretrained_cfg"] = pretrained_cfg(model)
+    config["pretrained_cfg"] = pretrained_cfg(model, hub_out.data_config(model, meta))
     return config
 
 
 def write(model: nn.Module, path: str | os.PathLike, meta: dict | None = None, overwrite: bool = False):
     meta = meta or {}
     _check(model)
-    config = timm_config(model, list(meta.get("class_names") or []))
+    config = timm_config(model, meta)
     tensors = {k: v for k, v in model.state_dict().items() if not k.endswith("relative_position_index")}
     card = model_card.render(model, meta, library="timm", hub_class=model.arch, numerics=NUMERICS)
     return hub_out.write_hub_folder(path, tensors, config, card, overwrite=overwrite)
