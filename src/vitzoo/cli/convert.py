@@ -6,9 +6,11 @@ Hugging Face ``transformers`` or timm hub folder -- or a vitzoo checkpoint itsel
 ``.safetensors``). The DALL-E dVAE encoder (the released ``encoder.pkl``, read without running it, or a
 state dict of it) becomes a BEiT tokenizer file instead (:mod:`vitzoo.tokenizers.dall_e_convert`).
 DST ending in ``.safetensors`` writes safetensors (meta in the header); ``--to mindspore|paddle`` (or DST
-ending in ``.ckpt`` / ``.pdparams``) writes the seed's layout; anything else a ``torch.save`` file loadable
-with ``weights_only=True``. The converted model is checked: it must load
-strictly, and the written file, read back, must reproduce its logits (the max |diff| is printed).
+ending in ``.ckpt`` / ``.pdparams``) writes the seed's layout; ``--to hf`` a ``transformers`` folder (ViT /
+DeiT / BEiT) and ``--to timm`` timm's hub folder, each with a model card (``README.md``) generated from what
+the checkpoint records, ready for ``hf upload``; anything else a ``torch.save`` file loadable with
+``weights_only=True``. The converted model is checked: it must load strictly, and the written file, read
+back, must reproduce its logits (the max |diff| is printed).
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", metavar="SRC",
                    help="checkpoint: .pth / .pth.tar / .npz / .ckpt / .pdparams / hub folder (or a vitzoo checkpoint), "
                         "or DALL-E's encoder.pkl")
-    p.add_argument("dst", metavar="DST", help="output: .pt / .pth / .safetensors (vitzoo), .ckpt or .pdparams")
+    p.add_argument("dst", metavar="DST", help="output: .pt / .pth / .safetensors (vitzoo), .ckpt or .pdparams; "
+                                              "a folder with --to hf / --to timm")
     p.add_argument("--arch", "--model", default=None,
                    help="model name (see `vitzoo models`); required unless SRC is a vitzoo checkpoint")
     p.add_argument("--num-classes", type=int, default=None,
@@ -37,7 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input resolution (default: the arch's; position tables are resized)")
     p.add_argument("--use-ema", action="store_true", help="take the EMA weights when the file has both")
     p.add_argument("--to", default=None, choices=["vitzoo", *WRITERS],
-                   help="layout to write (default: by DST's suffix, .ckpt / .pdparams; else a vitzoo checkpoint)")
+                   help="layout to write (default: by DST's suffix, .ckpt / .pdparams; else a vitzoo checkpoint); "
+                        "hf / timm: a hub folder with a model card, ready for `hf upload USER/REPO DST`")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--to hf / timm: replace the files of a DST folder that is not empty")
+    p.add_argument("--license", default=None, metavar="ID",
+                   help="--to hf / timm: the model card's license (a hub license id, e.g. apache-2.0; "
+                        "default: the checkpoint's, else 'other')")
     p.add_argument("--reference-numerics", action="store_true",
                    help="use the PyTorch references' numerics (exact GELU, their LayerNorm epsilon) instead of the "
                         "source framework's; the logit change is printed")
@@ -63,12 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     info = convert_checkpoint(args.src, args.dst, arch=args.arch, num_classes=args.num_classes,
                               img_size=args.img_size, use_ema=args.use_ema,
                               overrides=parse_overrides(args.overrides), to=args.to,
-                              reference_numerics=args.reference_numerics)
+                              reference_numerics=args.reference_numerics, overwrite=args.overwrite,
+                              license=args.license)
     print(f"converted {args.src} ({info['layout']}) -> {info['path']} ({info['to']}): {info['arch']}, "
           f"{info['num_classes']} classes, {info['num_params']:,} parameters")
     for line in info["notes"]:
         print(f"  {line}")
     print(f"  checked: the written file reproduces the logits, max |diff| {info['max_diff']:.3g}")
+    if args.to in ("hf", "timm"):
+        print(f"  model card: {info['path']}/README.md; to publish: hf upload USER/REPO {info['path']}")
     return 0
 
 

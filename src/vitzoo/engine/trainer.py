@@ -123,6 +123,7 @@ class Trainer:
     def meta(self) -> dict[str, Any]:
         """What the checkpoint's meta records besides the model's own description."""
         return {"task": self.task, "num_classes": self.cfg.num_classes, "class_names": self.data.class_names,
+                "num_images": {"train": _size(self.data.train_ds), "val": _size(self.data.val_ds)},  # model cards
                 "data_config": self.data.data_config, "config": self.cfg.to_dict()}
 
     # ------------------------------------------------------------------------------ the run
@@ -367,3 +368,11 @@ def train(cfg: RunConfig, trainer_cls: type[Trainer] = Trainer) -> dict[str, Any
         return trainer.fit()
     finally:
         trainer.close()
+
+
+def _size(dataset: Any) -> int | None:
+    """Images in a data set; None for a stream that does not know (a WebDataset of unknown length)."""
+    try:
+        return len(dataset)
+    except TypeError:
+        return None

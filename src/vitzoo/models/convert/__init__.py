@@ -13,6 +13,10 @@ returning :class:`Weights` (the state dict in vitzoo's names, plus the config fi
 - ``hf.py``      Hugging Face ``transformers`` folders (ViT, DeiT, BEiT), ``timm_hub.py`` timm's hub folders
   (``hub.py``: the folder and weight-file reading both share).
 
+Written back out (``vitzoo convert CKPT DIR --to hf|timm``): ``to_hf.py`` (the transformers folder, the
+reader's key tables inverted), ``to_timm.py`` (timm's hub folder), both through ``hub_out.py`` (atomic
+folder writes) with the card of ``model_card.py`` (README.md generated from the checkpoint's meta).
+
 ``layouts.py`` holds the ordered list ``LAYOUTS`` that :func:`detect` walks and ``WRITERS``, the layouts
 written back; ``adapt.py`` fits a state dict to a built model (head width, image size, shared BEiT table);
 ``load.py`` builds and loads models; ``checkpoint.py`` writes any of them as a vitzoo checkpoint (or a

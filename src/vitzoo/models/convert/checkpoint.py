@@ -17,6 +17,7 @@ from torch import nn
 
 from vitzoo.checkpoint import model_meta, save_checkpoint
 from vitzoo.errors import UserError
+from vitzoo.models.convert.hub_out import check_folder
 from vitzoo.models.convert.layouts import read_weights, writer_for
 from vitzoo.models.convert.load import build_for, load_model, load_pretrained, resolve_arch
 from vitzoo.models.convert.weights import Weights, no_arch_overrides
@@ -29,9 +30,11 @@ _FILE_KEYS = ("format", "format_version", "kind", "vitzoo_version", "torch_versi
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, arch: str | None = None,
                        num_classes: int | None = None, img_size: int | None = None,
                        use_ema: bool = False, overrides: dict | None = None, reference_numerics: bool = False,
-                       to: str | None = None) -> dict[str, Any]:
+                       to: str | None = None, overwrite: bool = False, license: str | None = None) -> dict[str, Any]:
     """Write ``src`` as a vitzoo checkpoint at ``dst`` (or, with ``to`` / a foreign suffix, in another
     framework's layout: :func:`~vitzoo.models.convert.layouts.writer_for`), checked by reloading.
+    ``to="hf"`` / ``"timm"`` write a hub folder with a model card made from what ``src`` records
+    (``license``: its front matter's; ``overwrite``: replace the files of a non-empty folder).
 
     ``reference_numerics``: build with the PyTorch references' numerics instead of the source
     framework's (exact GELU, their LayerNorm epsilon); the logit change it causes is in the notes.
@@ -40,6 +43,8 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, arch: 
     """
     src = str(src)
     writer = writer_for(dst, to)
+    if writer is not None and not writer.SUFFIX:  # a folder writer: refuse a folder in use before the work
+        check_folder(dst, overwrite)
     weights = read_weights(src, use_ema)
     arch = resolve_arch(weights, arch)
     kwargs = {**(weights.meta.get("model_kwargs") or {}), **weights.model_kwargs, **(overrides or {})}
@@ -55,7 +60,10 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, arch: 
         notes.append(note)
 
     if writer is not None:
-        path = writer.write(model, dst)
+        card_meta = {**weights.meta, "source": src, "source_layout": weights.layout, "use_ema": use_ema,
+                     "license": license or weights.meta.get("license"),
+                     "data_config": _data_config(weights.meta, model)}
+        path = writer.write(model, dst, meta=card_meta, overwrite=overwrite)
         notes.extend(_target_numerics_notes(writer, model))
         max_diff = _check_reload(model, path, reread=lambda: _reread(writer, model, path))
     else:

@@ -53,9 +53,9 @@ _V5 = [(r"\blayers\.(\d+)\.", r"encoder.layer.\1."), (r"\.attention\.q_proj\.", 
        (r"\.mlp\.fc2\.", ".output.dense."), (r"\.relative_position_bias\.relative_position_bias_table$",
                                               ".attention.attention.relative_position_bias.relative_position_bias_table")]
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
-_LAYER_KEYS = {"attention.output.dense": "attn.proj", "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2",
+LAYER_KEYS = {"attention.output.dense": "attn.proj", "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2",
                "layernorm_before": "norm1", "layernorm_after": "norm2"}
-_TOP_KEYS = {"embeddings.cls_token": "cls_token", "embeddings.distillation_token": "dist_token",
+TOP_KEYS = {"embeddings.cls_token": "cls_token", "embeddings.distillation_token": "dist_token",
              "embeddings.position_embeddings": "pos_embed", "embeddings.mask_token": "mask_token",
              "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
              "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
@@ -90,8 +90,8 @@ def to_state_dict(tensors: dict[str, torch.Tensor], model_type: str) -> dict[str
         head = key.rsplit(".", 1)
         if head[0] in _HEADS:
             sd[f"{_HEADS[head[0]]}.{head[1]}"] = value
-        elif key in _TOP_KEYS:
-            sd[_TOP_KEYS[key]] = value
+        elif key in TOP_KEYS:
+            sd[TOP_KEYS[key]] = value
         elif m := _LAYER.match(key):
             i, rest = int(m.group(1)), m.group(2)
             part = rest.rsplit(".", 1)
@@ -103,8 +103,8 @@ def to_state_dict(tensors: dict[str, torch.Tensor], model_type: str) -> dict[str
                 continue  # derived from the grid; rebuilt by the model
             elif rest in ("lambda_1", "lambda_2"):
                 sd[f"blocks.{i}.gamma_{rest[-1]}"] = value
-            elif part[0] in _LAYER_KEYS:
-                sd[f"blocks.{i}.{_LAYER_KEYS[part[0]]}.{part[1]}"] = value
+            elif part[0] in LAYER_KEYS:
+                sd[f"blocks.{i}.{LAYER_KEYS[part[0]]}.{part[1]}"] = value
             else:
                 raise UserError(f"unexpected tensor {key} in a {model_type} checkpoint")
         elif not key.endswith("relative_position_index"):
@@ -167,7 +167,8 @@ def model_kwargs(config: dict, sd: dict[str, torch.Tensor]) -> dict[str, Any]:
         kw["num_classes"] = int(sd["head.weight"].shape[0])
     if model_type == "beit":
         scale = config.get("layer_scale_init_value", 0.1)
-        kw.update(use_abs_pos_emb=bool(config.get("use_absolute_position_embeddings", False)),
+        kw.update(qkv_bias=bool(config.get("qkv_bias", True)),  # written by vitzoo's --to hf only (to_hf.py)
+                  use_abs_pos_emb=bool(config.get("use_absolute_position_embeddings", False)),
                   use_rel_pos_bias=bool(config.get("use_relative_position_bias", False)),
                   use_shared_rel_pos_bias=bool(config.get("use_shared_relative_position_bias", False)),
                   use_mean_pooling=bool(config.get("use_mean_pooling", True)),
@@ -189,6 +190,8 @@ def read(obj: None, path: str, use_ema: bool) -> Weights:
         sd = to_state_dict(tensors, model_type)
         family = _family(model_type, folder)
         kwargs = model_kwargs(config, sd)
+        if model_type == "beit" and not kwargs["qkv_bias"]:  # the zeros to_hf.py writes for transformers' biases
+            sd = {k: v for k, v in sd.items() if not k.endswith((".attn.q_bias", ".attn.v_bias"))}
     except KeyError as e:
         raise UserError(f"{path}: {hub.CONFIG} lacks {e.args[0]}") from e
     except UserError as e:

@@ -15,7 +15,19 @@ from types import ModuleType
 
 from vitzoo.checkpoint import load_checkpoint
 from vitzoo.errors import UserError
-from vitzoo.models.convert import beit, hf, mindspore_ckpt, native, npz, pdparams, t2t, timm, timm_hub
+from vitzoo.models.convert import (
+    beit,
+    hf,
+    mindspore_ckpt,
+    native,
+    npz,
+    pdparams,
+    t2t,
+    timm,
+    timm_hub,
+    to_hf,
+    to_timm,
+)
 from vitzoo.models.convert.weights import Weights
 
 # First match wins: the specific layouts before timm, which takes any dict holding tensors.
@@ -49,10 +61,12 @@ def read_weights(source: str | os.PathLike | dict | Weights, use_ema: bool = Fal
     return detect(obj, path).read(obj, path, use_ema)
 
 
-# Layouts vitzoo also writes (``vitzoo convert SRC DST --to NAME``): each module has ``write(model, path)``
-# returning the path written, ``target_numerics(model)`` (the config fields the target network computes
-# with) and ``SUFFIX`` (a DST ending in it picks the module without --to; "" for folders).
-WRITERS: dict[str, ModuleType] = {"mindspore": mindspore_ckpt, "paddle": pdparams}
+# Layouts vitzoo also writes (``vitzoo convert SRC DST --to NAME``): each module has
+# ``write(model, path, meta, overwrite)`` returning the path written (``meta``: what the source checkpoint
+# records, for the hub folders' model card; ``overwrite``: a folder writer may replace a non-empty folder),
+# ``target_numerics(model)`` (the config fields the target network computes with) and ``SUFFIX`` (a DST
+# ending in it picks the module without --to; "" for folders).
+WRITERS: dict[str, ModuleType] = {"mindspore": mindspore_ckpt, "paddle": pdparams, "hf": to_hf, "timm": to_timm}
 
 
 def writer_for(dst: str | os.PathLike, to: str | None) -> ModuleType | None:

@@ -305,5 +305,6 @@ def _to_vit_seed(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def write(model: nn.Module, path: str | os.PathLike):
+def write(model: nn.Module, path: str | os.PathLike, meta: dict | None = None, overwrite: bool = False):
+    """One file, replaced as a vitzoo checkpoint is (``meta`` and ``overwrite`` are for folder writers)."""
     return write_ckpt(path, from_state_dict(model))

@@ -128,7 +128,8 @@ def target_numerics(model: nn.Module) -> dict:
     return dict(NUMERICS)
 
 
-def write(model: nn.Module, path: str | os.PathLike):
+def write(model: nn.Module, path: str | os.PathLike, meta: dict | None = None, overwrite: bool = False):
+    """One file, replaced as a vitzoo checkpoint is (``meta`` and ``overwrite`` are for folder writers)."""
     if not getattr(model, "arch", "").startswith(("deit", "vit")):
         raise UserError(f"--to paddle writes PaddleViT's DeiT layout; {model.arch} is not a DeiT / ViT model")
     data = pickle.dumps(from_state_dict(model), protocol=2)  # as paddle.save writes state dicts

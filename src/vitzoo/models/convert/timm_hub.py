@@ -38,10 +38,10 @@ def model_kwargs(config: dict, arch: str) -> dict[str, Any]:
     ignored = []
     for key, value in (config.get("model_args") or {}).items():
         name = _RENAMED.get(key, key)
-        if key in _TRAINING_ONLY or (key == "global_pool" and value == "token"):  # token: the class token, ours
+        if key in _TRAINING_ONLY:
             continue
-        if key == "global_pool" and value == "avg":
-            name, value = "use_mean_pooling", True
+        if key == "global_pool" and value in ("avg", "token"):  # avg: mean of the patch tokens; token: the class token
+            name, value = "use_mean_pooling", value == "avg"
         if isinstance(value, list) and len(value) == 2 and value[0] == value[1]:
             value = value[0]  # timm's (H, W) pairs; vitzoo models are square
         if hasattr(fields, name):
