@@ -15,6 +15,7 @@ from types import ModuleType
 
 from vitzoo.checkpoint import load_checkpoint
 from vitzoo.errors import UserError
+from vitzoo.models.hub import resolve
 from vitzoo.models.convert import beit, hf, mindspore_ckpt, native, npz, pdparams, t2t, timm, timm_hub
 from vitzoo.models.convert.weights import Weights
 
@@ -37,13 +38,16 @@ def detect(obj: dict | None, path: str | os.PathLike | None = None) -> ModuleTyp
 
 
 def read_weights(source: str | os.PathLike | dict | Weights, use_ema: bool = False) -> Weights:
-    """Read a checkpoint in any known layout: a path, an already loaded dict, or :class:`Weights` as is."""
+    """Read a checkpoint in any known layout: a path, an already loaded dict, or :class:`Weights` as is.
+
+    A string may also name weights to fetch (a tag, ``hf-hub:org/repo``, a URL: :func:`vitzoo.models.hub.resolve`).
+    """
     if isinstance(source, Weights):
         return source
     if isinstance(source, dict):
         obj, path = source, None
     else:
-        path = str(source)
+        path = resolve(source)
         opens_itself = any(layout.detect(None, path) for layout in LAYOUTS)
         obj = None if opens_itself else load_checkpoint(path)
     return detect(obj, path).read(obj, path, use_ema)

@@ -1,0 +1,217 @@
+"""Weights by name, downloaded from a local server that answers as the Hugging Face hub and as release URLs.
+
+Nothing here touches the network: ``HF_ENDPOINT`` points at :class:`hub_server.HubServer` on 127.0.0.1 and
+every test tag's release URL is on the same server. The weights are tiny DeiTs written by the test.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save as save_safetensors
+
+from hub_server import HubServer
+from vitzoo import create_model
+from vitzoo.errors import UserError
+from vitzoo.models import hub, weights_table
+from vitzoo.models.url_download import download_url, url_cache_path
+from vitzoo.models.weights_table import Tag
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCH = "deit_tiny_patch16_224"
+TINY = dict(patch_size=4, embed_dim=32, depth=2, num_heads=2)
+REPO = "test-org/deit-tiny-test"
+TAG = f"{ARCH}.test_in1k"
+
+
+def tiny_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return create_model(ARCH, num_classes=10, img_size=32, **TINY).eval()
+
+
+def timm_folder_files(model: torch.nn.Module) -> dict[str, bytes]:
+    """What ``timm.models.push_to_hub`` uploads: config.json (architecture, model_args) + model.safetensors."""
+    config = {"architecture": ARCH, "num_classes": 10, "model_args": TINY,
+              "pretrained_cfg": {"input_size": [3, 32, 32]}}
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    return {"config.json": json.dumps(config).encode(), "model.safetensors": save_safetensors(sd)}
+
+
+def release_file(model: torch.nn.Module) -> bytes:
+    """A DeiT release ``.pth`` (``{"model": state_dict}``)."""
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict()}, buf)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    with HubServer() as srv:
+        monkeypatch.setenv("HF_ENDPOINT", srv.url)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+        for var in ("HF_HUB_OFFLINE", "HF_TOKEN"):
+            monkeypatch.delenv(var, raising=False)
+        yield srv
+
+
+@pytest.fixture
+def model(server, monkeypatch):
+    """A tiny DeiT on the server as a hub repo and as a release file, and a tag naming both."""
+    m = tiny_model()
+    data = release_file(m)
+    server.repos[REPO] = timm_folder_files(m)
+    server.files["tiny.pth"] = data
+    tag = Tag(TAG, f"{server.url}/files/tiny.pth", REPO, hashlib.sha256(data).hexdigest()[:8], None, None,
+              "apache-2.0", "written by the test", input_size=32, num_classes=10)
+    monkeypatch.setitem(weights_table.TAGS, TAG, tag)
+    return m
+
+
+def same_logits(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return torch.allclose(a.eval()(x), b.eval()(x), atol=1e-6)
+
+
+def test_first_download_then_cache_without_a_request(model, server, one_thread):
+    loaded = create_model(TAG, pretrained=True, num_classes=10)  # sizes from the hub config, 32 px from the tag
+    assert loaded.patch_embed.grid_size == (8, 8) and same_logits(loaded, model)
+    assert any(p.endswith("/model.safetensors") for p in server.requests("GET"))
+    server.log.clear()
+    again = create_model(ARCH, pretrained=TAG, num_classes=10, img_size=32)
+    assert same_logits(again, model) and server.requests() == []
+
+
+def test_hub_repo_missing_falls_back_to_the_release_url(model, server, one_thread):
+    del server.repos[REPO]
+    loaded = create_model(TAG, pretrained=True, num_classes=10, **TINY)
+    assert same_logits(loaded, model)
+    assert server.requests("GET")[-1] == "/files/tiny.pth"
+
+
+def test_pretrained_true_takes_the_default_tag(model, server, monkeypatch, one_thread):
+    default = weights_table.default_tag(ARCH)
+    monkeypatch.setitem(weights_table.TAGS, default.tag, dataclasses.replace(weights_table.TAGS[TAG], tag=default.tag))
+    loaded = create_model(ARCH, pretrained=True, num_classes=10)
+    assert same_logits(loaded, model)
+
+
+def test_hf_hub_prefix_and_plain_url(model, server, one_thread):
+    assert same_logits(create_model(ARCH, pretrained=f"hf-hub:{REPO}", num_classes=10, img_size=32), model)
+    url = f"{server.url}/files/tiny.pth"
+    assert same_logits(create_model(ARCH, pretrained=url, num_classes=10, img_size=32, **TINY), model)
+    assert url_cache_path(url).is_file()
+
+
+def test_offline_with_and_without_cache(model, server, monkeypatch, one_thread):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError) as err:
+        create_model(TAG, pretrained=True, num_classes=10, **TINY)
+    msg = str(err.value)
+    assert "\n" not in msg and f"{server.url}/files/tiny.pth" in msg and str(url_cache_path(f"{server.url}/files/tiny.pth")) in msg
+    assert server.requests() == []
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    create_model(TAG, pretrained=True, num_classes=10)  # fills the cache
+    server.log.clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert same_logits(create_model(TAG, pretrained=True, num_classes=10), model)
+    assert server.requests() == []
+
+
+def test_hash_mismatch_removes_the_file(model, server, monkeypatch):
+    url = f"{server.url}/files/tiny.pth"
+    with pytest.raises(UserError, match="does not match the published deadbeef"):
+        download_url(url, sha256="deadbeef")
+    folder = url_cache_path(url).parent
+    assert not any(p.name.endswith((".pth", ".part")) for p in folder.iterdir())
+
+
+def test_transfer_cut_halfway_is_retried_then_refused(model, server):
+    url = f"{server.url}/files/tiny.pth"
+    server.cut["tiny.pth"] = 1  # cut once: the retry gets it
+    assert download_url(url).read_bytes() == server.files["tiny.pth"]
+    assert server.requests("GET").count("/files/tiny.pth") == 2
+    server.files["other.pth"] = server.files["tiny.pth"]
+    server.cut["other.pth"] = 99
+    with pytest.raises(UserError, match="nothing was kept"):
+        download_url(f"{server.url}/files/other.pth")
+    folder = url_cache_path(f"{server.url}/files/other.pth").parent
+    assert not (folder / "other.pth").exists() and not (folder / "other.pth.part").exists()
+
+
+def test_404_is_one_line(server):
+    with pytest.raises(UserError, match="HTTP 404"):
+        download_url(f"{server.url}/files/missing.pth")
+    with pytest.raises(UserError, match="no such repo"):
+        create_model(ARCH, pretrained="hf-hub:nobody/nothing")
+
+
+def test_private_repo_needs_a_token(model, server, monkeypatch, one_thread):
+    server.private[REPO] = "secret-token"
+    with pytest.raises(UserError, match="private.*HF_TOKEN"):
+        create_model(ARCH, pretrained=f"hf-hub:{REPO}", num_classes=10)
+    monkeypatch.setenv("HF_TOKEN", "secret-token")
+    assert same_logits(create_model(ARCH, pretrained=f"hf-hub:{REPO}", num_classes=10, img_size=32), model)
+
+
+@pytest.mark.parametrize("name", ["hf-hub:../../escape", "hf-hub:/etc/passwd", "hf-hub:org/../../x",
+                                  "hf-hub:org/name/../../x"])
+def test_repo_ids_that_climb_out_are_refused(server, tmp_path, name):
+    with pytest.raises(UserError, match="not a hub repo id"):
+        create_model(ARCH, pretrained=name)
+    assert server.requests() == []
+
+
+@pytest.mark.parametrize("tail", ["..", "%2e%2e", "", "a%2F..%2F..%2Fx"])
+def test_url_names_that_climb_out_are_refused(server, tail):
+    with pytest.raises(UserError, match="file name"):
+        download_url(f"{server.url}/files/{tail}")
+    assert server.requests() == []
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned_by_download",))
+
+
+def test_a_downloaded_pickle_that_runs_code_is_refused(server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    buf = io.BytesIO()
+    torch.save({"model": {"x": _RunsCode()}}, buf)
+    server.files["evil.pth"] = buf.getvalue()
+    with pytest.raises(UserError):
+        create_model(ARCH, pretrained=f"{server.url}/files/evil.pth", **TINY)
+    assert not (tmp_path / "pwned_by_download").exists()
+
+
+def test_two_processes_download_once(model, server, tmp_path):
+    """torchrun ranks asking for the same file: one GET, the other rank waits on the lock."""
+    server.files["big.pth"] = os.urandom(1 << 20)
+    server.slow.add("big.pth")
+    url = f"{server.url}/files/big.pth"
+    code = f"from vitzoo.models.url_download import download_url; print(download_url({url!r}))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert outs[0] == outs[1] == str(url_cache_path(url))
+    assert server.requests("GET").count("/files/big.pth") == 1
+
+
+def test_names_without_weights_say_so():
+    with pytest.raises(UserError, match="no published weights"):
+        create_model("vit_tiny_patch16_224", pretrained=True)
+    with pytest.raises(UserError, match="did you mean.*deit_small_patch16_224.fb_in1k"):
+        create_model("deit_small_patch16_224.fb_in1kk", pretrained=True)
+    assert hub.arch_of("t2t_vit_14.in1k_384") == "t2t_vit_14"
+    assert hub.resolve_pretrained("t2t_vit_14.in1k_384", True, None) == ("t2t_vit_14", "t2t_vit_14.in1k_384", 384)
