@@ -10,9 +10,19 @@ URL side: ``GET /files/{name}`` serves a file; ``cut`` files send half their byt
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+from safetensors.torch import save as save_safetensors
+
+from vitzoo import create_model
+from vitzoo.models import weights_table
+from vitzoo.models.weights_table import Tag
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -114,3 +124,54 @@ class HubServer:
         h.end_headers()
         if data:
             h.wfile.write(data)
+
+
+# ----- a tiny DeiT served both ways, and the fixtures the tests share
+ARCH = "deit_tiny_patch16_224"
+TINY = dict(patch_size=4, embed_dim=32, depth=2, num_heads=2)
+REPO = "test-org/deit-tiny-test"
+TAG = f"{ARCH}.test_in1k"
+
+
+def tiny_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return create_model(ARCH, num_classes=10, img_size=32, **TINY).eval()
+
+
+def timm_folder_files(model: torch.nn.Module) -> dict[str, bytes]:
+    """What ``timm.models.push_to_hub`` uploads: config.json (architecture, model_args) + model.safetensors."""
+    config = {"architecture": ARCH, "num_classes": 10, "model_args": TINY,
+              "pretrained_cfg": {"input_size": [3, 32, 32]}}
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    return {"config.json": json.dumps(config).encode(), "model.safetensors": save_safetensors(sd)}
+
+
+def release_file(model: torch.nn.Module) -> bytes:
+    """A DeiT release ``.pth`` (``{"model": state_dict}``)."""
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict()}, buf)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    with HubServer() as srv:
+        monkeypatch.setenv("HF_ENDPOINT", srv.url)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+        for var in ("HF_HUB_OFFLINE", "HF_TOKEN"):
+            monkeypatch.delenv(var, raising=False)
+        yield srv
+
+
+@pytest.fixture
+def model(server, monkeypatch):
+    """A tiny DeiT on the server as a hub repo and as a release file, and a tag naming both."""
+    m = tiny_model()
+    data = release_file(m)
+    server.repos[REPO] = timm_folder_files(m)
+    server.files["tiny.pth"] = data
+    tag = Tag(TAG, f"{server.url}/files/tiny.pth", REPO, hashlib.sha256(data).hexdigest()[:8], None, None,
+              "apache-2.0", "written by the test", input_size=32, num_classes=10)
+    monkeypatch.setitem(weights_table.TAGS, TAG, tag)
+    return m

@@ -16,7 +16,9 @@ Sources (read 2026-12-07):
            ``check_hash`` convention), so they are the published hash.
   [t2t]    yitu-opensource/T2T-ViT ``README.md`` (e362efb): release URLs and top-1; ``models/t2t_vit.py``
            ``_cfg``: crop_pct .9, bicubic, ImageNet mean/std; ``LICENSE``: The Clear BSD License.
-  [beit]   microsoft/unilm ``beit/README.md``: URLs and acc@1 / acc@5 of the fine-tuned checkpoints.
+  [beit]   microsoft/unilm ``beit/README.md``: URLs and acc@1 / acc@5 of the fine-tuned checkpoints;
+           ``beit/get_started_for_image_classification.md``: fine-tuning layer decay (0.85 base / 0.9 large from
+           the 22k-fine-tuned checkpoints, 0.65 base / 0.75 large from the self-supervised ones).
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ class Tag:
     std: tuple[float, float, float] = IMAGENET_STD
     num_classes: int = 1000
     size: int | None = None       # bytes; none of the sources above publish one
+    layer_decay: float | None = None  # the release's fine-tuning layer decay (BEiT), what `vitzoo train` uses
 
     @property
     def arch(self) -> str:
@@ -78,10 +81,13 @@ def _t2t(arch: str, file: str, top1: float, top5: float | None = None, size: int
 def _beit(arch: str, tag: str, file: str, top1: float | None, top5: float | None, hub: bool = True,
           num_classes: int = 1000) -> Tag:
     size = int(arch.rsplit("_", 1)[1])
+    large = "large" in arch
+    decay = (0.75 if large else 0.65) if tag == "in22k" else (0.9 if large else 0.85)
     return Tag(f"{arch}.{tag}", _UNILM + file, f"timm/{arch}.{tag}" if hub else None, None, top1, top5,
-               "apache-2.0", "URL, acc: [beit] README.md; hub, crop, mean/std, license: [timm] beit.py",
+               "apache-2.0", "URL, acc: [beit] README.md; layer decay: [beit] get_started_for_image_classification.md; "
+               "hub, crop, mean/std, license: [timm] beit.py",
                input_size=size, crop_pct=0.9 if size == 224 else 1.0, mean=HALF, std=HALF,
-               num_classes=num_classes)
+               num_classes=num_classes, layer_decay=decay)
 
 
 def _vit(tag: str, url: str | None, top1: float | None, top5: float | None, size: int = 224,

@@ -18,6 +18,7 @@ from torch import nn
 from vitzoo.checkpoint import model_meta, save_checkpoint
 from vitzoo.errors import UserError
 from vitzoo.models.convert.layouts import read_weights, writer_for
+from vitzoo.models.hub import arch_of
 from vitzoo.models.convert.load import build_for, load_model, load_pretrained, resolve_arch
 from vitzoo.models.convert.weights import Weights, no_arch_overrides
 from vitzoo.models.registry import build_config, build_model
@@ -41,7 +42,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, arch: 
     src = str(src)
     writer = writer_for(dst, to)
     weights = read_weights(src, use_ema)
-    arch = resolve_arch(weights, arch)
+    arch = resolve_arch(weights, arch or arch_of(src))  # a tag names its architecture
     kwargs = {**(weights.meta.get("model_kwargs") or {}), **weights.model_kwargs, **(overrides or {})}
     file_classes = weights.shape_kwargs().get("num_classes")
     kwargs["num_classes"] = num_classes or kwargs.get("num_classes") or file_classes or 1000
