@@ -52,7 +52,7 @@ class HubServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> HubServer:
+    def __enter__(self):
         self.thread.start()
         return self
 
@@ -128,7 +128,7 @@ class HubServer:
 
 # ----- a tiny DeiT served both ways, and the fixtures the tests share
 ARCH = "deit_tiny_patch16_224"
-TINY = dict(patch_size=4, embed_dim=32, depth=2, num_heads=2)
+TINY = {"patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
 REPO = "test-org/deit-tiny-test"
 TAG = f"{ARCH}.test_in1k"
 
@@ -153,8 +153,8 @@ def release_file(model: torch.nn.Module) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture
-def server(tmp_path, monkeypatch):
+@pytest.fixture(name="server")
+def server_fixture(tmp_path, monkeypatch):
     with HubServer() as srv:
         monkeypatch.setenv("HF_ENDPOINT", srv.url)
         monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
@@ -164,8 +164,8 @@ def server(tmp_path, monkeypatch):
         yield srv
 
 
-@pytest.fixture
-def model(server, monkeypatch):
+@pytest.fixture(name="model")
+def model_fixture(server, monkeypatch):
     """A tiny DeiT on the server as a hub repo and as a release file, and a tag naming both."""
     m = tiny_model()
     data = release_file(m)

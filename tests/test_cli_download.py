@@ -4,8 +4,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from hub_server import ARCH, TAG, model_fixture, server_fixture  # noqa: F401 (fixtures)
 
-from hub_server import ARCH, TAG, model, server  # noqa: F401 (fixtures)
 from vitzoo import create_model
 from vitzoo.cli import main as vitzoo
 from vitzoo.models.weights_table import TAGS

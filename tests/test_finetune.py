@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hub_server import ARCH, REPO, TAG, TINY, model_fixture, server_fixture  # noqa: F401 (fixtures)
 from PIL import Image
 
-from hub_server import ARCH, REPO, TAG, TINY, model, server  # noqa: F401 (fixtures)
 from vitzoo.checkpoint import load_checkpoint
 from vitzoo.cli import main as vitzoo
 from vitzoo.config import load_config
@@ -44,7 +44,7 @@ def test_finetune_journey_on_a_served_tag(model, server, my_images, tmp_path, ca
     err = capsys.readouterr().err
     assert "classifier re-initialised for 3 classes" in err  # the folder's classes, a fresh head
     assert "resized pos_embed (1, 65, 32) -> (1, 145, 32)" in err  # 32 px tag, 48 px run
-    ckpt = load_checkpoint(sorted(out.rglob("*.pth"))[-1])
+    ckpt = load_checkpoint(max(out.rglob("*.pth")))
     meta = ckpt["meta"]
     assert meta["arch"] == ARCH and meta["model_kwargs"]["embed_dim"] == TINY["embed_dim"]
     assert meta["model_kwargs"]["num_classes"] == 3 and meta["model_kwargs"]["img_size"] == 48
@@ -61,10 +61,13 @@ def test_beit_tag_brings_its_layer_decay_and_architecture():
     assert kept.model == "beit_large_patch16_224" and kept.layer_decay == 0.7
 
 
-def test_eval_and_convert_take_a_tag(model, server, my_images, tmp_path, capsys):
+def test_eval_knn_and_convert_take_a_tag(model, server, my_images, tmp_path, capsys):
     assert vitzoo(["eval", "--pretrained", TAG, "--data_path", str(my_images), "--num_classes", "10",
                    "--num_workers", "0", "--device", "cpu", "--output_dir", str(tmp_path / "ev")]) == 0
     assert "acc" in capsys.readouterr().out.lower()
+    assert vitzoo(["knn", "--pretrained", TAG, "--data_path", str(my_images), "--batch_size", "8",
+                   "--num_workers", "0", "--device", "cpu", "--amp_level", "O0"]) == 0
+    assert "top1" in capsys.readouterr().out.lower().replace("-", "")
     assert vitzoo(["convert", TAG, str(tmp_path / "tiny.pt")]) == 0
     assert load_checkpoint(tmp_path / "tiny.pt")["meta"]["arch"] == ARCH
 
@@ -85,3 +88,14 @@ def test_teacher_by_hub_repo(model, server):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(teacher(x), ref(x), atol=1e-6)
+
+
+def test_check_fetches_the_tag_once_before_ranks_start(model, server, my_images, tmp_path, monkeypatch, capsys):
+    """`vitzoo train --check` (run by scripts/ before torchrun) fills the cache, so ranks find the file."""
+    args = ["train", "--config", str(ROOT / "configs/finetune.yaml"), "--pretrained", TAG,
+            "--data_path", str(my_images), "--output_dir", str(tmp_path / "run"), "--check"]
+    assert vitzoo(args) == 0 and "ok:" in capsys.readouterr().out
+    assert server.requests("GET").count(f"/{REPO}/resolve/main/model.safetensors") == 1
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    server.log.clear()
+    assert vitzoo(args) == 0 and server.requests() == []

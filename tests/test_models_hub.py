@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hub_server import ARCH, REPO, TAG, TINY, model_fixture, release_file, server_fixture  # noqa: F401 (fixtures)
 
-from hub_server import ARCH, REPO, TAG, TINY, model, release_file, server  # noqa: F401 (fixtures)
 from vitzoo import create_model
 from vitzoo.errors import UserError
 from vitzoo.models import hub, weights_table
@@ -163,3 +163,21 @@ def test_names_without_weights_say_so():
         create_model("deit_small_patch16_224.fb_in1kk", pretrained=True)
     assert hub.arch_of("t2t_vit_14.in1k_384") == "t2t_vit_14"
     assert hub.resolve_pretrained("t2t_vit_14.in1k_384", True, None) == ("t2t_vit_14", "t2t_vit_14.in1k_384", 384)
+
+
+@pytest.mark.parametrize("fixture", ["hf_deit", "hf_vit_bin"])  # model.safetensors / pytorch_model.bin
+def test_transformers_layout_repo_from_the_hub(server, fixture, one_thread):
+    """A ``transformers`` repo (``facebook/deit-...`` layout) through ``hf-hub:``: the logits transformers
+    itself gave for the fixture (tests/fixtures/convert, written by transformers 5.23.0)."""
+    import numpy as np
+    from test_convert_hf import ATOL, FIXTURES, fixed_input
+
+    from vitzoo.models import load_model
+
+    folder = FIXTURES / fixture
+    server.repos[f"facebook-test/{fixture}"] = {p.name: p.read_bytes() for p in folder.iterdir()
+                                                if p.name != "logits.npy"}
+    loaded, _ = load_model(f"hf-hub:facebook-test/{fixture}")
+    with torch.no_grad():
+        got = loaded(fixed_input())
+    torch.testing.assert_close(got, torch.from_numpy(np.load(folder / "logits.npy")), atol=ATOL, rtol=0)

@@ -87,9 +87,9 @@ def resolve_pretrained(name: str, pretrained: object, img_size: int | None) -> t
         tag = find_tag(pretrained) if not os.path.exists(pretrained) else None
     else:
         return arch, (pretrained or None), img_size
-    if tag is not None and img_size is None and tag.arch == arch:
-        if tag.input_size != int(get_entry(arch).data_config["input_size"][-1]):
-            img_size = tag.input_size
+    default_size = int(get_entry(arch).data_config["input_size"][-1])
+    if tag is not None and img_size is None and tag.arch == arch and tag.input_size != default_size:
+        img_size = tag.input_size
     return arch, pretrained, img_size
 
 
@@ -140,12 +140,18 @@ class _Missing(UserError):
 
 def _hub_file(repo: str, filename: str, revision: str | None) -> Path:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
-                                        LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     if filename.startswith("/") or ".." in filename.split("/"):
         raise UserError(f"hf-hub:{repo}: refusing file name {filename!r}")
-    kwargs = dict(revision=revision, cache_dir=str(cache_root()), endpoint=os.environ.get("HF_ENDPOINT") or None)
+    kwargs = {"revision": revision, "cache_dir": str(cache_root()), "endpoint": os.environ.get("HF_ENDPOINT") or None}
     try:  # the cache first, without a request: released weights do not change under their name
         return Path(hf_hub_download(repo, filename, local_files_only=True, **kwargs))
     except (LocalEntryNotFoundError, EntryNotFoundError):
