@@ -99,3 +99,10 @@ def test_check_fetches_the_tag_once_before_ranks_start(model, server, my_images,
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     server.log.clear()
     assert vitzoo(args) == 0 and server.requests() == []
+
+
+def test_infer_takes_a_tag(model, server, my_images, tmp_path, capsys):
+    image = next((my_images / "val").rglob("*.png"))
+    assert vitzoo(["infer", str(image), "--checkpoint", TAG, "--device", "cpu", "--precision", "fp32",
+                   "--output", str(tmp_path / "pred.json")]) == 0
+    assert json.loads((tmp_path / "pred.json").read_text())

@@ -141,12 +141,20 @@ def test_a_downloaded_pickle_that_runs_code_is_refused(server, tmp_path, monkeyp
     assert not (tmp_path / "pwned_by_download").exists()
 
 
+def test_corrupt_hub_transfer_is_removed(model, server):
+    server.corrupt.add("model.safetensors")
+    with pytest.raises(UserError, match="does not match the hub's.*removed and nothing was loaded"):
+        create_model(ARCH, pretrained=f"hf-hub:{REPO}", num_classes=10)
+    assert not [p for p in Path(os.environ["HF_HUB_CACHE"]).rglob("*") if p.is_file() and p.stat().st_size > 10000]
+
+
 def test_two_processes_download_once(model, server, tmp_path):
-    """torchrun ranks asking for the same file: one GET, the other rank waits on the lock."""
+    """torchrun ranks asking for the same weights: one GET per file, the other rank waits on the lock."""
     server.files["big.pth"] = os.urandom(1 << 20)
-    server.slow.add("big.pth")
+    server.slow.update({"big.pth", "model.safetensors"})
     url = f"{server.url}/files/big.pth"
-    code = f"from vitzoo.models.url_download import download_url; print(download_url({url!r}))"
+    code = ("from vitzoo.models.hub import resolve; from vitzoo.models.url_download import download_url; "
+            f"resolve('hf-hub:{REPO}'); print(download_url({url!r}))")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
              for _ in range(2)]
@@ -154,6 +162,7 @@ def test_two_processes_download_once(model, server, tmp_path):
     assert all(p.returncode == 0 for p in procs)
     assert outs[0] == outs[1] == str(url_cache_path(url))
     assert server.requests("GET").count("/files/big.pth") == 1
+    assert server.requests("GET").count(f"/{REPO}/resolve/main/model.safetensors") == 1
 
 
 def test_names_without_weights_say_so():

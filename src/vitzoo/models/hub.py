@@ -17,6 +17,7 @@ Hub files go through ``huggingface_hub.hf_hub_download``: its cache (the same fo
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -30,6 +31,7 @@ from vitzoo.models.weights_table import TAGS, Tag, default_tag, find_tag, tags_f
 log = logging.getLogger("vitzoo")
 
 HF_HUB = "hf-hub:"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # preferred first, as convert.hub reads them
 
@@ -109,6 +111,10 @@ def fetch_tag(tag: Tag) -> Path:
             raise UserError(f"offline (HF_HUB_OFFLINE=1) and {tag.tag} is not in the cache: put {tag.url} at "
                             f"{url_cache_path(tag.url)}{where} (`vitzoo download {tag.tag}` fills it)")
         return download_url(tag.url, tag.sha256)
+    if failures and offline():
+        raise UserError(f"offline (HF_HUB_OFFLINE=1) and {tag.tag} (hub repo {tag.hub}) is not in the cache "
+                        f"{cache_root()}: run `vitzoo download {tag.tag}` where there is internet and copy that "
+                        "folder here")
     raise UserError(f"{tag.tag}: {failures[-1]}" if failures else f"{tag.tag}: no source")
 
 
@@ -157,7 +163,7 @@ def _hub_file(repo: str, filename: str, revision: str | None) -> Path:
     except (LocalEntryNotFoundError, EntryNotFoundError):
         pass
     try:
-        return Path(hf_hub_download(repo, filename, local_files_only=offline(), **kwargs))
+        return _verified(Path(hf_hub_download(repo, filename, local_files_only=offline(), **kwargs)), repo)
     except GatedRepoError as e:
         raise UserError(f"hf-hub:{repo} is gated: accept its terms on the hub, then set HF_TOKEN") from e
     except RepositoryNotFoundError as e:
@@ -178,6 +184,24 @@ def _hub_file(repo: str, filename: str, revision: str | None) -> Path:
         raise UserError(f"hf-hub:{repo} {filename}: {_first_line(e)}") from e
     except (OSError, ValueError) as e:
         raise UserError(f"hf-hub:{repo} {filename}: {_first_line(e)}") from e
+
+
+def _verified(path: Path, repo: str) -> Path:
+    """A fresh hub download checked against its name: the cache names a large (LFS) file's blob by the
+    hub's ETag, its sha256. A mismatch (a corrupt transfer or mirror) removes it; nothing is loaded."""
+    blob = path.resolve()
+    if not _SHA256.fullmatch(blob.name):
+        return path  # a small (git) file: its ETag is a git hash, not a checksum of the bytes
+    digest = hashlib.sha256()
+    with open(blob, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != blob.name:
+        blob.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        raise UserError(f"hf-hub:{repo} {path.name}: sha256 {digest.hexdigest()[:16]}... does not match the "
+                        f"hub's {blob.name[:16]}...; the download was removed and nothing was loaded")
+    return path
 
 
 def _first_line(e: Exception) -> str:
