@@ -8,8 +8,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,6 @@ from vitzoo.errors import UserError
 from vitzoo.models import hub, weights_table
 from vitzoo.models.url_download import download_url, url_cache_path
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def same_logits(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -148,19 +145,27 @@ def test_corrupt_hub_transfer_is_removed(model, server):
     assert not [p for p in Path(os.environ["HF_HUB_CACHE"]).rglob("*") if p.is_file() and p.stat().st_size > 10000]
 
 
-def test_two_processes_download_once(model, server, tmp_path):
+def _fetch_both(url: str, queue) -> None:
+    queue.put((str(hub.resolve(f"hf-hub:{REPO}")), str(download_url(url))))
+
+
+def test_two_processes_download_once(model, server):
     """torchrun ranks asking for the same weights: one GET per file, the other rank waits on the lock."""
+    import multiprocessing
+
     server.files["big.pth"] = os.urandom(1 << 20)
     server.slow.update({"big.pth", "model.safetensors"})
     url = f"{server.url}/files/big.pth"
-    code = ("from vitzoo.models.hub import resolve; from vitzoo.models.url_download import download_url; "
-            f"resolve('hf-hub:{REPO}'); print(download_url({url!r}))")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
-    assert all(p.returncode == 0 for p in procs)
-    assert outs[0] == outs[1] == str(url_cache_path(url))
+    ctx = multiprocessing.get_context("fork")  # two processes at once; forked, so nothing is imported again
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_fetch_both, args=(url, queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert all(p.exitcode == 0 for p in procs)
+    assert results[0] == results[1] and results[0][1] == str(url_cache_path(url))
     assert server.requests("GET").count("/files/big.pth") == 1
     assert server.requests("GET").count(f"/{REPO}/resolve/main/model.safetensors") == 1
 
