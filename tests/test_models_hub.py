@@ -20,7 +20,6 @@ from vitzoo.models import hub, weights_table
 from vitzoo.models.url_download import download_url, url_cache_path
 
 
-
 def same_logits(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
