@@ -51,6 +51,7 @@ def test_pretrained_true_takes_the_default_tag(model, server, monkeypatch, one_t
 
 def test_hf_hub_prefix_and_plain_url(model, server, one_thread):
     assert same_logits(create_model(ARCH, pretrained=f"hf-hub:{REPO}", num_classes=10, img_size=32), model)
+    assert same_logits(create_model(ARCH, pretrained=f"hf-hub:{REPO}@main", num_classes=10, img_size=32), model)
     url = f"{server.url}/files/tiny.pth"
     assert same_logits(create_model(ARCH, pretrained=url, num_classes=10, img_size=32, **TINY), model)
     assert url_cache_path(url).is_file()
@@ -105,12 +106,13 @@ def test_private_repo_needs_a_token(model, server, monkeypatch, one_thread):
         create_model(ARCH, pretrained=f"hf-hub:{REPO}", num_classes=10)
     monkeypatch.setenv("HF_TOKEN", "secret-token")
     assert same_logits(create_model(ARCH, pretrained=f"hf-hub:{REPO}", num_classes=10, img_size=32), model)
+    assert same_logits(create_model(ARCH, pretrained=f"hf-hub:{REPO}@main", num_classes=10, img_size=32), model)
 
 
 @pytest.mark.parametrize("name", ["hf-hub:../../escape", "hf-hub:/etc/passwd", "hf-hub:org/../../x",
-                                  "hf-hub:org/name/../../x"])
+                                  "hf-hub:org/name/../../x", "hf-hub:org/name@../../../x", "hf-hub:org/name@/tmp/x"])
 def test_repo_ids_that_climb_out_are_refused(server, tmp_path, name):
-    with pytest.raises(UserError, match="not a hub repo id"):
+    with pytest.raises(UserError, match="not a hub repo id|not a revision"):
         create_model(ARCH, pretrained=name)
     assert server.requests() == []
 

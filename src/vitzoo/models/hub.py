@@ -33,6 +33,7 @@ log = logging.getLogger("vitzoo")
 HF_HUB = "hf-hub:"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+")
+_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+)*")  # refs/pr/1, v1.0, main, a sha
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # preferred first, as convert.hub reads them
 
 
@@ -100,7 +101,7 @@ def fetch_tag(tag: Tag) -> Path:
     failures = []
     if tag.hub:
         try:
-            return hub_folder(tag.hub, files=tag.hub_files)
+            return hub_folder(tag.hub, weights=(tag.hub_weights,))
         except UserError as e:
             failures.append(str(e))
             if tag.url and not offline():  # offline: the one line below names both
@@ -118,11 +119,11 @@ def fetch_tag(tag: Tag) -> Path:
     raise UserError(f"{tag.tag}: {failures[-1]}" if failures else f"{tag.tag}: no source")
 
 
-def hub_folder(repo: str, revision: str | None = None, files: tuple[str, ...] | None = None) -> Path:
-    """The snapshot folder holding ``config.json`` and the weights of hub repo ``repo``."""
-    check_repo_id(repo)
+def hub_folder(repo: str, revision: str | None = None, weights: tuple[str, ...] = WEIGHT_FILES) -> Path:
+    """The snapshot folder holding ``config.json`` and the first of ``weights`` that hub repo ``repo`` has."""
+    check_repo_id(repo, revision)
     config = _hub_file(repo, "config.json", revision)
-    for name in files[1:] if files else WEIGHT_FILES:
+    for name in weights:
         try:
             _hub_file(repo, name, revision)
             break
@@ -134,10 +135,13 @@ def hub_folder(repo: str, revision: str | None = None, files: tuple[str, ...] | 
     return config.parent
 
 
-def check_repo_id(repo: str) -> None:
-    """``org/name`` and nothing else: ``..``, an absolute path or extra ``/`` never name a cache folder."""
+def check_repo_id(repo: str, revision: str | None = None) -> None:
+    """``org/name`` and a plain revision, nothing else: ``..``, an absolute path or extra ``/`` never name a
+    cache folder (huggingface_hub writes ``refs/<revision>`` into the cache)."""
     if not _REPO.fullmatch(repo) or ".." in repo:
         raise UserError(f"hf-hub:{repo}: not a hub repo id (expected org/name)")
+    if revision is not None and (not _REVISION.fullmatch(revision) or ".." in revision):
+        raise UserError(f"hf-hub:{repo}@{revision}: not a revision (a branch, tag or commit)")
 
 
 class _Missing(UserError):

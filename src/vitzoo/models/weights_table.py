@@ -55,8 +55,8 @@ class Tag:
         return self.tag.split(".", 1)[0]
 
     @property
-    def hub_files(self) -> tuple[str, ...]:
-        return ("config.json", "model.safetensors")  # timm's hub layout (timm.models.push_to_hub)
+    def hub_weights(self) -> str:
+        return "model.safetensors"  # beside config.json: timm's hub layout (timm.models.push_to_hub)
 
 
 _FB = "https://dl.fbaipublicfiles.com/deit/"
