@@ -28,13 +28,12 @@ def family_of(name: str, model_cls: type | None = None) -> str:
     return fam or (model_cls.__name__ if model_cls is not None else "?")
 
 
-def count_params(name: str) -> tuple[int, int]:
+def count_params(name: str, num_classes: int = 1000) -> tuple[int, int]:
     """(trainable parameters, fixed persistent float buffers) of ``name``, built on the meta device."""
     import torch
 
-
     with torch.device("meta"):
-        model = create_model(name)
+        model = create_model(name, num_classes=num_classes)
     n_params = sum(p.numel() for p in model.parameters())
     param_names = {n for n, _ in model.named_parameters()}
     n_fixed = sum(t.numel() for k, t in model.state_dict().items()
@@ -67,7 +66,7 @@ def describe_tag(tag: Tag, with_params: bool = False) -> dict[str, Any]:
     }
     if with_params:
         registered = tag.arch in list_models()
-        row["params (M)"] = f"{count_params(tag.arch)[0] / 1e6:.1f}" if registered else "-"
+        row["params (M)"] = f"{count_params(tag.arch, tag.num_classes)[0] / 1e6:.1f}" if registered else "-"
         row["GFLOPs"] = f"{count_gflops(tag.arch, tag.input_size):.1f}" if registered else "-"
     return row
 
