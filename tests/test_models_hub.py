@@ -196,3 +196,10 @@ def test_transformers_layout_repo_from_the_hub(server, fixture, one_thread):
     with torch.no_grad():
         got = loaded(fixed_input())
     torch.testing.assert_close(got, torch.from_numpy(np.load(folder / "logits.npy")), atol=ATOL, rtol=0)
+
+
+def test_a_tag_brings_its_release_preprocessing(model, server, one_thread):
+    loaded = create_model(TAG, pretrained=True, num_classes=10)
+    tag = weights_table.TAGS[TAG]
+    assert {k: loaded.data_config[k] for k in ("crop_pct", "mean", "std")} == {
+        "crop_pct": tag.crop_pct, "mean": tag.mean, "std": tag.std}

@@ -63,6 +63,14 @@ def arch_of(source: object) -> str | None:
     return tag.arch if tag is not None else None
 
 
+def tag_data_config(source: object) -> dict | None:
+    """The eval preprocessing of a tag's release (its top-1 was measured with it); None for other sources."""
+    tag = find_tag(source) if isinstance(source, str) and not os.path.exists(source) else None
+    if tag is None:
+        return None
+    return {"crop_pct": tag.crop_pct, "interpolation": tag.interpolation, "mean": tag.mean, "std": tag.std}
+
+
 def resolve_pretrained(name: str, pretrained: object, img_size: int | None) -> tuple[str, object, int | None]:
     """``create_model``'s arguments as timm takes them -> (architecture, weights source or None, img_size).
 

@@ -63,12 +63,13 @@ _FB = "https://dl.fbaipublicfiles.com/deit/"
 _T2T = "https://github.com/yitu-opensource/T2T-ViT/releases/download/main/"
 _UNILM = "https://unilm.blob.core.windows.net/beit/"
 _AUGREG = "https://storage.googleapis.com/vit_models/augreg/"
-_DEIT_CITE = "URL, hash, acc: [deit] README_deit.md; hub, crop, mean/std, license: [timm] deit.py"
+_DEIT_CITE = ("URL, hash, acc: [deit] README_deit.md; crop 0.875: [deit] main.py --eval-crop-ratio default, with "
+              "which README's accuracies were measured (timm's cfg: 0.9 / 1.0); hub, mean/std, license: [timm] deit.py")
 
 
 def _deit(arch: str, file: str, top1: float, top5: float, size: int = 224) -> Tag:
     return Tag(f"{arch}.fb_in1k", _FB + file, f"timm/{arch}.fb_in1k", file.rsplit("-", 1)[1].split(".")[0],
-               top1, top5, "apache-2.0", _DEIT_CITE, input_size=size, crop_pct=0.9 if size == 224 else 1.0)
+               top1, top5, "apache-2.0", _DEIT_CITE, input_size=size, crop_pct=0.875)
 
 
 def _t2t(arch: str, file: str, top1: float, top5: float | None = None, size: int = 224, tag: str = "in1k") -> Tag:

@@ -20,7 +20,7 @@ from vitzoo.errors import UserError
 from vitzoo.models.convert.adapt import adapt_state_dict
 from vitzoo.models.convert.layouts import read_weights
 from vitzoo.models.convert.weights import Weights
-from vitzoo.models.hub import arch_of, resolve_pretrained
+from vitzoo.models.hub import arch_of, resolve_pretrained, tag_data_config
 from vitzoo.models.registry import build_config, build_model
 
 log = logging.getLogger("vitzoo")
@@ -49,6 +49,7 @@ def create_model(name: str, num_classes: int = 1000, img_size: int | None = None
     recorded = {k: v for k, v in weights.model_kwargs.items() if k not in ("num_classes", "img_size")}
     model = build_for(weights, name, {**recorded, **kwargs})
     load_pretrained(model, weights)
+    model.data_config.update(tag_data_config(pretrained) or {})  # a tag: its release's eval preprocessing
     return model
 
 
@@ -66,6 +67,7 @@ def load_model(path: str | os.PathLike, arch: str | None = None, use_ema: bool =
         kwargs["num_classes"] = head.shape[0]  # an official file: keep the classifier it was trained with
     model = build_for(weights, arch, kwargs)
     load_pretrained(model, weights)
+    model.data_config.update(tag_data_config(path) or {})  # a tag: its release's eval preprocessing
     return model.to(device).eval(), weights.meta
 
 
