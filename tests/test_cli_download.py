@@ -56,10 +56,10 @@ def test_models_pretrained_params_gflops_and_markdown(capsys):
 
 @pytest.mark.parametrize("arch", ["deit_tiny_patch16_224", "beit_base_patch16_224", "t2t_vit_t_14",
                                   "vit_base_patch16_224"])
-def test_models_shows_the_default_weights(arch, capsys):
-    assert vitzoo(["models", arch]) == 0
-    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(arch + " "))
-    assert line.split()[-1] == TAGS_DEFAULT[arch]
+def test_models_pretrained_lists_the_default_tag_first(arch, capsys):
+    assert vitzoo(["models", arch, "--pretrained"]) == 0
+    first = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(arch + "."))
+    assert first.split()[0] == f"{arch}.{TAGS_DEFAULT[arch]}"
 
 
 TAGS_DEFAULT = {"deit_tiny_patch16_224": "fb_in1k", "beit_base_patch16_224": "in22k_ft_in22k_in1k",

@@ -17,7 +17,7 @@ from typing import Any
 
 from vitzoo.errors import UserError, nearest
 from vitzoo.models import create_model, get_entry, list_models
-from vitzoo.models.weights_table import TAGS, Tag, default_tag
+from vitzoo.models.weights_table import TAGS, Tag
 
 FAMILIES = {"vit": "ViT", "deit": "DeiT", "t2t": "T2T-ViT", "beit": "BEiT"}
 
@@ -87,7 +87,6 @@ def describe(name: str, with_params: bool = False) -> dict[str, Any]:
         "embed_dim": cfg.embed_dim,
         "depth": cfg.depth,
         "heads": cfg.num_heads,
-        "weights": default_tag(name).tag.split(".", 1)[1] if default_tag(name) else "-",
     }
     if with_params:
         row["params"], row["fixed"] = count_params(name)
@@ -96,7 +95,7 @@ def describe(name: str, with_params: bool = False) -> dict[str, Any]:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Plain aligned text table; counts with thousands separators and in millions."""
-    cols = ["name", "family", "input", "patch", "embed_dim", "depth", "heads", "weights"]
+    cols = ["name", "family", "input", "patch", "embed_dim", "depth", "heads"]
     if rows and "params" in rows[0]:
         cols += ["params", "params (M)", "fixed"]
     cells = []
@@ -169,5 +168,6 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"no registered model matches '{args.pattern}'{nearest(args.pattern, list_models())}")
     rows = [describe(n, args.params) for n in names]
     print(format_table(rows))
-    print(f"\n{len(rows)} model(s)" + ("" if args.params else "; add --params for parameter counts"))
+    print(f"\n{len(rows)} model(s)" + ("" if args.params else "; add --params for parameter counts, "
+                                                              "--pretrained for the published weights"))
     return 0
