@@ -62,7 +62,8 @@ def test_offline_with_and_without_cache(model, server, monkeypatch, one_thread):
     with pytest.raises(UserError) as err:
         create_model(TAG, pretrained=True, num_classes=10, **TINY)
     msg = str(err.value)
-    assert "\n" not in msg and f"{server.url}/files/tiny.pth" in msg and str(url_cache_path(f"{server.url}/files/tiny.pth")) in msg
+    url = f"{server.url}/files/tiny.pth"
+    assert "\n" not in msg and url in msg and str(url_cache_path(url)) in msg  # the URL and where to put it
     assert server.requests() == []
     monkeypatch.delenv("HF_HUB_OFFLINE")
     create_model(TAG, pretrained=True, num_classes=10)  # fills the cache

@@ -169,7 +169,8 @@ def _hub_file(repo: str, filename: str, revision: str | None) -> Path:
 
     if filename.startswith("/") or ".." in filename.split("/"):
         raise UserError(f"hf-hub:{repo}: refusing file name {filename!r}")
-    kwargs = {"revision": revision, "cache_dir": str(cache_root()), "endpoint": os.environ.get("HF_ENDPOINT") or None}
+    endpoint = os.environ.get("HF_ENDPOINT") or None  # read now: huggingface_hub reads it once, at import
+    kwargs = {"revision": revision, "cache_dir": str(cache_root()), "endpoint": endpoint}
     try:  # the cache first, without a request: released weights do not change under their name
         return Path(hf_hub_download(repo, filename, local_files_only=True, **kwargs))
     except (LocalEntryNotFoundError, EntryNotFoundError):

@@ -63,8 +63,9 @@ _FB = "https://dl.fbaipublicfiles.com/deit/"
 _T2T = "https://github.com/yitu-opensource/T2T-ViT/releases/download/main/"
 _UNILM = "https://unilm.blob.core.windows.net/beit/"
 _AUGREG = "https://storage.googleapis.com/vit_models/augreg/"
-_DEIT_CITE = ("URL, hash, acc: [deit] README_deit.md; crop 0.875: [deit] main.py --eval-crop-ratio default, with "
-              "which README's accuracies were measured (timm's cfg: 0.9 / 1.0); hub, mean/std, license: [timm] deit.py")
+_DEIT_CITE = ("URL, hash, acc: [deit] README_deit.md; crop 0.875: [deit] main.py --eval-crop-ratio default, "
+              "with which README's accuracies were measured (timm's cfg: 0.9 / 1.0); hub, mean/std, license: "
+              "[timm] deit.py")
 
 
 def _deit(arch: str, file: str, top1: float, top5: float, size: int = 224) -> Tag:
@@ -85,8 +86,8 @@ def _beit(arch: str, tag: str, file: str, top1: float | None, top5: float | None
     large = "large" in arch
     decay = (0.75 if large else 0.65) if tag == "in22k" else (0.9 if large else 0.85)
     return Tag(f"{arch}.{tag}", _UNILM + file, f"timm/{arch}.{tag}" if hub else None, None, top1, top5,
-               "apache-2.0", "URL, acc: [beit] README.md; layer decay: [beit] get_started_for_image_classification.md; "
-               "hub, crop, mean/std, license: [timm] beit.py",
+               "apache-2.0", "URL, acc: [beit] README.md; layer decay: [beit] "
+               "get_started_for_image_classification.md; hub, crop, mean/std, license: [timm] beit.py",
                input_size=size, crop_pct=0.9 if size == 224 else 1.0, mean=HALF, std=HALF,
                num_classes=num_classes, layer_decay=decay)
 
@@ -131,15 +132,18 @@ _TAGS: tuple[Tag, ...] = (
     _t2t("t2t_vit_t_19", "82.4_T2T_ViTt_19.pth.tar", 82.4),
     _t2t("t2t_vit_t_24", "82.6_T2T_ViTt_24.pth.tar", 82.6),
     # BEiT (arXiv:2106.08254): pre-trained on 22k, intermediate fine-tuned on 22k, then on 1k (timm's tags)
-    _beit("beit_base_patch16_224", "in22k_ft_in22k_in1k", "beit_base_patch16_224_pt22k_ft22kto1k.pth", 85.2, 97.6),
-    _beit("beit_base_patch16_384", "in22k_ft_in22k_in1k", "beit_base_patch16_384_pt22k_ft22kto1k.pth", 86.8, 98.1),
+    _beit("beit_base_patch16_224", "in22k_ft_in22k_in1k", "beit_base_patch16_224_pt22k_ft22kto1k.pth",
+          85.2, 97.6),
+    _beit("beit_base_patch16_384", "in22k_ft_in22k_in1k", "beit_base_patch16_384_pt22k_ft22kto1k.pth",
+          86.8, 98.1),
     _beit("beit_large_patch16_224", "in22k_ft_in22k_in1k", "beit_large_patch16_224_pt22k_ft22kto1k.pth",
           87.4, 98.3),
     _beit("beit_large_patch16_384", "in22k_ft_in22k_in1k", "beit_large_patch16_384_pt22k_ft22kto1k.pth",
           88.4, 98.6),
     _beit("beit_large_patch16_512", "in22k_ft_in22k_in1k", "beit_large_patch16_512_pt22k_ft22kto1k.pth",
           88.60, 98.66),
-    _beit("beit_base_patch16_224", "in22k_ft_in1k", "beit_base_patch16_224_pt22k_ft1k.pth", 83.7, 96.6, hub=False),
+    _beit("beit_base_patch16_224", "in22k_ft_in1k", "beit_base_patch16_224_pt22k_ft1k.pth", 83.7, 96.6,
+          hub=False),
     _beit("beit_large_patch16_224", "in22k_ft_in1k", "beit_large_patch16_224_pt22k_ft1k.pth", 86.0, 97.6,
           hub=False),
     _beit("beit_base_patch16_224", "in22k_ft_in22k", "beit_base_patch16_224_pt22k_ft22k.pth", None, None,
@@ -158,8 +162,8 @@ _TAGS: tuple[Tag, ...] = (
     _vit("vit_base_patch16_384.augreg_in21k_ft_in1k", _AUGREG + "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0"
          "-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_384.npz", 85.996, 98.002, size=384),
     # the ImageNet-21k checkpoint the ViT seed fine-tunes on CIFAR-10 (Google .npz; 21843 classes)
-    _vit("vit_base_patch16_224.augreg_in21k", _AUGREG + "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz",
-         None, None, num_classes=21843),
+    _vit("vit_base_patch16_224.augreg_in21k",
+         _AUGREG + "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz", None, None, num_classes=21843),
 )
 
 TAGS: dict[str, Tag] = {t.tag: t for t in _TAGS}
