@@ -16,7 +16,8 @@ from vitzoo.version import __version__
 # name -> (module, one-line summary)
 COMMANDS = {
     "demo": ("vitzoo.cli.demo", "the whole loop on a CPU in ~3 minutes: make data, train, evaluate (no download)"),
-    "models": ("vitzoo.cli.models", "list registered models (with parameter counts)"),
+    "models": ("vitzoo.cli.models", "list registered models and their published weights (tags, top-1, license)"),
+    "download": ("vitzoo.cli.download", "fetch weights by tag into the cache ahead of time (offline clusters)"),
     "train": ("vitzoo.cli.train", "train a model from a YAML config (+ --key value overrides)"),
     "pretrain": ("vitzoo.cli.pretrain", "BEiT masked-image-modeling pre-training on unlabeled images"),
     "eval": ("vitzoo.cli.eval", "evaluate a checkpoint on the validation set"),

@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                "vitzoo attention photos/ --arch deit_tiny_patch16_224 --mode last --head 0")
     p.add_argument("data", metavar="IMAGE_OR_FOLDER", help="an image file or a folder of images")
     p.add_argument("--checkpoint", default=None,
-                   help="vitzoo checkpoint or official release file; without it --arch builds random weights")
+                   help="vitzoo checkpoint, official release file, weights tag, hf-hub:org/repo or URL; "
+                        "without it --arch builds random weights")
     p.add_argument("--arch", default=None,
                    help="model name (needed for official files; alone: a randomly initialised model)")
     p.add_argument("--output", default="attention",

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=HelpFormatter)
     p.add_argument("src", metavar="SRC",
                    help="checkpoint: .pth / .pth.tar / .npz / .ckpt / .pdparams / hub folder (or a vitzoo checkpoint), "
-                        "or DALL-E's encoder.pkl")
+                        "a weights tag / hf-hub:org/repo / URL (fetched and cached), or DALL-E's encoder.pkl")
     p.add_argument("dst", metavar="DST", help="output: .pt / .pth / .safetensors (vitzoo), .ckpt or .pdparams; "
                                               "a folder with --to hf / --to timm")
     p.add_argument("--arch", "--model", default=None,

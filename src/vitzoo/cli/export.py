@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vitzoo export", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", "--checkpoint-path", "--checkpoint_path", required=True,
-                   help="vitzoo checkpoint (.pt/.safetensors) or official release file")
+                   help="vitzoo checkpoint (.pt/.safetensors), official release file, weights tag "
+                        "(deit_small_patch16_224.fb_in1k), hf-hub:org/repo or URL")
     p.add_argument("--arch", "--model", default=None,
                    help="model name; needed only when the checkpoint does not record it (official files)")
     # --format too: the short name users reach for, and the one the config's note on `file_format` gives

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vitzoo infer", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     add_common_args(p)
-    p.add_argument("--checkpoint", required=True, help="vitzoo checkpoint (.pt/.safetensors) or official file")
+    p.add_argument("--checkpoint", required=True, help="vitzoo checkpoint (.pt/.safetensors), official file, weights tag "
+                        "(deit_small_patch16_224.fb_in1k), hf-hub:org/repo or URL")
     p.add_argument("--arch", default=None,
                    help="model name; needed only when the checkpoint does not record it (official files)")
     p.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")

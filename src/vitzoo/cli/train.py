@@ -18,7 +18,7 @@ from vitzoo.cli.training import check_files, print_resolved, run_training
 from vitzoo.config import RunConfig, parse_args
 from vitzoo.config import build_parser as config_parser
 from vitzoo.data import check_split_data
-from vitzoo.engine.build import take_num_classes_from_data
+from vitzoo.engine.build import take_model_from_weights, take_num_classes_from_data
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     cfg, ns = parse_args(argv, parser=build_parser())
     if ns.dry_run:
-        take_num_classes_from_data(cfg, logging.getLogger("vitzoo"))  # as the run will
+        take_model_from_weights(cfg, logging.getLogger("vitzoo"))  # as the run will
+        take_num_classes_from_data(cfg, logging.getLogger("vitzoo"))
         return print_resolved(cfg)
     if ns.check:
         check_inputs(cfg)

@@ -19,6 +19,8 @@ from vitzoo.config import RunConfig, dump_config
 from vitzoo.engine.preempt import Preempted
 from vitzoo.engine.trainer import Trainer, train
 from vitzoo.errors import UserError
+from vitzoo.models.convert.hub import hub_folder
+from vitzoo.models.hub import resolve
 from vitzoo.runtime.precision import refuse_int8
 
 
@@ -53,7 +55,9 @@ def check_files(cfg: RunConfig, files: dict[str, str]) -> None:
     refuse_int8(cfg.amp_dtype, training=True)
     files = {"resume": "" if cfg.resume.lower() == "auto" else cfg.resume, **files}
     for key, path in files.items():
-        if path and not os.path.isfile(path):
+        if key != "resume" and path:
+            path = resolve(path)  # a weights tag / hf-hub: / URL: fetched here, once, before torchrun starts ranks
+        if path and not os.path.isfile(path) and not hub_folder(path):
             raise UserError(f"{key}: file not found: {path}")
     blocking = file_in_the_way(cfg.output_dir)
     if blocking is not None:

@@ -62,8 +62,9 @@ class RunConfig:
 
     # ----- model
     model: str = option("model", "deit_base_patch16_224", "registered model name", "arch")
-    pretrained: str = option("model", "", "weights to start from (vitzoo checkpoint or official file); "
-                             "weights only, head/pos-embed adapted", "finetune", "checkpoint_path")
+    pretrained: str = option("model", "", "weights to start from: a file (vitzoo or official), a weights tag "
+                             "(deit_small_patch16_224.fb_in1k; `vitzoo models --pretrained`), hf-hub:org/repo "
+                             "or a URL; weights only, head/pos-embed adapted", "finetune", "checkpoint_path")
     exclude_epoch_state: bool = option("model", False, "with pretrained: true = start at start_epoch; "
                                        "false = continue the epoch count stored in the file (seeds' meaning)")
     num_classes: int = option("model", 1000, "classes of the classifier head (train: unset = the train set's classes)",
@@ -196,7 +197,8 @@ class RunConfig:
     distillation_alpha: float = option("distill", 0.5, "weight of the distillation loss", rule="[0, 1]")
     distillation_tau: float = option("distill", 1.0, "soft distillation temperature", rule=">= 0")
     teacher_model: str = option("distill", "regnety_160", "teacher: zoo, timm or torchvision model name")
-    teacher_path: str = option("distill", "", "teacher weights file (local)")
+    teacher_path: str = option("distill", "", "teacher weights: a file, a tag (regnety_160.deit_in1k), "
+                               "hf-hub:org/repo or a URL")
     # ----- masked image modeling (BEiT pre-training) and tokenizers
     mim_target: str = option("mim", "dall-e", "what masked patches predict: dall-e (the DALL-E dVAE's visual "
                              "tokens) | tokenizer (a `vitzoo train-tokenizer` run's tokens) | pixels (normalised "

@@ -7,6 +7,7 @@ EMA (a copy of those weights).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from vitzoo.engine.schedule import build_scheduler
 from vitzoo.engine.teacher import build_teacher
 from vitzoo.errors import UserError
 from vitzoo.models import create_model
+from vitzoo.models.weights_table import find_tag
 from vitzoo.runtime.precision import Precision
 
 
@@ -53,6 +55,21 @@ def take_num_classes_from_data(cfg: RunConfig, log: logging.Logger) -> None:
         return
     log.info("num_classes %d: the classes of the train set (set num_classes to choose another)", found)
     cfg.num_classes = found
+
+
+def take_model_from_weights(cfg: RunConfig, log: logging.Logger) -> None:
+    """A weights tag as ``pretrained`` names its architecture: where the user did not set ``model`` (the
+    fine-tuning preset sets none), the tag's is trained. A BEiT tag brings its release's fine-tuning layer
+    decay where ``layer_decay`` is unset (unilm's get_started_for_image_classification.md)."""
+    tag = find_tag(cfg.pretrained) if cfg.pretrained and not os.path.exists(cfg.pretrained) else None
+    if tag is None:
+        return
+    if "model" not in cfg.explicit and cfg.model != tag.arch:
+        log.info("model %s: the architecture of %s (set model to choose another)", tag.arch, tag.tag)
+        cfg.model = tag.arch
+    if tag.layer_decay is not None and "layer_decay" not in cfg.explicit:
+        log.info("layer_decay %s: the fine-tuning layer decay of %s's release", tag.layer_decay, tag.tag)
+        cfg.layer_decay = tag.layer_decay
 
 
 def build_model(cfg: RunConfig, device: torch.device) -> nn.Module:

@@ -1,9 +1,11 @@
 """The frozen teacher for DeiT distillation: any model of this zoo, of timm, or of torchvision.
 
 DeiT's paper teacher is timm's ``regnety_160`` (arXiv:2012.12877 sec. 5.2); any classifier works as
-long as it predicts the student's classes. Weights come from a local file only (no download):
-a vitzoo checkpoint, an official release file of a zoo model, or a plain / wrapped state dict,
-always loaded with ``weights_only=True``. The teacher is put in eval mode with gradients off.
+long as it predicts the student's classes. Weights come from a file, a weights tag
+(``regnety_160.deit_in1k``, DeiT's own teacher), ``hf-hub:org/repo`` or a URL (downloaded and cached by
+:func:`vitzoo.models.hub.resolve`): a vitzoo checkpoint, an official release file of a zoo model, a timm hub
+folder, or a plain / wrapped state dict, always loaded with ``weights_only=True`` or safetensors. The teacher
+is put in eval mode with gradients off.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from vitzoo.checkpoint import load_checkpoint
 from vitzoo.errors import UserError, nearest
 from vitzoo.models import create_model, list_models
 from vitzoo.models.convert import unwrap_state_dict
+from vitzoo.models.convert.hub import hub_folder, read_hub_weights
+from vitzoo.models.hub import resolve
 
 
 def _plain_state_dict(obj: dict, path: str) -> dict[str, torch.Tensor]:
@@ -53,8 +57,10 @@ def build_teacher(name: str, path: str, num_classes: int, device: torch.device |
     if not name:
         raise UserError("teacher_model: distillation needs a teacher model name (e.g. regnety_160)")
     if not path:
-        raise UserError(f"teacher_path: distillation needs the weights of teacher {name!r} (a local file)")
-    if not Path(path).is_file():
+        raise UserError(f"teacher_path: distillation needs the weights of teacher {name!r} (a file or a tag, "
+                        "e.g. regnety_160.deit_in1k)")
+    path = resolve(path)  # a tag, hf-hub: repo or URL -> the cached file / hub folder
+    if not Path(path).exists():
         raise UserError(f"teacher_path: file not found: {path}")
     if name in _zoo_names():
         # the zoo handles its own checkpoints and the official release layouts (weights_only)
@@ -62,7 +68,7 @@ def build_teacher(name: str, path: str, num_classes: int, device: torch.device |
     else:
         teacher, _ = build_model_by_name(name, num_classes)
 
-        sd = _plain_state_dict(load_checkpoint(path), path)
+        sd = read_hub_weights(path)[0] if hub_folder(path) else _plain_state_dict(load_checkpoint(path), path)
         try:
             teacher.load_state_dict(sd, strict=True)
         except RuntimeError as e:

@@ -9,6 +9,7 @@ processes the order of samples is exact but augmentation random streams restart)
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,8 @@ from vitzoo.checkpoint import (
 from vitzoo.config import RunConfig
 from vitzoo.data import loader_from_batch, report_bad_files, set_epoch, usable_cpus
 from vitzoo.engine import dist
-from vitzoo.engine.build import TrainData, build_data, build_model, build_step, take_num_classes_from_data
+from vitzoo.engine.build import (TrainData, build_data, build_model, build_step, take_model_from_weights,
+                                 take_num_classes_from_data)
 from vitzoo.engine.dist import unwrap
 from vitzoo.engine.loop import NonFiniteLossError, TrainStep, UpdateInfo, evaluate, format_eval, iter_updates
 from vitzoo.engine.preempt import Preempted, StopRequest
@@ -81,6 +83,7 @@ class Trainer:
     # by replacing these five, and the reporting hooks below where its model or metrics differ.
     def build_model(self) -> torch.nn.Module:
         """The fp32 model on the run's device (the precision is chosen for it, then applied)."""
+        take_model_from_weights(self.cfg, self.log)
         take_num_classes_from_data(self.cfg, self.log)
         return build_model(self.cfg, self.device)
 
@@ -302,7 +305,8 @@ class Trainer:
     def _fresh_start(self) -> Position:
         cfg = self.cfg
         start = cfg.start_epoch
-        if cfg.pretrained and not cfg.exclude_epoch_state:
+        # a local vitzoo file may carry an epoch count; weights by name (tag, hub, URL) are releases: none
+        if cfg.pretrained and not cfg.exclude_epoch_state and os.path.isfile(cfg.pretrained):
             meta = load_checkpoint(cfg.pretrained).get("meta") or {}
             if meta.get("task", "classify") == self.task:  # a pre-training's epochs are not this run's
                 start = max(start, int(meta.get("epoch", 0) or 0))

@@ -165,7 +165,8 @@ class TokenPerformer(nn.Module):
         k, q, v = self.kqv(x).split(self.emb, dim=-1)  # 3 x (B, T, in_dim)
         # The exponentials overflow in half precision: the kernel runs in fp32 (the official code
         # casts to float too), also under autocast.
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        # (meta tensors, used to count parameters and FLOPs, have no autocast: "cpu" stands in, a no-op)
+        with torch.autocast(device_type="cpu" if x.device.type == "meta" else x.device.type, enabled=False):
             kp, qp = self.prm_exp(k.float()), self.prm_exp(q.float())  # (B, T, m)
             norm = qp @ kp.sum(dim=1).unsqueeze(-1)  # (B, T, 1): phi(q_i) . sum_j phi(k_j)
             context = kp.transpose(1, 2) @ v.float()  # (B, m, in_dim): phi(k)^T v

@@ -19,6 +19,7 @@ from vitzoo.checkpoint import model_meta, save_checkpoint
 from vitzoo.errors import UserError
 from vitzoo.models.convert.hub_out import check_folder
 from vitzoo.models.convert.layouts import read_weights, writer_for
+from vitzoo.models.hub import arch_of
 from vitzoo.models.convert.load import build_for, load_model, load_pretrained, resolve_arch
 from vitzoo.models.convert.weights import Weights, no_arch_overrides
 from vitzoo.models.registry import build_config, build_model
@@ -46,7 +47,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, arch: 
     if writer is not None and not writer.SUFFIX:  # a folder writer: refuse a folder in use before the work
         check_folder(dst, overwrite)
     weights = read_weights(src, use_ema)
-    arch = resolve_arch(weights, arch)
+    arch = resolve_arch(weights, arch or arch_of(src))  # a tag names its architecture
     kwargs = {**(weights.meta.get("model_kwargs") or {}), **weights.model_kwargs, **(overrides or {})}
     file_classes = weights.shape_kwargs().get("num_classes")
     kwargs["num_classes"] = num_classes or kwargs.get("num_classes") or file_classes or 1000

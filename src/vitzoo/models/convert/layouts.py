@@ -29,6 +29,7 @@ from vitzoo.models.convert import (
     to_timm,
 )
 from vitzoo.models.convert.weights import Weights
+from vitzoo.models.hub import resolve
 
 # First match wins: the specific layouts before timm, which takes any dict holding tensors.
 LAYOUTS: tuple[ModuleType, ...] = (native, npz, mindspore_ckpt, pdparams, hf, timm_hub, t2t, beit, timm)
@@ -49,13 +50,16 @@ def detect(obj: dict | None, path: str | os.PathLike | None = None) -> ModuleTyp
 
 
 def read_weights(source: str | os.PathLike | dict | Weights, use_ema: bool = False) -> Weights:
-    """Read a checkpoint in any known layout: a path, an already loaded dict, or :class:`Weights` as is."""
+    """Read a checkpoint in any known layout: a path, an already loaded dict, or :class:`Weights` as is.
+
+    A string may also name weights to fetch (a tag, ``hf-hub:org/repo``, a URL: :func:`vitzoo.models.hub.resolve`).
+    """
     if isinstance(source, Weights):
         return source
     if isinstance(source, dict):
         obj, path = source, None
     else:
-        path = str(source)
+        path = resolve(source)
         opens_itself = any(layout.detect(None, path) for layout in LAYOUTS)
         obj = None if opens_itself else load_checkpoint(path)
     return detect(obj, path).read(obj, path, use_ema)

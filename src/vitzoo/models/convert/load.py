@@ -20,21 +20,25 @@ from vitzoo.errors import UserError
 from vitzoo.models.convert.adapt import adapt_state_dict
 from vitzoo.models.convert.layouts import read_weights
 from vitzoo.models.convert.weights import Weights
+from vitzoo.models.hub import arch_of, resolve_pretrained, tag_data_config
 from vitzoo.models.registry import build_config, build_model
 
 log = logging.getLogger("vitzoo")
 
 def create_model(name: str, num_classes: int = 1000, img_size: int | None = None,
-                 pretrained: str | os.PathLike | None = None, **overrides: Any) -> nn.Module:
-    """Build a registered model, optionally loading weights from a local file.
+                 pretrained: bool | str | os.PathLike | None = None, **overrides: Any) -> nn.Module:
+    """Build a registered model, optionally loading weights.
 
     Args:
-        name: a name from :func:`vitzoo.models.list_models`.
+        name: a name from :func:`vitzoo.models.list_models`, or a weights tag (``deit_small_patch16_224.fb_in1k``:
+            its weights load when ``pretrained`` is True).
         num_classes: classifier width (the head is re-initialised when a pretrained file differs).
         img_size: input resolution (position embeddings / bias tables of a pretrained file are resized).
-        pretrained: path of a vitzoo checkpoint or an official release file (no downloads).
+        pretrained: True (the name's default tag), a tag, ``hf-hub:org/repo``, a URL, or the path of a
+            vitzoo checkpoint or an official release file (:mod:`vitzoo.models.hub` fetches and caches).
         **overrides: any field of the family's config (``embed_dim=96, depth=6, patch_size=4``, ...).
     """
+    name, pretrained, img_size = resolve_pretrained(name, pretrained, img_size)
     kwargs = dict(overrides, num_classes=num_classes)
     if img_size is not None:
         kwargs["img_size"] = img_size
@@ -45,6 +49,7 @@ def create_model(name: str, num_classes: int = 1000, img_size: int | None = None
     recorded = {k: v for k, v in weights.model_kwargs.items() if k not in ("num_classes", "img_size")}
     model = build_for(weights, name, {**recorded, **kwargs})
     load_pretrained(model, weights)
+    model.data_config.update(tag_data_config(pretrained) or {})  # a tag: its release's eval preprocessing
     return model
 
 
@@ -55,13 +60,14 @@ def load_model(path: str | os.PathLike, arch: str | None = None, use_ema: bool =
     Returns ``(model in eval mode on device, meta)``; ``meta`` is {} for an official file.
     """
     weights = read_weights(path, use_ema)
-    arch = resolve_arch(weights, arch)
+    arch = resolve_arch(weights, arch or arch_of(path))
     kwargs = {**weights.meta.get("model_kwargs", {}), **weights.model_kwargs, **overrides}
     head = weights.state_dict.get("head.weight")
     if "num_classes" not in kwargs and head is not None:
         kwargs["num_classes"] = head.shape[0]  # an official file: keep the classifier it was trained with
     model = build_for(weights, arch, kwargs)
     load_pretrained(model, weights)
+    model.data_config.update(tag_data_config(path) or {})  # a tag: its release's eval preprocessing
     return model.to(device).eval(), weights.meta
 
 
