@@ -42,6 +42,9 @@ class Weights:
     # LayerNorm epsilon): config fields that reproduce the source's logits, dropped with
     # ``--reference-numerics``
     numerics: dict[str, Any] = field(default_factory=dict)
+    # the model family the layout implies ("deit" for PaddleViT's DeiT, "vit" for Google's .npz, ...), which
+    # the tensors alone cannot tell for ViT vs DeiT; None when the names fit several (a timm .pth)
+    family: str | None = None
 
     def implied(self, cfg: Any) -> dict[str, Any]:
         """Every config field the file fixes for a model of config ``cfg`` (numerics included)."""
