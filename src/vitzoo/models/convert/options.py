@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vitzoo.errors import ConfigError, UserError
+from vitzoo.models.beit_mim import PRETRAIN_SETTINGS
 from vitzoo.models.convert.detect import applied_fields, choose_arch, shown_fields
 from vitzoo.models.convert.weights import Weights
 from vitzoo.models.registry import build_config
@@ -48,27 +49,39 @@ class Plan:
     notes: tuple[str, ...] = ()  # one line each: a detected architecture, an override of the file's numerics
 
 
-def file_options(weights: Weights, detected: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Layers 1-3 of the module docstring (the layout's implications, layer 4, need the config)."""
+def file_options(weights: Weights, detected: dict[str, Any] | None = None, named: bool = False) -> dict[str, Any]:
+    """Layers 1-3 of the module docstring (the layout's implications, layer 4, need the config).
+
+    ``named``: the caller named the architecture. A pre-training checkpoint named for fine-tuning keeps
+    its network options but not its pre-training task's (one relative-position table shared by the blocks,
+    class-token pooling, no classifier): unilm's ``run_class_finetuning.py`` builds the fine-tuning model
+    from its own arguments, and the shared table is copied into every block on loading.
+    """
     _, shown = shown_fields(weights.state_dict)
     tensors = {k: shown[k] for k in FITTED if k in shown}
-    return {**tensors, **(detected or {}), **weights.model_kwargs, **(weights.meta.get("model_kwargs") or {})}
+    recorded = dict(weights.meta.get("model_kwargs") or {})
+    if named and weights.meta.get("task") == "pretrain":
+        recorded = {k: v for k, v in recorded.items() if k not in PRETRAIN_SETTINGS}
+    return {**tensors, **(detected or {}), **weights.model_kwargs, **recorded}
 
 
 def plan_model(weights: Weights, arch: str | None, caller: dict[str, Any]) -> Plan:
     """The architecture (``arch``, else the file's record, else detected) and its options, merged."""
     recorded = weights.meta.get("arch") or weights.arch
+    named = bool(arch)
     notes: list[str] = []
     detected: dict[str, Any] = {}
     if not arch and not recorded:
         found = choose_arch(weights.state_dict, weights.source, weights.family, {**weights.model_kwargs, **caller})
         arch, detected = found.arch, applied_fields(found)
         notes.append(found.sentence())
+        log.info(notes[-1])
     arch = arch or recorded
     assert arch is not None
-    file = file_options(weights, detected)
+    file = file_options(weights, detected, named)
     if recorded and recorded != arch:
         check_same_network(weights.source, recorded, arch, {**file, **caller})
+        notes.append(f"built as {arch}, as named; the file records {recorded}, the same network")
     implied = weights.implied(_config(arch, {**file, **caller}, weights.source))
     theirs = {**file, **implied}
     overridden = override_notes(theirs, caller)
