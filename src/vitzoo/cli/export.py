@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", "--checkpoint-path", "--checkpoint_path", required=True,
                    help="vitzoo checkpoint (.pt/.safetensors) or official release file")
     p.add_argument("--arch", "--model", default=None,
-                   help="model name; needed only when the checkpoint does not record it (official files)")
+                   help="model name; needed only when the checkpoint neither records it nor fits one registered model "
+                        "by its weights' shapes; one the checkpoint records otherwise is an error")
     # --format too: the short name users reach for, and the one the config's note on `file_format` gives
     p.add_argument("--file-format", "--file_format", "--format", default="ONNX", type=str.upper,
                    choices=FORMATS, help="ONNX | TORCHSCRIPT | EXPORTED_PROGRAM (torch.export .pt2)")

@@ -17,8 +17,9 @@ from torch import nn
 
 from vitzoo.checkpoint import model_meta, save_checkpoint
 from vitzoo.errors import UserError
+from vitzoo.models.convert.detect import shown_fields
 from vitzoo.models.convert.layouts import read_weights, writer_for
-from vitzoo.models.convert.load import build_and_load, given_options, load_model, load_pretrained
+from vitzoo.models.convert.load import build_and_load, fill, given_options, load_model, load_pretrained
 from vitzoo.models.convert.options import Plan, plan_model
 from vitzoo.models.convert.weights import Weights, no_arch_overrides
 from vitzoo.models.registry import build_config, build_model
@@ -44,10 +45,10 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, arch: 
     weights = read_weights(src, use_ema)
     caller = given_options(overrides or {}, num_classes=num_classes, img_size=img_size)
     plan = plan_model(weights, arch, caller)
-    file_classes = weights.shape_kwargs().get("num_classes")
+    file_classes = shown_fields(weights.state_dict)[1].get("num_classes")
     model = build_model(plan.arch, **plan.kwargs).eval()
     notes = [*plan.notes, *_conversion_notes(weights, model, file_classes)]
-    model = build_and_load(weights, plan).eval()
+    fill(model, weights, plan.chosen)
     if reference_numerics and weights.numerics:
         model, note = _to_reference_numerics(model, weights, plan)
         notes.append(note)

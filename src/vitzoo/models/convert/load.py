@@ -65,12 +65,17 @@ def given_options(overrides: dict[str, Any], **named: Any) -> dict[str, Any]:
 
 
 def build_and_load(weights: Weights, plan: Plan) -> nn.Module:
-    """Build ``plan`` and fill it with ``weights`` (fitted, strict)."""
+    """Build ``plan`` and fill it with ``weights``."""
     model = build_model(plan.arch, **plan.kwargs)
-    check_architecture(model, weights, plan.chosen)
+    fill(model, weights, plan.chosen)
+    return model
+
+
+def fill(model: nn.Module, weights: Weights, chosen: frozenset[str] = frozenset()) -> None:
+    """Load ``weights`` into ``model``, fitted and strictly, after :func:`check_architecture`."""
+    check_architecture(model, weights, chosen)
     load_state_dict_strict(model, adapt_state_dict(weights.state_dict, model), weights.source)
     log.info(f"loaded weights from {weights.source}")
-    return model
 
 
 def load_pretrained(model: nn.Module, source: str | os.PathLike | dict | Weights,
@@ -83,9 +88,7 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | dict | Weights
     apply it).
     """
     weights = read_weights(source, use_ema)
-    check_architecture(model, weights)
-    load_state_dict_strict(model, adapt_state_dict(weights.state_dict, model), weights.source)
-    log.info(f"loaded weights from {weights.source}")
+    fill(model, weights)
     return weights.meta
 
 

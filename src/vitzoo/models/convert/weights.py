@@ -51,20 +51,6 @@ class Weights:
         numerics = {k: v for k, v in self.numerics.items() if hasattr(cfg, k)}
         return {**self.arch_overrides(cfg), **numerics}
 
-    def shape_kwargs(self) -> dict[str, int]:
-        """Sizes visible in the tensors (for hints): embed_dim, patch_size, depth, num_classes."""
-        sd, out = self.state_dict, {}
-        if "cls_token" in sd:
-            out["embed_dim"] = int(sd["cls_token"].shape[-1])
-        if "patch_embed.proj.weight" in sd:
-            out["patch_size"] = int(sd["patch_embed.proj.weight"].shape[-1])
-        blocks = [int(k.split(".")[1]) for k in sd if k.startswith("blocks.")]
-        if blocks:
-            out["depth"] = 1 + max(blocks)
-        if "head.weight" in sd:
-            out["num_classes"] = int(sd["head.weight"].shape[0])
-        return out
-
 
 def find_state_dict(obj: dict, use_ema: bool = False) -> tuple[str | None, dict[str, torch.Tensor]]:
     """``(wrapper key or None for a bare dict, its tensors)``; EMA wrappers first when ``use_ema``.
