@@ -73,7 +73,8 @@ def _to_reference_numerics(model: nn.Module, weights: Weights, plan: Plan) -> tu
     """The same weights in a model with the PyTorch reference's numerics, and the logit change it makes."""
     base = build_config(plan.arch)  # the registry's numerics are the PyTorch reference's
     reference = {k: getattr(base, k) for k in weights.numerics if hasattr(base, k) and k not in plan.chosen}
-    ref_plan = dataclasses.replace(plan, kwargs={**plan.kwargs, **reference}, chosen=plan.chosen | set(reference))
+    ref_plan = dataclasses.replace(plan, kwargs={**plan.kwargs, **reference}, chosen=plan.chosen | set(reference),
+                                   found=None, overrides=())
     ref_model = build_and_load(weights, ref_plan).eval()
     diff = _max_diff(model, ref_model)
     source = ", ".join(f"{k}={getattr(model.cfg, k)!r}" for k in reference)

@@ -52,9 +52,12 @@ class Detection:
     candidates: tuple[str, ...] = ()  # the registered models that fit equally well
     exact: bool = False  # whether the model's registered sizes are the file's
 
+    def sizes(self) -> str:
+        return ", ".join(f"{k} {self.shown[k]:g}" if isinstance(self.shown[k], float) else f"{k} {self.shown[k]}"
+                         for k in (*SIZE_FIELDS, "img_size", *TRAIT_FIELDS) if k in self.shown)
+
     def sentence(self) -> str:
-        sizes = ", ".join(f"{k} {self.shown[k]:g}" if isinstance(self.shown[k], float) else f"{k} {self.shown[k]}"
-                          for k in (*SIZE_FIELDS, "img_size", *TRAIT_FIELDS) if k in self.shown)
+        sizes = self.sizes()
         if self.arch and self.exact:
             return f"architecture detected from the weights: {self.arch} ({sizes})"
         if self.arch:
@@ -159,8 +162,9 @@ def choose_arch(sd: dict[str, torch.Tensor], source: str, layout_family: str | N
         raise UserError(f"{source} records no architecture, and {found.sentence()}")
     if not found.exact and "num_heads" not in found.shown:
         heads = get_entry(found.arch).cfg.num_heads
-        raise UserError(f"{source}: {found.sentence()}; the weights do not show the head count: pass "
-                        f"--set num_heads=N ({found.arch} has {heads}), or --arch NAME")
+        raise UserError(f"{source}: a {found.family} with sizes no registered variant has ({found.sizes()}), and "
+                        f"its weights do not show the head count: pass --set num_heads=N (the nearest variant, "
+                        f"{found.arch}, has {heads}), or --arch NAME")
     return found
 
 

@@ -65,7 +65,8 @@ def given_options(overrides: dict[str, Any], **named: Any) -> dict[str, Any]:
 
 
 def build_and_load(weights: Weights, plan: Plan) -> nn.Module:
-    """Build ``plan`` and fill it with ``weights``."""
+    """Build ``plan`` (its notes logged) and fill it with ``weights``."""
+    plan.say()
     model = build_model(plan.arch, **plan.kwargs)
     fill(model, weights, plan.chosen)
     return model

@@ -46,7 +46,19 @@ class Plan:
     arch: str
     kwargs: dict[str, Any]  # build_model's keyword arguments (registry defaults fill the rest)
     chosen: frozenset[str]  # fields the caller set: the loaded model is not held to the file's on these
-    notes: tuple[str, ...] = ()  # one line each: a detected architecture, an override of the file's numerics
+    found: str | None = None  # how the architecture was found, when the file did not record it
+    overrides: tuple[str, ...] = ()  # one line per caller value that changes what the file's network computed
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return ((self.found,) if self.found else ()) + self.overrides
+
+    def say(self) -> None:
+        """Log the notes (the entry points that print no report of their own call this)."""
+        if self.found:
+            log.info(self.found)
+        for line in self.overrides:
+            log.warning(line)
 
 
 def file_options(weights: Weights, detected: dict[str, Any] | None = None, named: bool = False) -> dict[str, Any]:
@@ -69,26 +81,20 @@ def plan_model(weights: Weights, arch: str | None, caller: dict[str, Any]) -> Pl
     """The architecture (``arch``, else the file's record, else detected) and its options, merged."""
     recorded = weights.meta.get("arch") or weights.arch
     named = bool(arch)
-    notes: list[str] = []
+    how: str | None = None
     detected: dict[str, Any] = {}
     if not arch and not recorded:
         found = choose_arch(weights.state_dict, weights.source, weights.family, {**weights.model_kwargs, **caller})
-        arch, detected = found.arch, applied_fields(found)
-        notes.append(found.sentence())
-        log.info(notes[-1])
+        arch, detected, how = found.arch, applied_fields(found), found.sentence()
     arch = arch or recorded
     assert arch is not None
     file = file_options(weights, detected, named)
     if recorded and recorded != arch:
         check_same_network(weights.source, recorded, arch, {**file, **caller})
-        notes.append(f"built as {arch}, as named; the file records {recorded}, the same network")
+        how = f"built as {arch}, as named; the file records {recorded}, the same network"
     implied = weights.implied(_config(arch, {**file, **caller}, weights.source))
     theirs = {**file, **implied}
-    overridden = override_notes(theirs, caller)
-    for line in overridden:
-        log.warning(line)
-    notes += overridden
-    return Plan(arch, {**theirs, **caller}, frozenset(caller), tuple(notes))
+    return Plan(arch, {**theirs, **caller}, frozenset(caller), how, tuple(override_notes(theirs, caller)))
 
 
 def override_notes(theirs: dict[str, Any], caller: dict[str, Any]) -> list[str]:
