@@ -74,8 +74,8 @@ def test_resolution_and_ambiguity():
 
 def test_scaled_models_and_files_that_fit_nothing():
     sd = registered_state_dict("deit_tiny_patch16_224", embed_dim=32, depth=3, num_heads=4, num_classes=3)
-    with pytest.raises(UserError, match=r"do not show the head count: pass --set num_heads=N \(the nearest variant, "
-                                        r"deit_tiny_patch16_224, has 3\)"):
+    with pytest.raises(UserError, match=r"do not show the head count: give it \(vitzoo convert ... --set num_heads=N, "
+                                        r"or num_heads=N in Python; the nearest variant, deit_tiny_patch16_224, has 3\)"):
         choose_arch(sd, "scaled.ckpt", "deit")
     found = choose_arch(sd, "scaled.ckpt", "deit", {"num_heads": 4})
     assert found.arch == "deit_tiny_patch16_224" and not found.exact

@@ -163,8 +163,8 @@ def choose_arch(sd: dict[str, torch.Tensor], source: str, layout_family: str | N
     if not found.exact and "num_heads" not in found.shown:
         heads = get_entry(found.arch).cfg.num_heads
         raise UserError(f"{source}: a {found.family} with sizes no registered variant has ({found.sizes()}), and "
-                        f"its weights do not show the head count: pass --set num_heads=N (the nearest variant, "
-                        f"{found.arch}, has {heads}), or --arch NAME")
+                        f"its weights do not show the head count: give it (vitzoo convert ... --set num_heads=N, "
+                        f"or num_heads=N in Python; the nearest variant, {found.arch}, has {heads}), or --arch NAME")
     return found
 
 
