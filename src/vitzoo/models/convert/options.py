@@ -36,7 +36,7 @@ log = logging.getLogger("vitzoo")
 FITTED = ("num_classes", "img_size")
 # training-time settings: two names that differ only in these are the same network
 _TRAINING = ("drop_rate", "attn_drop_rate", "drop_path_rate", "performer_drop_rate", "grad_checkpointing",
-             "init_scale", "layer_scale_init_value")
+             "init_scale")
 
 
 @dataclass(frozen=True)
