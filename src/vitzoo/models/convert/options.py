@@ -61,18 +61,19 @@ class Plan:
             log.warning(line)
 
 
-def file_options(weights: Weights, detected: dict[str, Any] | None = None, named: bool = False) -> dict[str, Any]:
+def file_options(weights: Weights, detected: dict[str, Any] | None = None, classify: bool = False) -> dict[str, Any]:
     """Layers 1-3 of the module docstring (the layout's implications, layer 4, need the config).
 
-    ``named``: the caller named the architecture. A pre-training checkpoint named for fine-tuning keeps
-    its network options but not its pre-training task's (one relative-position table shared by the blocks,
-    class-token pooling, no classifier): unilm's ``run_class_finetuning.py`` builds the fine-tuning model
-    from its own arguments, and the shared table is copied into every block on loading.
+    ``classify``: the caller asks for a classifier (``num_classes``). A pre-training checkpoint built so,
+    for fine-tuning, keeps its network options but not its pre-training task's (one relative-position
+    table shared by the blocks, class-token pooling, no classifier): unilm's ``run_class_finetuning.py``
+    builds the fine-tuning model from its own arguments, and the shared table is copied into every block
+    on loading. Without one (a probe's encoder), the file's encoder is built as it was.
     """
     _, shown = shown_fields(weights.state_dict)
     tensors = {k: shown[k] for k in FITTED if k in shown}
     recorded = dict(weights.meta.get("model_kwargs") or {})
-    if named and weights.meta.get("task") == "pretrain":
+    if classify and weights.meta.get("task") == "pretrain":
         recorded = {k: v for k, v in recorded.items() if k not in PRETRAIN_SETTINGS}
     return {**tensors, **(detected or {}), **weights.model_kwargs, **recorded}
 
@@ -80,7 +81,6 @@ def file_options(weights: Weights, detected: dict[str, Any] | None = None, named
 def plan_model(weights: Weights, arch: str | None, caller: dict[str, Any]) -> Plan:
     """The architecture (``arch``, else the file's record, else detected) and its options, merged."""
     recorded = weights.meta.get("arch") or weights.arch
-    named = bool(arch)
     how: str | None = None
     detected: dict[str, Any] = {}
     if not arch and not recorded:
@@ -88,7 +88,7 @@ def plan_model(weights: Weights, arch: str | None, caller: dict[str, Any]) -> Pl
         arch, detected, how = found.arch, applied_fields(found), found.sentence()
     arch = arch or recorded
     assert arch is not None
-    file = file_options(weights, detected, named)
+    file = file_options(weights, detected, classify=bool(caller.get("num_classes")))
     if recorded and recorded != arch:
         check_same_network(weights.source, recorded, arch, {**file, **caller})
         how = f"built as {arch}, as named; the file records {recorded}, the same network"
