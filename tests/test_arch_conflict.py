@@ -53,8 +53,9 @@ def test_conflicting_arch_is_one_line_and_exit_2(deit_checkpoint, command, capsy
     assert "distilled" in err[0]  # what differs is named
 
 
-def test_the_recorded_arch_or_another_name_for_it_is_no_conflict(deit_checkpoint, capsys):
+def test_the_recorded_arch_or_another_name_for_it_is_no_conflict(deit_checkpoint, tmp_path, monkeypatch):
     path, root = deit_checkpoint
+    monkeypatch.chdir(tmp_path)  # infer writes predictions.json here
     assert cli(commands(path, root, "deit_tiny_distilled_patch16_224")["infer"]) == 0
     model, meta = load_model(path, arch="deit_tiny_distilled_patch16_224")
     assert model.arch == meta["arch"]
