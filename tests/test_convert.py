@@ -248,9 +248,17 @@ def test_unknown_layout_names_the_known_ones(tmp_path, capsys):
     assert "known: vitzoo checkpoint; Google ViT .npz" in capsys.readouterr().err
 
 
-def test_missing_arch_hint_shows_the_file_sizes(tmp_path, vit_ref, capsys):
+def test_npz_needs_no_arch_and_a_bare_pth_lists_the_candidates(tmp_path, vit_ref, capsys):
     src = tmp_path / "ViT.npz"
-    _to_google_npz(vit_ref.state_dict(), heads=3, path=src)
-    assert cli(["convert", str(src), str(tmp_path / "o.pt")]) == 2
-    assert "pass --arch NAME (the file has embed_dim 48, patch_size 4, depth 2)" in capsys.readouterr().err
+    _to_google_npz(vit_ref.state_dict(), heads=3, path=src)  # the heads are in the kernels' shapes
+    model = _convert_and_load(src, tmp_path / "o.pt")
+    assert "architecture detected from the weights" in capsys.readouterr().out
+    torch.testing.assert_close(_logits(model), _logits(vit_ref), atol=1e-5, rtol=0)
+    # a bare timm state dict: ViT and DeiT are the same network with other preprocessing, and the heads
+    # do not show: both are named, and --arch asked for
+    bare = tmp_path / "bare.pth"
+    torch.save(vit_ref.state_dict(), bare)
+    assert cli(["convert", str(bare), str(tmp_path / "b.pt"), "--set", "num_heads=3"]) == 2
+    err = capsys.readouterr().err
+    assert "vit_tiny_patch16_224" in err and "deit_tiny_patch16_224" in err and "--arch" in err
 

@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vitzoo checkpoint, official release file, weights tag, hf-hub:org/repo or URL; "
                         "without it --arch builds random weights")
     p.add_argument("--arch", default=None,
-                   help="model name (needed for official files; alone: a randomly initialised model)")
+                   help="model name (with --checkpoint: needed only when the file neither records it nor fits one "
+                        "registered model by its weights' shapes; alone: a randomly initialised model)")
     p.add_argument("--output", default="attention",
                    help="folder for the PNGs (<image stem>_attention.png), or a file (attn.png) for one image")
     p.add_argument("--mode", default="rollout", help="rollout | last | block:N")

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", metavar="DST", help="output: .pt / .pth / .safetensors (vitzoo), .ckpt or .pdparams; "
                                               "a folder with --to hf / --to timm")
     p.add_argument("--arch", "--model", default=None,
-                   help="model name (see `vitzoo models`); required unless SRC is a vitzoo checkpoint")
+                   help="model name (see `vitzoo models`); default: the one SRC records, else the one its weights' names and "
+                        "shapes fit (said in the report); one SRC records otherwise is an error")
     p.add_argument("--num-classes", type=int, default=None,
                    help="classifier width (default: the file's; another width re-initialises the head)")
     p.add_argument("--img-size", type=int, default=None,

@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vitzoo checkpoint (.pt/.safetensors), official release file, weights tag "
                         "(deit_small_patch16_224.fb_in1k), hf-hub:org/repo or URL")
     p.add_argument("--arch", "--model", default=None,
-                   help="model name; needed only when the checkpoint does not record it (official files)")
+                   help="model name; needed only when the checkpoint neither records it nor fits one registered model "
+                        "by its weights' shapes; one the checkpoint records otherwise is an error")
     # --format too: the short name users reach for, and the one the config's note on `file_format` gives
     p.add_argument("--file-format", "--file_format", "--format", default="ONNX", type=str.upper,
                    choices=FORMATS, help="ONNX | TORCHSCRIPT | EXPORTED_PROGRAM (torch.export .pt2)")

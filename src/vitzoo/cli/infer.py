@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="vitzoo checkpoint (.pt/.safetensors), official file, weights tag "
                         "(deit_small_patch16_224.fb_in1k), hf-hub:org/repo or URL")
     p.add_argument("--arch", default=None,
-                   help="model name; needed only when the checkpoint does not record it (official files)")
+                   help="model name; needed only when the checkpoint neither records it nor fits one registered model "
+                        "by its weights' shapes; one the checkpoint records otherwise is an error")
     p.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,

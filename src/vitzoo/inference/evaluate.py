@@ -24,9 +24,13 @@ from vitzoo.runtime.precision import FP32, Precision, config_precision_choice, i
 
 
 def load_for_eval(cfg: RunConfig, use_ema: bool, device: torch.device):
-    """(model, meta): the architecture a vitzoo checkpoint records, else the config's ``model``."""
+    """(model, meta): the architecture a vitzoo checkpoint records, else the config's ``model``.
+
+    A model named on the command line is the user's choice: one that the checkpoint records otherwise is
+    an error (load_model says so); a config file's, written for any model, gives way to the checkpoint's.
+    """
     path = cfg.pretrained
-    if str(path).endswith(".npz"):
+    if str(path).endswith(".npz") or cfg.explicit.get("model") == "command line":
         return load_model(path, arch=cfg.model, use_ema=use_ema, device=str(device))
     try:
         model, meta = load_model(path, arch=None, use_ema=use_ema, device=str(device))

@@ -19,8 +19,10 @@ folder writes) with the card of ``model_card.py`` (README.md generated from the 
 
 ``layouts.py`` holds the ordered list ``LAYOUTS`` that :func:`detect` walks and ``WRITERS``, the layouts
 written back; ``adapt.py`` fits a state dict to a built model (head width, image size, shared BEiT table);
-``load.py`` builds and loads models; ``checkpoint.py`` writes any of them as a vitzoo checkpoint (or a
-foreign one). Adding a format is one new module, one entry in ``LAYOUTS`` and its test.
+``detect.py`` reads the registered model a state dict is off its names and shapes (for files that record
+none); ``options.py`` holds the one rule for a model built from a file (registry defaults < the file's
+options < the caller's arguments; a conflicting named architecture refused); ``load.py`` builds and loads
+models by it; ``checkpoint.py`` writes any of them as a vitzoo checkpoint (or a foreign one). Adding a format is one new module, one entry in ``LAYOUTS`` and its test.
 """
 from __future__ import annotations
 

@@ -24,4 +24,4 @@ def detect(obj: dict | None, path: str | None) -> bool:
 def read(obj: dict, path: str | None, use_ema: bool) -> Weights:
     weights = read_wrapped(obj, path, use_ema, NAME)
     kept = {k: v for k, v in weights.state_dict.items() if not k.endswith(_DERIVED)}
-    return dataclasses.replace(weights, state_dict=kept)
+    return dataclasses.replace(weights, state_dict=kept, family="beit")

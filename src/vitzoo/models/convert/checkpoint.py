@@ -1,8 +1,8 @@
 """``vitzoo convert``: a checkpoint in any known layout -> a vitzoo checkpoint (weights + arch + config).
 
-The loading is :func:`~vitzoo.models.convert.load.load_pretrained` on a model built by
-:func:`~vitzoo.models.convert.load.build_for`, the same path as ``create_model(name, pretrained=SRC)``,
-so converting a file and loading it directly agree by construction. The written file is reloaded and
+The model is planned by :func:`~vitzoo.models.convert.options.plan_model` and loaded by
+:func:`~vitzoo.models.convert.load.build_and_load`, the same path as ``create_model(name, pretrained=SRC)``
+and ``load_model(SRC)``, so converting a file and loading it directly agree by construction. The written file is reloaded and
 must reproduce the model's logits.
 """
 from __future__ import annotations
@@ -17,11 +17,13 @@ from torch import nn
 
 from vitzoo.checkpoint import model_meta, save_checkpoint
 from vitzoo.errors import UserError
+from vitzoo.models.convert.detect import shown_fields
 from vitzoo.models.convert.hub_out import check_folder
 from vitzoo.models.convert.layouts import read_weights, writer_for
-from vitzoo.models.hub import arch_of
-from vitzoo.models.convert.load import build_for, load_model, load_pretrained, resolve_arch
+from vitzoo.models.convert.load import build_and_load, fill, given_options, load_model, load_pretrained
+from vitzoo.models.convert.options import Plan, plan_model
 from vitzoo.models.convert.weights import Weights, no_arch_overrides
+from vitzoo.models.hub import arch_of
 from vitzoo.models.registry import build_config, build_model
 
 # set by save_checkpoint for the file it writes
@@ -47,17 +49,14 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, arch: 
     if writer is not None and not writer.SUFFIX:  # a folder writer: refuse a folder in use before the work
         check_folder(dst, overwrite)
     weights = read_weights(src, use_ema)
-    arch = resolve_arch(weights, arch or arch_of(src))  # a tag names its architecture
-    kwargs = {**(weights.meta.get("model_kwargs") or {}), **weights.model_kwargs, **(overrides or {})}
-    file_classes = weights.shape_kwargs().get("num_classes")
-    kwargs["num_classes"] = num_classes or kwargs.get("num_classes") or file_classes or 1000
-    if img_size:
-        kwargs["img_size"] = img_size
-    model = build_for(weights, arch, kwargs).eval()
-    notes = _conversion_notes(weights, model, file_classes)
-    load_pretrained(model, weights)
+    caller = given_options(overrides or {}, num_classes=num_classes, img_size=img_size)
+    plan = plan_model(weights, arch or arch_of(src), caller)  # a tag names its architecture
+    file_classes = shown_fields(weights.state_dict)[1].get("num_classes")
+    model = build_model(plan.arch, **plan.kwargs).eval()
+    notes = [*plan.notes, *_conversion_notes(weights, model, file_classes)]
+    fill(model, weights, plan.chosen)
     if reference_numerics and weights.numerics:
-        model, note = _to_reference_numerics(model, weights, arch, kwargs)
+        model, note = _to_reference_numerics(model, weights, plan)
         notes.append(note)
 
     if writer is not None:
@@ -74,21 +73,21 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, arch: 
                              source_layout=weights.layout)}
         path = save_checkpoint(dst, {"model": model.state_dict(), "meta": meta})
         max_diff = _check_reload(model, path, reread=lambda: load_model(path)[0])
-    return {"path": path, "arch": arch, "layout": weights.layout, "num_classes": model.num_classes,
+    return {"path": path, "arch": plan.arch, "layout": weights.layout, "num_classes": model.num_classes,
             "num_params": sum(p.numel() for p in model.parameters()), "notes": notes, "max_diff": max_diff,
             "to": writer.NAME if writer is not None else "vitzoo"}
 
 
-def _to_reference_numerics(model: nn.Module, weights: Weights, arch: str, kwargs: dict) -> tuple[nn.Module, str]:
+def _to_reference_numerics(model: nn.Module, weights: Weights, plan: Plan) -> tuple[nn.Module, str]:
     """The same weights in a model with the PyTorch reference's numerics, and the logit change it makes."""
-    reference = dataclasses.replace(weights, numerics={})
-    base = build_config(arch, **kwargs)
-    ref_model = build_for(reference, arch, {**kwargs, **{k: getattr(base, k) for k in weights.numerics
-                                                         if hasattr(base, k)}}).eval()
-    load_pretrained(ref_model, reference)
+    base = build_config(plan.arch)  # the registry's numerics are the PyTorch reference's
+    reference = {k: getattr(base, k) for k in weights.numerics if hasattr(base, k) and k not in plan.chosen}
+    ref_plan = dataclasses.replace(plan, kwargs={**plan.kwargs, **reference}, chosen=plan.chosen | set(reference),
+                                   found=None, overrides=())
+    ref_model = build_and_load(weights, ref_plan).eval()
     diff = _max_diff(model, ref_model)
-    source = ", ".join(f"{k}={v!r}" for k, v in weights.implied(model.cfg).items() if k in weights.numerics)
-    ref = ", ".join(f"{k}={getattr(ref_model.cfg, k)!r}" for k in weights.numerics if hasattr(ref_model.cfg, k))
+    source = ", ".join(f"{k}={getattr(model.cfg, k)!r}" for k in reference)
+    ref = ", ".join(f"{k}={v!r}" for k, v in reference.items())
     return ref_model, f"reference numerics ({ref}) instead of the source's ({source}): logits change by max |diff| {diff:.3g}"
 
 

@@ -204,4 +204,4 @@ def read(obj: None, path: str, use_ema: bool) -> Weights:
     if names and any(n and n != f"LABEL_{i}" for i, n in enumerate(names)):
         meta["class_names"] = names
     return Weights(sd, f"{NAME} {classes} ({file})", path, meta=meta, arch=arch, model_kwargs=kwargs,
-                   numerics=_numerics(config))
+                   numerics=_numerics(config), family=family)

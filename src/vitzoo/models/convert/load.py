@@ -1,9 +1,8 @@
 """Models from files: ``create_model(name, pretrained=FILE)``, ``load_model(FILE)``, ``load_pretrained``.
 
-The architecture is decided before the model is built, from what the caller passes, what a vitzoo
-checkpoint records (``meta.model_kwargs``), what a foreign file records (:attr:`Weights.model_kwargs`: HF /
-timm hub configs) and what it implies (:meth:`Weights.implied`: a T2T-ViT release's attention scale, the
-source framework's numerics). Loading then only fills tensors (fitted by
+The architecture is decided before the model is built, by one rule for both entry points
+(:func:`~vitzoo.models.convert.options.plan_model`: registry defaults < what the file records, shows and
+implies < the caller's arguments). Loading then only fills tensors (fitted by
 :func:`~vitzoo.models.convert.adapt.adapt_state_dict`, checked strictly): it never changes a built model's
 architecture, and a model built against what its file implies is refused with the override to pass.
 """
@@ -19,56 +18,74 @@ from torch import nn
 from vitzoo.errors import UserError
 from vitzoo.models.convert.adapt import adapt_state_dict
 from vitzoo.models.convert.layouts import read_weights
+from vitzoo.models.convert.options import Plan, plan_model
 from vitzoo.models.convert.weights import Weights
 from vitzoo.models.hub import arch_of, resolve_pretrained, tag_data_config
-from vitzoo.models.registry import build_config, build_model
+from vitzoo.models.registry import build_model
 
 log = logging.getLogger("vitzoo")
 
-def create_model(name: str, num_classes: int = 1000, img_size: int | None = None,
+
+def create_model(name: str, num_classes: int | None = None, img_size: int | None = None,
                  pretrained: bool | str | os.PathLike | None = None, **overrides: Any) -> nn.Module:
     """Build a registered model, optionally loading weights.
 
     Args:
         name: a name from :func:`vitzoo.models.list_models`, or a weights tag (``deit_small_patch16_224.fb_in1k``:
             its weights load when ``pretrained`` is True).
-        num_classes: classifier width (the head is re-initialised when a pretrained file differs).
-        img_size: input resolution (position embeddings / bias tables of a pretrained file are resized).
+        num_classes: classifier width (default: the file's, else 1000; another width than the file's
+            re-initialises the head).
+        img_size: input resolution (default: the file's, else the model's; position tables are resized).
         pretrained: True (the name's default tag), a tag, ``hf-hub:org/repo``, a URL, or the path of a
             vitzoo checkpoint or an official release file (:mod:`vitzoo.models.hub` fetches and caches).
+            What the file records (sizes, numerics) overrides ``name``'s defaults; the arguments given here override the
+            file (:func:`~vitzoo.models.convert.options.plan_model`).
         **overrides: any field of the family's config (``embed_dim=96, depth=6, patch_size=4``, ...).
     """
     name, pretrained, img_size = resolve_pretrained(name, pretrained, img_size)
-    kwargs = dict(overrides, num_classes=num_classes)
-    if img_size is not None:
-        kwargs["img_size"] = img_size
+    caller = given_options(overrides, num_classes=num_classes, img_size=img_size)
     if not pretrained:
-        return build_model(name, **kwargs)
+        return build_model(name, **caller)
     weights = read_weights(pretrained)
-    # the sizes a foreign file records (HF / timm hub configs); image size and classes stay the caller's
-    recorded = {k: v for k, v in weights.model_kwargs.items() if k not in ("num_classes", "img_size")}
-    model = build_for(weights, name, {**recorded, **kwargs})
-    load_pretrained(model, weights)
+    model = build_and_load(weights, plan_model(weights, name, caller))
     model.data_config.update(tag_data_config(pretrained) or {})  # a tag: its release's eval preprocessing
     return model
 
 
 def load_model(path: str | os.PathLike, arch: str | None = None, use_ema: bool = False, device: str = "cpu",
                **overrides: Any) -> tuple[nn.Module, dict]:
-    """Build and load the model a checkpoint describes (``arch`` needed only for official files).
+    """Build and load the model a checkpoint describes.
 
-    Returns ``(model in eval mode on device, meta)``; ``meta`` is {} for an official file.
+    The architecture is ``arch``, else the one the file records, else the one its weights' names and
+    shapes fit (:mod:`~vitzoo.models.convert.detect`); an ``arch`` that the file records otherwise is
+    a UserError. Options merge as in :func:`create_model`. Returns ``(model in eval mode on device,
+    meta)``; ``meta`` is {} for an official file.
     """
     weights = read_weights(path, use_ema)
-    arch = resolve_arch(weights, arch or arch_of(path))
-    kwargs = {**weights.meta.get("model_kwargs", {}), **weights.model_kwargs, **overrides}
-    head = weights.state_dict.get("head.weight")
-    if "num_classes" not in kwargs and head is not None:
-        kwargs["num_classes"] = head.shape[0]  # an official file: keep the classifier it was trained with
-    model = build_for(weights, arch, kwargs)
-    load_pretrained(model, weights)
+    arch = arch or arch_of(path)  # a tag names its architecture
+    model = build_and_load(weights, plan_model(weights, arch, dict(overrides)))
     model.data_config.update(tag_data_config(path) or {})  # a tag: its release's eval preprocessing
     return model.to(device).eval(), weights.meta
+
+
+def given_options(overrides: dict[str, Any], **named: Any) -> dict[str, Any]:
+    """The caller's explicit options: ``overrides`` plus the named arguments that are not None."""
+    return {**overrides, **{k: v for k, v in named.items() if v is not None}}
+
+
+def build_and_load(weights: Weights, plan: Plan) -> nn.Module:
+    """Build ``plan`` (its notes logged) and fill it with ``weights``."""
+    plan.say()
+    model = build_model(plan.arch, **plan.kwargs)
+    fill(model, weights, plan.chosen)
+    return model
+
+
+def fill(model: nn.Module, weights: Weights, chosen: frozenset[str] = frozenset()) -> None:
+    """Load ``weights`` into ``model``, fitted and strictly, after :func:`check_architecture`."""
+    check_architecture(model, weights, chosen)
+    load_state_dict_strict(model, adapt_state_dict(weights.state_dict, model), weights.source)
+    log.info(f"loaded weights from {weights.source}")
 
 
 def load_pretrained(model: nn.Module, source: str | os.PathLike | dict | Weights,
@@ -81,35 +98,17 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | dict | Weights
     apply it).
     """
     weights = read_weights(source, use_ema)
-    check_architecture(model, weights)
-    load_state_dict_strict(model, adapt_state_dict(weights.state_dict, model), weights.source)
-    log.info(f"loaded weights from {weights.source}")
+    fill(model, weights)
     return weights.meta
 
 
-def build_for(weights: Weights, arch: str, kwargs: dict[str, Any]) -> nn.Module:
-    """Build ``arch`` with ``kwargs`` plus the config fields the file implies for that config."""
-    implied = weights.implied(build_config(arch, **kwargs))
-    return build_model(arch, **{**kwargs, **implied})
-
-
-def resolve_arch(weights: Weights, arch: str | None) -> str:
-    """``arch``, else the one a vitzoo checkpoint records; a UserError with the file's sizes otherwise."""
-    arch = arch or weights.meta.get("arch") or weights.arch
-    if arch:
-        return arch
-    shapes = weights.shape_kwargs()
-    seen = ", ".join(f"{key} {shapes[key]}" for key in ("embed_dim", "patch_size", "depth") if key in shapes)
-    hint = f" (the file has {seen})" if seen else ""
-    raise UserError(f"{weights.source} does not record its architecture; pass --arch NAME{hint}")
-
-
-def check_architecture(model: nn.Module, weights: Weights) -> None:
-    """Refuse a built model whose config differs from what its weights imply (no silent switch)."""
+def check_architecture(model: nn.Module, weights: Weights, chosen: frozenset[str] = frozenset()) -> None:
+    """Refuse a built model whose config differs from what its weights imply (no silent switch), except
+    in the fields the caller ``chosen`` (said by :func:`~vitzoo.models.convert.options.plan_model`)."""
     cfg = getattr(model, "cfg", None)
     if cfg is None:
         return
-    differ = {k: v for k, v in weights.implied(cfg).items() if getattr(cfg, k, None) != v}
+    differ = {k: v for k, v in weights.implied(cfg).items() if getattr(cfg, k, None) != v and k not in chosen}
     if differ:
         needed = ", ".join(f"{k}={v!r}" for k, v in differ.items())
         raise UserError(f"{weights.source} ({weights.layout}) needs the model built with {needed} "

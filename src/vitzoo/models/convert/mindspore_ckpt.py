@@ -232,7 +232,7 @@ def read(obj: None, path: str, use_ema: bool) -> Weights:
                   "depth": 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.")),
                   "mlp_ratio": sd["blocks.0.mlp.fc1.weight"].shape[0] / sd["cls_token"].shape[-1]}
     return Weights(sd, f"{NAME} ({family} seed)", path, arch="vit_base_patch16_224" if family == "vit" else None,
-                   model_kwargs=kwargs, numerics=NUMERICS[family])
+                   model_kwargs=kwargs, numerics=NUMERICS[family], family=family)
 
 
 # ------------------------------------------------------------------------------------- writing

@@ -103,8 +103,8 @@ def npz_to_state_dict(weights: dict[str, np.ndarray]) -> dict[str, torch.Tensor]
     return sd
 
 
-def load_npz(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a Google ViT ``.npz`` file (no pickle) and return our-layout state dict."""
+def load_npz(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], int]:
+    """Read a Google ViT ``.npz`` file (no pickle): our-layout state dict, and the head count."""
     try:
         with np.load(path, allow_pickle=False) as f:
             weights = {k: f[k] for k in f.files}
@@ -113,7 +113,7 @@ def load_npz(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except Exception as e:  # zip errors, object arrays needing pickle, ...
         raise UserError(f"{path}: not a readable numpy .npz archive ({e})") from e
     try:
-        return npz_to_state_dict(weights)
+        return npz_to_state_dict(weights), int(weights[f"Transformer/encoderblock_0/{_ATTN}/query/kernel"].shape[1])
     except UserError as e:
         raise UserError(f"{path}: {e}") from e
 
@@ -123,8 +123,11 @@ def detect(obj: dict | None, path: str | None) -> bool:
 
 
 def read(obj: None, path: str, use_ema: bool) -> Weights:
-    sd = load_npz(path)
-    return Weights(sd, NAME, path, arch_overrides=partial(_keep_pre_logits, sd))
+    sd, heads = load_npz(path)
+    # the head count is in the attention kernels' shapes (D, heads, head_dim), which the fused qkv loses:
+    # recorded, so that a file naming no architecture still builds with its heads
+    return Weights(sd, NAME, path, arch_overrides=partial(_keep_pre_logits, sd), family="vit",
+                   model_kwargs={"num_heads": heads})
 
 
 def _keep_pre_logits(sd: dict[str, torch.Tensor], cfg: Any) -> dict[str, Any]:

@@ -121,7 +121,7 @@ def detect(obj: dict | None, path: str | None) -> bool:
 
 
 def read(obj: None, path: str, use_ema: bool) -> Weights:
-    return Weights(to_state_dict(read_pdparams(path)), NAME, path, numerics=dict(NUMERICS))
+    return Weights(to_state_dict(read_pdparams(path)), NAME, path, numerics=dict(NUMERICS), family="deit")
 
 
 def target_numerics(model: nn.Module) -> dict:

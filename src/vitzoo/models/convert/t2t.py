@@ -34,4 +34,4 @@ def arch_overrides(cfg: Any) -> dict[str, Any]:
 
 
 def read(obj: dict, path: str | None, use_ema: bool) -> Weights:
-    return dataclasses.replace(read_wrapped(obj, path, use_ema, NAME), arch_overrides=arch_overrides)
+    return dataclasses.replace(read_wrapped(obj, path, use_ema, NAME), arch_overrides=arch_overrides, family="t2t")

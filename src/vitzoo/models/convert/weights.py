@@ -42,25 +42,14 @@ class Weights:
     # LayerNorm epsilon): config fields that reproduce the source's logits, dropped with
     # ``--reference-numerics``
     numerics: dict[str, Any] = field(default_factory=dict)
+    # the model family the layout implies ("deit" for PaddleViT's DeiT, "vit" for Google's .npz, ...), which
+    # the tensors alone cannot tell for ViT vs DeiT; None when the names fit several (a timm .pth)
+    family: str | None = None
 
     def implied(self, cfg: Any) -> dict[str, Any]:
         """Every config field the file fixes for a model of config ``cfg`` (numerics included)."""
         numerics = {k: v for k, v in self.numerics.items() if hasattr(cfg, k)}
         return {**self.arch_overrides(cfg), **numerics}
-
-    def shape_kwargs(self) -> dict[str, int]:
-        """Sizes visible in the tensors (for hints): embed_dim, patch_size, depth, num_classes."""
-        sd, out = self.state_dict, {}
-        if "cls_token" in sd:
-            out["embed_dim"] = int(sd["cls_token"].shape[-1])
-        if "patch_embed.proj.weight" in sd:
-            out["patch_size"] = int(sd["patch_embed.proj.weight"].shape[-1])
-        blocks = [int(k.split(".")[1]) for k in sd if k.startswith("blocks.")]
-        if blocks:
-            out["depth"] = 1 + max(blocks)
-        if "head.weight" in sd:
-            out["num_classes"] = int(sd["head.weight"].shape[0])
-        return out
 
 
 def find_state_dict(obj: dict, use_ema: bool = False) -> tuple[str | None, dict[str, torch.Tensor]]:
