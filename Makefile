@@ -25,9 +25,10 @@ demo: $(STAMP)
 	$(BIN)/vitzoo demo --out $(DEMO_DIR)
 
 # --dist loadscope: a module's tests stay on one worker, so its module-scoped fixtures (a training run, a
-# generated dataset) are built once, not once per worker
+# generated dataset) are built once, not once per worker; --no-loadscope-reorder: modules are handed out
+# in collection order, longest first (tests/conftest.py, RUN_FIRST)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadscope --durations=15
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadscope --no-loadscope-reorder --durations=15
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow --durations=15

@@ -34,7 +34,7 @@ TINY = "{patch_size: 8, depth: 2, embed_dim: 48, num_heads: 3}"
 RECIPE = ["--aa", "rand-m9-mstd0.5-inc1", "--reprob", "0.25", "--mixup", "0.8", "--cutmix", "1.0",
           "--drop_path", "0.1", "--smoothing", "0.1"]
 # runs of several processes, each importing torch: on a 2-core machine shared with other jobs, minutes
-pytestmark = pytest.mark.timeout(400)
+pytestmark = pytest.mark.timeout(400)  # the slow torchrun tests: their own
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +192,7 @@ def _torchrun(args: list[str]) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # three torchrun launches
 def test_torchrun_signal_to_one_rank_stops_all_and_resumes_exactly(data, tmp_path):
     """SIGTERM to rank 1 only: both ranks stop at the same update, rank 0 writes every rank's RNG state,
     and a resume on the same world size ends identical to an uninterrupted 2-process run."""
@@ -246,6 +247,7 @@ def test_pretrain_sigterm_then_kill9_resume_exactly_and_workers_do_not_matter(da
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # three torchrun launches
 def test_torchrun_pretrain_two_processes_resume_exactly(data, tmp_path):
     """BEiT pre-training under torchrun (2 processes, gloo): SIGTERM to one rank stops both at one update,
     and the resumed run ends identical to an uninterrupted 2-process run."""
