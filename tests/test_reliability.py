@@ -5,8 +5,9 @@ path) with loader workers, so "identical" means the random streams were carried 
 
 Only a run that receives a signal, is killed or loses a peer is a separate process (:func:`start`); the
 runs it is compared with, and the resumes that finish it, run in this process (:func:`run`, the command's
-``main``): a fresh interpreter costs the import of torch and timm (~3 s idle, 10-15 s on a busy 2-core
-machine) and checks nothing here. Both sides use one intra-op thread, so their sums are bit-identical.
+``main``): a fresh interpreter costs the import of torch and timm (~5 s of CPU; 10-18 s on the 2-core
+machine shared with other jobs) and checks nothing here. Both sides compute with one intra-op thread, so
+the same sums are added in the same order.
 """
 from __future__ import annotations
 
