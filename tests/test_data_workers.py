@@ -14,7 +14,8 @@ from vitzoo.data.workers import is_running
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC)}
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl and pidfd are Linux's")
+pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl and pidfd are Linux's"),
+              pytest.mark.timeout(400)]  # above the subprocesses' own limits (up to 300 s)
 
 # A run whose two workers block inside a sample for ten minutes: torch's own watchdog, which looks for a dead
 # parent only between samples (and under a forkserver never sees the run die), cannot end them.

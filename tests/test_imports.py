@@ -160,6 +160,7 @@ def test_import_graph_has_no_cycle():
     assert not cycles, "modules that import each other:\n" + "\n".join(" <-> ".join(c) for c in cycles)
 
 
+@pytest.mark.timeout(400)  # above the subprocess's own limit (300 s), whose failure says more
 def test_every_module_imports_on_its_own():
     """Each module imported first in a process with no vitzoo module loaded, so import order hides nothing.
 

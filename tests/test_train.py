@@ -295,6 +295,8 @@ def test_cli_train_dry_run_and_bad_resume(shapes, tmp_path, capsys):
     assert "not a full vitzoo training checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # two fresh processes under torchrun: ~40 s on a busy 2-core machine; like its siblings
+# in test_eval_infer, test_probe and test_reliability (a dead rank is also checked in the default suite)
 def test_torchrun_two_processes_gloo(shapes, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
