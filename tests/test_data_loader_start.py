@@ -13,7 +13,8 @@ from vitzoo.data.loader import build_loader
 
 
 class _Numbers(torch.utils.data.Dataset):
-    bad_files: dict = {}
+    def __init__(self) -> None:
+        self.bad_files: dict[str, str] = {}
 
     def __len__(self) -> int:
         return 10
