@@ -9,6 +9,9 @@ an older ``predictions.topk.json`` beside the output is deleted (and said so): f
 come from the same run.
 
 Folders: image files (png/jpeg/...) in the folder root, as in the seed; ``--recursive`` walks sub-folders.
+A folder of class folders and no images of its own (ImageNet's layout, ``DATA/<class>/<images>``: what
+``vitzoo demo`` suggests and the seeds' eval scripts take) is walked whole, and each line ends with the
+image's true class, ``true: NAME`` (its folder); a top-1 line against the folders closes the summary.
 Files that are not images (by extension) and images that fail to decode are reported on stderr and skipped;
 the JSON is still written for the rest. The prediction itself is :mod:`vitzoo.inference.predict`, shared with
 ``vitzoo infer-onnx``.

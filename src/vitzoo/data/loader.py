@@ -122,9 +122,30 @@ def _clean_worker_error(e: UserError) -> UserError:
 class Loader(DataLoader):
     """A DataLoader yielding ``(images, labels)`` that relays bad-file records from worker processes."""
 
+    _primed = False  # start_workers() made the iterator that the next pass uses as it is
+
+    def start_workers(self) -> None:
+        """Fork this loader's persistent workers now; the next pass reads the batches they fetch meanwhile.
+
+        Why: a worker forked later, after a CPU training step has grown the heap (vitzoo keeps freed memory
+        in the process: :mod:`vitzoo.runtime.host_allocator`), shares every page of it copy-on-write, and
+        the next training epoch copies each page it writes once more. Measured on the 2-core AVX2 EPYC
+        (benchmarks/bench_train_loop.py, deit_tiny 224 px, batch 32, 2 workers, fp32): the epoch after the
+        first validation took 279-298k page faults in the main process against 2-12k for a plain timm loop,
+        and ran 0.87x its img/s (rounds 0.73-1.10); forked first, 1.1-4.8k faults and 1.13x (1.09-1.25).
+        Only for a loader whose order is fixed (validation): a train sampler is set per epoch.
+        """
+        if self.persistent_workers and self.num_workers > 0 and self._iterator is None:
+            self._iterator = self._get_iterator()
+            self._primed = True
+
     def __iter__(self):
         ds = base_dataset(self.dataset)
-        it = super().__iter__()
+        if self._primed:  # (DataLoader.__iter__ would reset it, dropping the batches fetched already)
+            self._primed = False
+            it = self._iterator
+        else:
+            it = super().__iter__()
         while True:
             try:
                 x, y, bad = next(it)

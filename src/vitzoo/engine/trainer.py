@@ -134,6 +134,11 @@ class Trainer:
         """Train from the start point to ``cfg.epochs``; return a summary (paths, last/best metrics)."""
         cfg = self.cfg
         pos = self._restore()
+        if self.device.type == "cpu" and self.data.val_loader is not None:
+            # the validation workers fork now, while the heap is small, not after the first epoch has
+            # grown it (copy-on-write pages: Loader.start_workers). A GPU run keeps its activations on the
+            # device, and its larger validation prefetch would sit in shared memory through the epoch.
+            self.data.val_loader.start_workers()
         last_eval: dict[str, Any] = {}
         skipped_total = 0
         try:

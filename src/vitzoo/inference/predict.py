@@ -4,6 +4,10 @@ A model is a ``run`` callable (a batch of preprocessed images -> logits), so the
 ONNX Runtime one print the same console lines and write the same JSON by construction; each command only
 builds its ``run``, its transform and its class names. What gets written (the seed's ``{path: class}``
 file plus an optional ``.topk.json`` beside it) is described in :mod:`vitzoo.cli.infer`.
+
+A folder laid out as ImageNet's (``DATA/<class>/<images>``, no images in DATA itself: what ``vitzoo eval``,
+the seeds' eval scripts and ``vitzoo demo`` hand over) is walked whole, and each image's class folder is
+its true class: printed beside the prediction, kept in the ``.topk.json``, and summed into a top-1 line.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -24,6 +29,20 @@ from vitzoo.errors import UserError
 
 DEFAULT_OUTPUT = "predictions.json"
 CPU = torch.device("cpu")
+
+
+class Inputs(NamedTuple):
+    """What a predicting command reads, found before any model loads (:func:`find_inputs`)."""
+
+    images: list[Path]
+    skipped: list[tuple[str, str]]  # (other file, why it is skipped)
+    truths: dict[str, str]  # image path -> the name of its class folder (ImageNet layout), else empty
+
+
+def is_class_folders(root: Path) -> bool:
+    """Whether the folder ``root`` is laid out as ImageNet's: no image files of its own, and sub-folders
+    (the classes). A folder with images of its own keeps the seed's behaviour: its root only."""
+    return not list_images(root) and any(d.is_dir() and not d.name.startswith(".") for d in root.iterdir())
 
 
 def collect_images(data: str, recursive: bool = False) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -39,6 +58,16 @@ def collect_images(data: str, recursive: bool = False) -> tuple[list[Path], list
         skipped = [(str(p), "not an image file (by extension)") for p in sorted(pattern)
                    if p.is_file() and p not in chosen and not p.name.startswith(".")]
     return images, skipped
+
+
+def collect_inputs(data: str, recursive: bool = False) -> Inputs:
+    """:func:`collect_images`, and the true classes of a folder of class folders (:func:`is_class_folders`),
+    which is walked whole with or without ``recursive``."""
+    root = Path(data)
+    by_class = root.is_dir() and is_class_folders(root)
+    images, skipped = collect_images(data, recursive or by_class)
+    truths = {str(p): p.relative_to(root).parts[0] for p in images} if by_class else {}
+    return Inputs(images, skipped, truths)
 
 
 class _ImageFiles(torch.utils.data.Dataset):
@@ -102,11 +131,14 @@ def iter_batches(paths: list[Path], transform: Callable, batch_size: int, bad: l
 
 def predict(paths: list[Path], transform: Callable, run: Callable[[torch.Tensor], torch.Tensor],
             batch_size: int, topk: int, class_names: list[str], num_workers: int = 0,
-            on_device: DevicePreprocess | None = None) -> tuple[dict, dict, list]:
-    """Run ``run`` (batch -> logits) over the images; prints the console lines as results arrive.
+            on_device: DevicePreprocess | None = None, truths: dict[str, str] | None = None,
+            ) -> tuple[dict, dict, list]:
+    """Run ``run`` (batch -> logits) over the images; prints the console lines as results arrive, each
+    with ``true: NAME`` after it where ``truths`` knows the image's class.
 
-    Returns ({path: class}, {path: {"class", "topk"}}, [(path, reason)] for unreadable images).
+    Returns ({path: class}, {path: {"class", "topk"[, "true"]}}, [(path, reason)] for unreadable images).
     """
+    truths = truths or {}
     preds: dict[str, int] = {}
     rich: dict[str, dict] = {}
     bad: list[tuple[str, str]] = []
@@ -123,6 +155,9 @@ def predict(paths: list[Path], transform: Callable, run: Callable[[torch.Tensor]
             if topk and topk > 1:
                 line += f"  top-{k}: " + ", ".join(
                     f"{i}{'/' + class_names[i] if i < len(class_names) else ''} {p:.4f}" for i, p in zip(ids, ps))
+            if name in truths:
+                rich[name]["true"] = truths[name]
+                line += f"  true: {truths[name]}"
             print(line, flush=True)
     return preds, rich, bad
 
@@ -150,36 +185,53 @@ def write_outputs(output: str, preds: dict, rich: dict, topk: int) -> tuple[list
     return written, None
 
 
+def folder_accuracy(preds: dict[str, int], truths: dict[str, str], class_names: list[str]) -> str | None:
+    """'top-1 against the class folders: 482 of 500 (96.4%)' -- over the predicted images whose folder
+    names a class of the model (by name; by index where the model records no names), else None."""
+    names = class_names or [str(i) for i in range(max(preds.values(), default=-1) + 1)]
+    known = set(names)
+    judged = [(names[cls] if cls < len(names) else None) == truths[p] for p, cls in preds.items()
+              if truths.get(p) in known]
+    if not judged:
+        return None
+    unknown = sum(1 for p in preds if p in truths and truths[p] not in known)
+    rest = f"; {unknown} image(s) in folders that name no class of the model" if unknown else ""
+    return (f"top-1 against the class folders: {sum(judged)} of {len(judged)} "
+            f"({100 * sum(judged) / len(judged):.1f}%){rest}")
+
+
 def report(skipped: list[tuple[str, str]], bad: list[tuple[str, str]], n_done: int, written: list[Path],
-           stale: Path | None = None) -> None:
+           stale: Path | None = None, accuracy: str | None = None) -> None:
     """Skipped files and the summary go to stderr, so stdout holds only the per-image lines."""
     for path, reason in skipped + bad:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     extra = f"; skipped {len(skipped) + len(bad)} file(s)" if skipped or bad else ""
     print(f"predicted {n_done} image(s){extra}; wrote {', '.join(map(str, written))}", file=sys.stderr)
+    if accuracy:
+        print(accuracy, file=sys.stderr)
     if stale is not None:
         print(f"deleted {stale}: it held an earlier run's top-k (use --topk K to write it)", file=sys.stderr)
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
     """The options every predicting command takes (what to read, what to write, how many at a time)."""
-    p.add_argument("data", metavar="DATA", help="an image file or a folder of images")
+    p.add_argument("data", metavar="DATA", help="an image file, a folder of images, or a folder of class folders "
+                   "(DATA/<class>/<images>, as ImageNet: walked whole, each image's true class printed beside "
+                   "its prediction)")
     p.add_argument("--output", default=DEFAULT_OUTPUT,
                    help="predictions JSON {path: class index} (default: %(default)s)")
     p.add_argument("--topk", type=int, default=1,
                    help="also print the K best classes with probabilities and write them to <output>.topk.json "
                         "as {path: {class, topk: [[idx, prob], ...]}}; without it an older <output>.topk.json "
                         "is deleted (default: %(default)s)")
-    p.add_argument("--recursive", action="store_true", help="include images in sub-folders of DATA")
+    p.add_argument("--recursive", action="store_true",
+                   help="include images in sub-folders of DATA (a folder of class folders is walked without it)")
     p.add_argument("--batch-size", default="auto",
                    help="images per forward pass; auto = 256 when the model runs on a GPU, 32 on a CPU "
                         "(default: %(default)s)")
     p.add_argument("--num-workers", default="auto",
                    help="loader processes decoding images while the model runs; auto = half the cores (2 to 8) "
                         "when there is more than one batch, else 0 (default: %(default)s)")
-
-
-Inputs = tuple[list[Path], list[tuple[str, str]]]  # (images, [(other file, why skipped)])
 
 
 def find_inputs(args: argparse.Namespace) -> Inputs:
@@ -191,10 +243,10 @@ def find_inputs(args: argparse.Namespace) -> Inputs:
         raise UserError(f"--topk must be >= 1, got {args.topk}")
     if args.num_workers != "auto" and not str(args.num_workers).isdigit():
         raise UserError(f"--num-workers must be auto or an integer >= 0, got {args.num_workers}")
-    images, skipped = collect_images(args.data, args.recursive)
-    if not images:
+    inputs = collect_inputs(args.data, args.recursive)
+    if not inputs.images:
         raise UserError(f"no image files in {args.data}" + ("" if args.recursive else " (use --recursive for sub-folders)"))
-    return images, skipped
+    return inputs
 
 
 def run_prediction(args: argparse.Namespace, inputs: Inputs, transform: Callable,
@@ -202,12 +254,13 @@ def run_prediction(args: argparse.Namespace, inputs: Inputs, transform: Callable
                    on_device: DevicePreprocess | None = None, device: torch.device = CPU) -> int:
     """A predicting command once its model is ready (on ``device``): predict the images, write the JSON,
     report."""
-    images, skipped = inputs
+    images, skipped, truths = inputs
     batch_size = auto_batch_size(device) if args.batch_size == "auto" else int(args.batch_size)
     workers = auto_workers(len(images), batch_size) if args.num_workers == "auto" else int(args.num_workers)
-    preds, rich, bad = predict(images, transform, run, batch_size, args.topk, class_names, workers, on_device)
+    preds, rich, bad = predict(images, transform, run, batch_size, args.topk, class_names, workers, on_device,
+                               truths)
     if not preds and Path(args.data).is_file():
         raise UserError(f"{args.data}: {bad[0][1]}" if bad else f"{args.data}: no prediction")
     written, stale = write_outputs(args.output, preds, rich, args.topk)
-    report(skipped, bad, len(preds), written, stale)
+    report(skipped, bad, len(preds), written, stale, folder_accuracy(preds, truths, class_names))
     return 0
