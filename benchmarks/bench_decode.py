@@ -37,8 +37,8 @@ from PIL import Image
 from vitzoo.data import build_eval_transform, load_image
 from vitzoo.data.device.jpeg import DevicePreprocess, EncodedFiles
 from vitzoo.engine.dist import resolve_device
-from vitzoo.models.registry import get_entry
 from vitzoo.inference.predict import iter_batches
+from vitzoo.models.registry import get_entry
 
 
 def photo(args: tuple[int, int, int]) -> Image.Image:

@@ -11,9 +11,9 @@ from timm.data import auto_augment as taa
 
 from vitzoo.config import config_from_dict
 from vitzoo.data import build_loader, build_train_transform, device_stage
+from vitzoo.data.datasets import seeded_augmentation
 from vitzoo.data.device.augment_ops import DeviceAugment, apply_plan
 from vitzoo.data.device.augment_plan import PLAN_WIDTH, _Recorder
-from vitzoo.data.datasets import seeded_augmentation
 from vitzoo.data.synthetic import photo_like
 from vitzoo.data.transforms import DEFAULT_DATA_CONFIG, _posterize
 from vitzoo.errors import UserError

@@ -7,7 +7,15 @@ import torch
 from PIL import Image
 
 from vitzoo.data.device import pillow_resize as pr
-from vitzoo.data.device.pillow_resize import BICUBIC, BILINEAR, BOX, NEAREST, coefficients, horizontal_first, resize
+from vitzoo.data.device.pillow_resize import (
+    BICUBIC,
+    BILINEAR,
+    BOX,
+    NEAREST,
+    coefficients,
+    horizontal_first,
+    resize,
+)
 from vitzoo.data.synthetic import photo_like
 
 # (h, w): down- and upscales, one axis only, the output's own size, tall and wide strips (Pillow 13 runs

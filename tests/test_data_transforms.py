@@ -19,8 +19,8 @@ from vitzoo.data import build_dataset, build_eval_transform, build_train_transfo
 from vitzoo.data import transforms as vt
 from vitzoo.data.datasets import _open_rgb, is_undecoded_jpeg
 from vitzoo.data.synthetic import photo_like
-from vitzoo.mim.transforms import MIMTransform
 from vitzoo.inference.predict import _ImageFiles
+from vitzoo.mim.transforms import MIMTransform
 
 
 def photo(path: Path, width: int, height: int, mode: str = "RGB") -> Path:

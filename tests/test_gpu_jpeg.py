@@ -14,8 +14,8 @@ from vitzoo.checkpoint import save_checkpoint
 from vitzoo.cli import main as cli
 from vitzoo.data import build_eval_transform, load_image
 from vitzoo.data.device.jpeg import DevicePreprocess, EncodedFiles
-from vitzoo.models import create_model
 from vitzoo.inference.predict import iter_batches
+from vitzoo.models import create_model
 
 CPU = torch.device("cpu")
 

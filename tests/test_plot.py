@@ -83,8 +83,8 @@ def test_curves_say_val_and_draw_the_lr_per_update(tmp_path, monkeypatch):
     one-epoch warmup was invisible. The trainer's rows now carry ``lr_steps``; the plot draws them."""
     from types import SimpleNamespace
 
-    from vitzoo.viz import draw as visualize
     from vitzoo.engine.reporting import EpochStats, MetricsFile
+    from vitzoo.viz import draw as visualize
 
     metrics = MetricsFile(tmp_path, enabled=True)
     step = 0

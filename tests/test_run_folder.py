@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from vitzoo.cli import demo
 from vitzoo.checkpoint import RunFolders
 from vitzoo.checkpoint.store import best_name, ckpt_name
+from vitzoo.cli import demo
 from vitzoo.cli import main as vitzoo
 from vitzoo.config import load_config
 from vitzoo.data import make_shapes_dataset

@@ -26,9 +26,9 @@ from vitzoo.cli.helpfmt import HelpFormatter
 from vitzoo.data import build_eval_transform, load_image
 from vitzoo.engine.dist import resolve_device
 from vitzoo.errors import UserError
+from vitzoo.inference.predict import collect_images
 from vitzoo.models import create_model, load_model
 from vitzoo.runtime.precision import PRECISION_CHOICES, inference_precision, refuse_int8
-from vitzoo.inference.predict import collect_images
 from vitzoo.viz.draw import class_token_map, draw_attention, to_grid, upsample
 
 

@@ -27,9 +27,9 @@ from vitzoo.data import build_eval_transform
 from vitzoo.data.device.jpeg import DECODE_CHOICES, DECODE_HELP, choose_preprocess
 from vitzoo.engine.dist import resolve_device
 from vitzoo.inference.evaluate import add_calibration_args, calibrate, check_calibration
+from vitzoo.inference.predict import add_common_args, find_inputs, run_prediction
 from vitzoo.models import load_model
 from vitzoo.runtime.precision import PRECISION_CHOICES, inference_precision, refuse_int8
-from vitzoo.inference.predict import add_common_args, find_inputs, run_prediction
 
 
 def build_parser() -> argparse.ArgumentParser:

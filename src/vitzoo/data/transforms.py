@@ -37,8 +37,8 @@ from torchvision.transforms import functional as TF
 
 from vitzoo.config import RunConfig
 from vitzoo.constants import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD
-from vitzoo.data.device.augment_plan import AugmentPlanner
 from vitzoo.data.datasets import decode_image, is_undecoded_jpeg
+from vitzoo.data.device.augment_plan import AugmentPlanner
 from vitzoo.data.device.decode import CropPlanner, DeviceDecode
 from vitzoo.errors import UserError
 

@@ -27,8 +27,14 @@ from vitzoo.checkpoint import (
 from vitzoo.config import RunConfig
 from vitzoo.data import loader_from_batch, report_bad_files, set_epoch, usable_cpus
 from vitzoo.engine import dist
-from vitzoo.engine.build import (TrainData, build_data, build_model, build_step, take_model_from_weights,
-                                 take_num_classes_from_data)
+from vitzoo.engine.build import (
+    TrainData,
+    build_data,
+    build_model,
+    build_step,
+    take_model_from_weights,
+    take_num_classes_from_data,
+)
 from vitzoo.engine.dist import unwrap
 from vitzoo.engine.loop import NonFiniteLossError, TrainStep, UpdateInfo, evaluate, format_eval, iter_updates
 from vitzoo.engine.preempt import Preempted, StopRequest

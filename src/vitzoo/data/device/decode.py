@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
+from vitzoo.data.datasets import is_undecoded_jpeg
 from vitzoo.data.device.augment_ops import DeviceAugment
 from vitzoo.data.device.augment_plan import AugmentPlanner
-from vitzoo.data.datasets import is_undecoded_jpeg
 from vitzoo.data.device.jpeg import decode_in_chunks
 from vitzoo.data.device.pillow_resize import FILTER_NAMES, resize
 from vitzoo.errors import UserError
