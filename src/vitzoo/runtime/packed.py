@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitzoo.models.beit import BEiTAttention, BEiTBlock
-from vitzoo.runtime.int8 import activation_range, int8_available, to_uint8, uint8_qparams
 from vitzoo.models.layers import Attention, Block, Mlp
+from vitzoo.runtime.int8 import activation_range, int8_available, to_uint8, uint8_qparams
 
 
 @functools.cache
