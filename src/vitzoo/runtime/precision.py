@@ -241,10 +241,10 @@ def packs_linears(device: torch.device | None, dtype: torch.dtype) -> bool:
     and for fp32 where the CPU has bf16 units -- where it was measured to win. On a 2-core AMX Xeon
     (benchmarks/README.md): bf16 deit_small / deit_base 1.01-1.07x / 1.07-1.16x the unpacked forward; fp32
     t2t_vit_14 / t2t_vit_t_14 / deit_small 1.05x / 1.02x / 1.04x. Against the library path
-    (benchmarks/bench_kernels.py, deit_small batch 32, a 2-core AMD EPYC with avx512_bf16 / avx512_vnni,
-    loaded): fp32 packed 8.1 img/s, eager 4.7, ``torch.compile`` with freezing 5.8; bf16 packed 12.5, bf16
-    eager 9.4, compiled 8.1. On CPUs without bf16 units fp32 keeps timm's operator sequence: packed ran
-    0.92-0.96x unpacked on an AVX2-only EPYC. Never where this CPU lacks oneDNN's path for ``dtype``
+    (benchmarks/bench_kernels.py, deit_small batch 32, a 2-core AMD EPYC with avx512_bf16 / avx512_vnni):
+    fp32 packed 20.4 img/s, eager 18.1, ``torch.compile`` with freezing 17.8; bf16 packed 33.0, bf16 eager
+    29.3, compiled 33.0 (after its compile). On CPUs without bf16 units fp32 keeps timm's operator sequence:
+    packed ran 0.92-0.96x unpacked on an AVX2-only EPYC, 0.99x with oneDNN held to AVX2. Never where this CPU lacks oneDNN's path for ``dtype``
     (:func:`packing_available`)."""
     if device is None or device.type != "cpu" or not packing_available(dtype):
         return False
