@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                                 ours_precision=amp, against="none", device=device, rounds=3, iters=5,
                                 warmup=3, compile=args.compile)
         bench.add_peak_fractions([row], {amp.autocast or torch.float32: peak})
-        print(f"# model: {row['ours_img_s']:.0f} img/s ({row['ours_precision']}, "
+        print(f"# model: {row['ours_img_s']:.0f} img/s ({row['ours_precision_why']}, "
               f"{100 * row['peak_fraction']:.0f}% of the measured matmul peak)", flush=True)
 
         model = create_model(args.model, num_classes=10, img_size=args.input_size).to(device).train()
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     bound = "the loader" if best_loader < model_rate else "the model"
     print("| model | batch | precision | workers | loader img/s | model img/s | fed img/s | fed / min |")
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| {args.model} | {args.batch_size} | {row['ours_precision'].split(' (')[0]}"
+    print(f"| {args.model} | {args.batch_size} | {row['ours_precision']}"
           f"{' + compile' if args.compile else ''} | {args.workers}{WHAT_ON_DEVICE[args.augment_on]} | {best_loader:.0f} | {model_rate:.0f} | "
           f"{fed:.0f} | {fed / min(best_loader, model_rate):.2f} |")
     print(f"bound by {bound}: the loader gives {best_loader / model_rate:.2f}x what the model takes")

@@ -7,7 +7,7 @@ JPEG of the folder, run the model, take the arg-max class. The timm script is wh
 batch ``--batch-size``, fp32, ``torch.inference_mode``. Ours is the ``vitzoo infer`` command itself (its
 defaults: precision policy, loader workers, batch size), called in-process with stdout discarded; its
 precision decision is forgotten before each round, as a fresh process forgets it. The policy's timing of
-the model is kept on disk between runs (``precision.cache_file``, here in the temporary folder): round 1
+the model is kept on disk between runs (``timing_cache.cache_file``, here in the temporary folder): round 1
 pays it as a user's first run does, later rounds read it as a user's later runs do. The images are generated (``--num-images`` JPEGs, ``--size`` px, smooth random colour
 fields); the weights are timm's random init, copied into the vitzoo checkpoint, so the two sides compute
 the same function and the agreement of their predictions is printed.

@@ -38,8 +38,8 @@ from vitzoo.deploy.export import export_model
 from vitzoo.deploy.onnx_runtime import create_session, run_session
 from vitzoo.deploy.quantize import quantize_onnx
 from vitzoo.models import create_model
+from vitzoo.runtime.cpu import int8_weight_bits
 from vitzoo.runtime.packed import calibrate_int8, pack_linears
-from vitzoo.runtime.precision import int8_precision
 
 
 def openvino_runners(paths: dict[str, Path], threads: int) -> tuple[dict, str]:
@@ -63,7 +63,7 @@ def openvino_runners(paths: dict[str, Path], threads: int) -> tuple[dict, str]:
 def torch_int8_runners(model: torch.nn.Module, calibration: Path, num_images: int) -> dict:
     """{label: x -> logits} for ``model`` with int8 linear layers (the policy's weight bits), per call and
     calibrated on ``calibration``."""
-    bits = int8_precision("bench").int8_weight_bits
+    bits = int8_weight_bits()
     per_call = pack_linears(copy.deepcopy(model), int8_weight_bits=bits)
     calibrated = pack_linears(copy.deepcopy(model), int8_weight_bits=bits)
     calibrate_int8(calibrated, image_batches(calibration, model.data_config, num_images))

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from vitzoo.bench import measure as bench
 from vitzoo.bench.measure import naive_sdpa, official_arithmetic
 from vitzoo.cli import main as cli
+from vitzoo.runtime.cpu import cpu_bf16_units
 from vitzoo.runtime.int8 import int8_available
-from vitzoo.runtime.precision import cpu_bf16_units
 
 
 def test_bench_infer_against_timm_prints_ratio(tmp_path, capsys):
@@ -53,7 +53,8 @@ def test_bench_int8_rows_per_call_and_calibrated(tmp_path, capsys):
         assert cli(base + ["--calibrated", "--json", str(out)]) == 0 and calls == [48]  # 4 layers x 12 blocks
     text = capsys.readouterr().out
     row = json.loads(out.read_text())["results"][0]
-    assert row["ours_precision"].startswith("int8 calibrated (") and "| int8 calibrated |" in text
+    assert row["ours_precision"] == "int8 calibrated" and "| int8 calibrated |" in text
+    assert row["ours_precision_why"].startswith("int8 calibrated (asked for")
     for line in ("matmul peak here:", "matmul peak again after the rows:"):  # before and after the rows
         assert "int8" in text.split(line)[1].splitlines()[0]
     assert int8_peak_sizes == [None] * 4  # full size (not the 512^3 of a dtype without units), two runs
@@ -92,10 +93,10 @@ def test_bench_measures_the_bf16_peak_only_where_it_is_used(tmp_path, capsys, mo
     """On a CPU without bf16 units a 2048^3 bf16 product takes seconds: an fp32 bench skips it, a bf16 row
     still gets its peak (measured after the rows)."""
     from vitzoo.bench import measure as bench
-    from vitzoo.runtime import precision
+    from vitzoo.runtime import cpu
 
     measured = []
-    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2"}))
     monkeypatch.setattr(bench, "matmul_peak", lambda dtype, *a, **k: measured.append(dtype) or 100.0)
     assert bench.peak_dtypes(torch.device("cpu")) == (torch.float32,)
     out = tmp_path / "b.json"
@@ -107,7 +108,7 @@ def test_bench_measures_the_bf16_peak_only_where_it_is_used(tmp_path, capsys, mo
     assert cli(base + ["--precision", "bf16"]) == 0
     assert measured == [torch.float32, torch.bfloat16, torch.float32]  # bf16 after the rows, a 512^3 product
     assert json.loads(out.read_text())["results"][0]["peak_fraction"] is not None
-    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
     assert bench.peak_dtypes(torch.device("cpu")) == (torch.float32, torch.bfloat16)
 
 

@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import vitzoo.runtime.cpu as C
 import vitzoo.runtime.precision as P
 from vitzoo.errors import UserError
 from vitzoo.models import create_model
+from vitzoo.models.layers import Mlp
 from vitzoo.runtime import int8, packed
 from vitzoo.runtime.int8 import int8_available, quantize_activations
-from vitzoo.models.layers import Mlp
 from vitzoo.runtime.packed import (
     Int8Linear,
     PackedLinear,
@@ -159,7 +160,7 @@ def test_a_copy_is_unpacked_and_keeps_the_state_dict():
 @pytest.mark.parametrize("flags, fp32_packs", [({"avx512_bf16", "amx_bf16"}, True), (set(), False)])
 def test_the_policy_packs_on_a_cpu_where_it_was_measured(monkeypatch, flags, fp32_packs):
     monkeypatch.setattr(P, "_decided", {})
-    monkeypatch.setattr(P, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(C, "cpu_flags", lambda: frozenset(flags))
     monkeypatch.setattr(P, "packing_available", lambda dtype: True)  # as on a CPU with oneDNN's bf16 path
     cpu = torch.device("cpu")
     assert P.inference_precision("bf16", cpu, announce=False).pack
@@ -175,7 +176,7 @@ def test_bf16_is_not_packed_where_onednn_has_no_bf16_path(monkeypatch):
     """An AVX2-only CPU: oneDNN refuses to pack a bf16 weight, so bf16 runs timm's ops (no crash)."""
 
     monkeypatch.setattr(P, "_decided", {})
-    monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(C, "cpu_flags", lambda: frozenset({"avx2"}))
     no_bf16 = lambda dtype: dtype != torch.bfloat16
     monkeypatch.setattr(P, "packing_available", no_bf16)
     monkeypatch.setattr(packed, "packing_available", no_bf16)
@@ -191,7 +192,7 @@ def test_bf16_is_not_packed_where_onednn_has_no_bf16_path(monkeypatch):
 INT8 = pytest.mark.skipif(not int8_available(), reason="torch without oneDNN's int8 ops, or not an x86 CPU")
 # 8-bit weights only where the CPU sums int8 products in int32 (VNNI, AMX-int8): elsewhere oneDNN's VPMADDUBSW
 # saturates, and the policy gives 7 bits (precision.int8_precision), as these tests do
-VNNI = bool(set(P.INT8_VNNI_FLAGS) & P.cpu_flags())
+VNNI = bool(C.int8_units())
 POLICY_BITS = 8 if VNNI else 7
 
 

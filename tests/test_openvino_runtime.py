@@ -29,7 +29,7 @@ from vitzoo.deploy.onnx_runtime import (
 )
 from vitzoo.errors import UserError
 from vitzoo.models import create_model
-from vitzoo.runtime.precision import cpu_bf16_units
+from vitzoo.runtime.cpu import cpu_bf16_units
 
 pytest.importorskip("openvino")  # a dev dependency: CI has it; a plain install may not
 

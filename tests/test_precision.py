@@ -7,13 +7,13 @@ from __future__ import annotations
 import ast
 import json
 import re
+from dataclasses import FrozenInstanceError, replace
 
 import onnx
 import pytest
 import torch
 import torch.nn.functional as F
 
-from vitzoo.runtime import precision as P
 from vitzoo.checkpoint import save_checkpoint
 from vitzoo.cli import main as cli
 from vitzoo.data import build_eval_transform, list_images, load_image, make_shapes_dataset
@@ -22,6 +22,8 @@ from vitzoo.deploy.quantize import compare_sessions
 from vitzoo.engine.loop import evaluate
 from vitzoo.errors import UserError
 from vitzoo.models import create_model
+from vitzoo.runtime import bf16_timing, cpu, timing_cache
+from vitzoo.runtime import precision as P
 
 CPU = torch.device("cpu")
 TINY = {"img_size": 32, "patch_size": 4, "depth": 2, "embed_dim": 48, "num_heads": 3}
@@ -34,7 +36,7 @@ def fresh_policy(monkeypatch):
 
 
 def _mock_cpu(monkeypatch, flags: set[str], speedup: float = 2.0):
-    monkeypatch.setattr(P, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(flags))
     calls = []
 
     def measured(model, device, **kw):
@@ -50,7 +52,8 @@ def test_auto_on_cpu_without_bf16_units_is_fp32(monkeypatch, capsys):
     model = create_model("deit_tiny_patch16_224")
     prec = P.inference_precision("auto", CPU, model)
     assert prec.weights is None and prec.autocast is None and not calls  # nothing to measure
-    assert "no bf16 units" in capsys.readouterr().err
+    assert prec.reason == P.NO_UNITS and prec.bf16_units == () and prec.measured is None
+    assert capsys.readouterr().err == f"precision: {prec.describe()}\n"
 
 
 @pytest.mark.parametrize("flags", [{"avx512_bf16"}, {"amx_bf16", "amx_tile"}])
@@ -59,24 +62,26 @@ def test_auto_on_bf16_cpu_picks_bf16_when_measured_faster(monkeypatch, capsys, f
     model = create_model("deit_tiny_patch16_224")
     prec = P.inference_precision("auto", CPU, model)
     assert prec.weights == torch.bfloat16 and prec.autocast is None and len(calls) == 1
+    assert (prec.reason, prec.measured, prec.remembered, set(prec.bf16_units)) == (P.MEASURED, 1.8, False, flags & set(cpu.BF16_CPU_FLAGS))
     assert P.inference_precision("auto", CPU, model) is prec and len(calls) == 1  # measured once
-    err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith("precision: bf16 weights") and "1.80x" in err[0]  # printed once
+    assert capsys.readouterr().err.splitlines() == [f"precision: {prec.describe()}"]  # printed once
 
 
 def test_auto_keeps_fp32_when_bf16_is_not_faster_or_model_is_tiny(monkeypatch):
     calls = _mock_cpu(monkeypatch, {"avx512_bf16"}, speedup=1.02)
-    assert P.inference_precision("auto", CPU, create_model("deit_tiny_patch16_224"), announce=False).weights is None
-    assert len(calls) == 1
+    kept = P.inference_precision("auto", CPU, create_model("deit_tiny_patch16_224"), announce=False)
+    assert kept.weights is None and (kept.reason, kept.measured) == (P.MEASURED, 1.02) and len(calls) == 1
     tiny = create_model("deit_tiny_patch16_224", **TINY)
     assert P.approx_flops(tiny) < P.MIN_AUTO_FLOPS  # too short a forward to time: fp32, no measurement
-    assert P.inference_precision("auto", CPU, tiny, announce=False).weights is None and len(calls) == 1
+    small = P.inference_precision("auto", CPU, tiny, announce=False)
+    assert small.weights is None and small.reason == P.TOO_SMALL and small.mflops < 100 and len(calls) == 1
 
 
 def test_explicit_choices_and_config_mapping(monkeypatch):
     _mock_cpu(monkeypatch, set())
     bf16 = P.inference_precision("bf16", CPU, announce=False)
-    assert bf16.weights == torch.bfloat16 and "slower than fp32 here" in bf16.name  # asked: run, with the cost said
+    assert bf16.weights == torch.bfloat16 and bf16.reason == P.ASKED and bf16.bf16_units == ()  # run, its cost said
+    assert P.NO_BF16_UNITS in bf16.describe()
     assert P.inference_precision("fp32", CPU, announce=False).weights is None
     assert P.inference_precision("fp16", CPU, announce=False).autocast == torch.float16
     pairs = (("O0", "bf16"), ("O1", "auto"), ("O3", "fp16"), ("O0", "int8"))  # int8 is asked for by name
@@ -86,9 +91,10 @@ def test_explicit_choices_and_config_mapping(monkeypatch):
 
 
 def test_real_cpu_flags_and_measurement_run():
-    assert isinstance(P.cpu_flags(), frozenset)
+    assert isinstance(cpu.cpu_flags(), frozenset) and isinstance(cpu.cpu_model(), str)
+    assert cpu.int8_weight_bits() == (8 if set(cpu.INT8_VNNI_FLAGS) & cpu.cpu_flags() else 7)
     tiny = create_model("deit_tiny_patch16_224", **TINY).eval()
-    assert P.measure_bf16_speedup(tiny, CPU, rounds=1) > 0 and not tiny.training
+    assert bf16_timing.measure_bf16_speedup(tiny, CPU, rounds=1) > 0 and not tiny.training
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +143,7 @@ def test_bf16_accuracy_guard(trained):
     loader = [(xv[i:i + 20], yv[i:i + 20]) for i in range(0, len(xv), 20)]
     fp32 = evaluate(model, loader, CPU)
     assert fp32["Top1-Acc"] >= 0.5  # well above chance (0.25): the guard compares real predictions
-    bf16 = P.weights_precision(torch.bfloat16, "test")
+    bf16 = P.Precision(weights=torch.bfloat16)
     low = bf16.cast_model(create_model("deit_tiny_patch16_224", num_classes=4, **TINY))
     low.load_state_dict(model.state_dict())
     low.eval()
@@ -211,8 +217,9 @@ def test_int8_weights_have_8_bits_where_the_cpu_sums_in_int32(monkeypatch, capsy
     _mock_cpu(monkeypatch, flags)
     monkeypatch.setattr(P, "int8_available", lambda: True)
     prec = P.inference_precision("int8", CPU)
-    assert prec.int8_weight_bits == bits and prec.weights is None and prec.autocast is None
-    assert "precision: int8 (asked for; linear layers in int8" in capsys.readouterr().err
+    assert prec.int8_weight_bits == bits and prec.weights is None and prec.autocast is None and not prec.pack
+    assert (prec.dtype, prec.reason, set(prec.int8_units)) == ("int8", P.ASKED, flags & set(cpu.INT8_VNNI_FLAGS))
+    assert capsys.readouterr().err == f"precision: {prec.describe()}\n"
     assert P.inference_precision("auto", CPU, create_model("deit_tiny_patch16_224")).int8_weight_bits is None
 
 
@@ -224,12 +231,12 @@ def test_auto_keeping_fp32_names_int8(monkeypatch, flags, hint):
     monkeypatch.setattr(P, "int8_available", lambda: True)
     prec = P.inference_precision("auto", CPU, create_model("deit_tiny_patch16_224"), announce=False)
     assert prec.weights is None and prec.int8_weight_bits is None  # int8 is never chosen silently
-    assert prec.name.startswith("fp32 (auto") and f"; int8, asked for by name, {hint}" in prec.name
+    assert prec.int8_hint and prec.describe().startswith("fp32 (auto") and f"; int8, asked for by name, {hint}" in prec.describe()
     small = create_model("deit_tiny_patch16_224", num_classes=4, **TINY)  # too small to time: no hint
-    assert "int8" not in P.inference_precision("auto", CPU, small, announce=False).name
+    assert not P.inference_precision("auto", CPU, small, announce=False).int8_hint
     monkeypatch.setattr(P, "int8_available", lambda: False)  # no oneDNN int8 ops (or not x86): no hint
     monkeypatch.setattr(P, "_decided", {})
-    assert "int8" not in P.inference_precision("auto", CPU, create_model("deit_tiny_patch16_224"), announce=False).name
+    assert not P.inference_precision("auto", CPU, create_model("deit_tiny_patch16_224"), announce=False).int8_hint
 
 
 def test_int8_where_it_cannot_run_is_one_line(monkeypatch, trained, capsys, tmp_path):
@@ -258,7 +265,7 @@ def test_int8_accuracy_guard_eval_and_infer(trained, tmp_path, capsys):
     model, xv, yv = trained["model"], trained["xv"], trained["yv"]
     loader = [(xv[i:i + 20], yv[i:i + 20]) for i in range(0, len(xv), 20)]
     fp32 = evaluate(model, loader, CPU)
-    int8 = P.int8_precision("test")
+    int8 = P.int8_precision()
     low = create_model("deit_tiny_patch16_224", num_classes=4, **TINY)
     low.load_state_dict(model.state_dict())
     low = int8.cast_model(low.eval())
@@ -330,13 +337,15 @@ def test_int8_calibrated_infer_does_not_depend_on_the_batch(trained, tmp_path, c
 def test_training_auto_on_cpu_follows_the_bf16_units(monkeypatch):
     _mock_cpu(monkeypatch, {"avx512_bf16"})
     prec = P.resolve_precision("O1", "auto", CPU)
-    assert prec.autocast == torch.bfloat16 and prec.weights is None and "avx512_bf16" in prec.name
+    assert prec.autocast == torch.bfloat16 and prec.weights is None
+    assert (prec.reason, prec.bf16_units, prec.amp_level) == (P.UNITS, ("avx512_bf16",), "O1")
     assert P.resolve_precision("O0", "auto", CPU) is P.FP32
     _mock_cpu(monkeypatch, {"avx2"})
     prec = P.resolve_precision("O2", "auto", CPU)
-    assert prec.autocast is None and prec.weights is None and "without bf16 units" in prec.name
+    assert prec.autocast is None and prec.weights is None and prec.reason == P.NO_UNITS
     asked = P.resolve_precision("O1", "bf16", CPU)  # asked for: always, with the cost said where there are no units
-    assert asked.autocast == torch.bfloat16 and "slower than fp32 here" in asked.name
+    assert asked.autocast == torch.bfloat16 and asked.reason == P.ASKED and asked.bf16_units == ()
+    assert P.NO_BF16_UNITS in asked.describe()
 
 
 @pytest.mark.parametrize("speedup", [0.61, 1.5])
@@ -347,13 +356,10 @@ def test_training_auto_times_a_step_of_the_model_where_units_exist(monkeypatch, 
     prec = P.resolve_precision("O1", "auto", CPU, model)
     assert len(calls) == 1 and calls[0] is model
     assert "precision: timing a training step" in capsys.readouterr().err  # the pause is explained
-    if speedup < P.AUTO_MIN_SPEEDUP:
-        assert prec.autocast is None and prec.weights is None
-        assert "avx512_bf16 but a bf16-autocast training step measured 0.61x fp32" in prec.name
-    else:
-        assert prec.autocast == torch.bfloat16 and "training step measured 1.50x fp32" in prec.name
+    assert (prec.reason, prec.measured, prec.remembered) == (P.MEASURED, speedup, False)
+    assert prec.autocast == (None if speedup < P.AUTO_MIN_SPEEDUP else torch.bfloat16) and prec.weights is None
     again = P.resolve_precision("O1", "auto", CPU, model)  # the next run: remembered, not timed again
-    assert again.autocast == prec.autocast and "remembered from an earlier run" in again.name and len(calls) == 1
+    assert again == replace(prec, remembered=True) and len(calls) == 1
     assert "timing" not in capsys.readouterr().err
     tiny = create_model("deit_tiny_patch16_224", **TINY)  # too short a step to time: fp32, nothing measured
     assert P.resolve_precision("O1", "auto", CPU, tiny).autocast is None and len(calls) == 1
@@ -393,12 +399,13 @@ def test_measured_speedup_is_remembered_between_runs(monkeypatch, capsys, tmp_pa
     monkeypatch.setattr(P, "_decided", {})  # a new process
     second = P.inference_precision("auto", CPU, model)
     assert first.weights == second.weights == torch.bfloat16 and len(calls) == 1
-    assert "remembered from an earlier run" in second.name and "remembered" not in first.name
-    assert json.loads(P.cache_file().read_text())  # written where VITZOO_CACHE_DIR points (conftest)
-    P.cache_file().write_text("{not json")  # a damaged cache is measured again, then rewritten
+    assert second.remembered and not first.remembered and second == replace(first, remembered=True)
+    cache = timing_cache.cache_file()
+    assert json.loads(cache.read_text())  # written where VITZOO_CACHE_DIR points (conftest)
+    cache.write_text("{not json")  # a damaged cache is measured again, then rewritten
     monkeypatch.setattr(P, "_decided", {})
-    assert "remembered" not in P.inference_precision("auto", CPU, model).name and len(calls) == 2
-    assert len(json.loads(P.cache_file().read_text())) == 1
+    assert not P.inference_precision("auto", CPU, model).remembered and len(calls) == 2
+    assert len(json.loads(cache.read_text())) == 1
 
 
 def test_an_unwritable_cache_is_said_and_the_timing_still_used(monkeypatch, capsys, tmp_path):
@@ -410,3 +417,36 @@ def test_an_unwritable_cache_is_said_and_the_timing_still_used(monkeypatch, caps
     assert prec.weights == torch.bfloat16 and len(calls) == 1
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and "not remembered" in notes[0] and "VITZOO_CACHE_DIR" in notes[0]
+
+
+def test_a_decision_is_data_rendered_in_one_place():
+    """Precision is frozen; describe() (= str()) is the one place it becomes a sentence, tested here once."""
+    with pytest.raises(FrozenInstanceError):
+        P.FP32.reason = P.ASKED
+    bf16, u = torch.bfloat16, ("amx_bf16",)
+    cases = [
+        (P.FP32, "fp32"),
+        (P.Precision(reason=P.ASKED), "fp32 (asked for)"),
+        (P.Precision(weights=bf16, reason=P.MEASURED, bf16_units=u, measured=1.8),
+         "bf16 weights (auto: CPU has amx_bf16, forward measured 1.80x fp32)"),
+        (P.Precision(reason=P.MEASURED, bf16_units=u, measured=0.9, remembered=True, int8_hint=True,
+                     int8_units=("amx_int8",)),
+         ("fp32 (auto: CPU has amx_bf16 but bf16 measured 0.90x fp32 for this model (remembered from an earlier "
+          "run); int8, asked for by name, would use its amx_int8 units)")),
+        (P.Precision(reason=P.TOO_SMALL, mflops=42.0), "fp32 (auto: model too small for bf16 to pay, ~42 MFLOP/image)"),
+        (P.Precision(weights=bf16, reason=P.ASKED), f"bf16 weights (asked for; {P.NO_BF16_UNITS}: --precision auto picks fp32)"),
+        (P.Precision(weights=bf16, reason=P.GPU, device="cuda"), "bf16 weights (auto: the GPU supports bf16)"),
+        (P.Precision(autocast=torch.float16, reason=P.ASKED), "fp16 autocast (asked for; CPU)"),
+        (P.Precision(int8_weight_bits=7, calibrated=True, reason=P.ASKED),
+         ("int8 calibrated (asked for; linear layers in int8, 7-bit weights: this CPU has no VNNI; top-1 may "
+          "move: eval it)")),
+        (P.Precision(autocast=bf16, amp_level="O1", reason=P.MEASURED, bf16_units=u, measured=1.5),
+         "bf16 autocast (O1; amp_dtype auto: CPU has amx_bf16, training step measured 1.50x fp32)"),
+        (P.Precision(weights=bf16, amp_level="O3", reason=P.ASKED),
+         f"bf16 weights and activations (O3; {P.NO_BF16_UNITS}: amp_dtype auto picks fp32)"),
+        (P.Precision(amp_level="O1", reason=P.NO_UNITS),
+         "fp32 (amp_dtype auto on a CPU without bf16 units: autocast is slower than fp32 there)"),
+    ]
+    for precision, sentence in cases:
+        assert precision.describe() == str(precision) == sentence
+    assert [p.label for p, _ in cases[:3]] == ["fp32", "fp32", "bf16 weights"]

@@ -134,9 +134,9 @@ def test_resuming_a_run_with_another_head_names_the_num_classes_that_continues_i
 
 def test_amp_dtype_auto_trains_in_what_measured_faster_for_the_model(shapes, tmp_path, monkeypatch):
     # a CPU whose bf16 units make training slower (measured 0.61x on a Xeon with avx512_bf16, no AMX)
-    from vitzoo.runtime import precision
+    from vitzoo.runtime import cpu, precision
 
-    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
     timed = []
     monkeypatch.setattr(precision, "measure_bf16_speedup", lambda model, device, **kw: timed.append(kw) or 0.6)
     monkeypatch.setattr(precision, "_decided", {})

@@ -31,9 +31,10 @@ import torch.nn.functional as F
 
 from vitzoo.engine.optim import kernel_kwargs
 from vitzoo.models import create_model, t2t_vit
-from vitzoo.runtime.packed import Int8Linear, calibrate_int8
 from vitzoo.models.t2t_vit import TokenPerformer
-from vitzoo.runtime.precision import FP32, Precision, cpu_bf16_units, cpu_flags, cpu_model
+from vitzoo.runtime.cpu import cpu_bf16_units, cpu_flags, cpu_model
+from vitzoo.runtime.packed import Int8Linear, calibrate_int8
+from vitzoo.runtime.precision import FP32, Precision
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 FLAGS_SHOWN = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
@@ -320,8 +321,7 @@ def bench_model(name: str, *, mode: str = "infer", batch: int = 8, img_size: int
         ours = ours_precision.cast_model(ours)
         if calibrated and ours_precision.int8_weight_bits:  # fixed int8 ranges, from the timed input itself
             calibrate_int8(ours, [x])
-            calibrated_name = ours_precision.name.replace("int8", "int8 calibrated", 1)
-            ours_precision = dataclasses.replace(ours_precision, name=calibrated_name)
+            ours_precision = dataclasses.replace(ours_precision, calibrated=True)
         ref = ref_precision.cast_model(ref) if ref is not None else None
     if compile:
         ours = torch.compile(ours)
@@ -336,12 +336,13 @@ def bench_model(name: str, *, mode: str = "infer", batch: int = 8, img_size: int
     dtype = ours_precision.weights or ours_precision.autocast or (
         torch.int8 if ours_precision.int8_weight_bits else torch.float32)
     row = {"name": name, "mode": mode, "batch": batch, "img_size": size[-1], "device": str(device),
-           "params_m": params / 1e6, "gflops": gflops, "ours_precision": ours_precision.name,
+           "params_m": params / 1e6, "gflops": gflops, "ours_precision": ours_precision.label,
+           "ours_precision_why": ours_precision.describe(),
            "ours_img_s": ours_rate, "ours_ms_step": 1000 * batch / ours_rate,
            "step_gflops": gflops * (1 if mode == "infer" else 3), "_peak_dtype": dtype,  # backward ~ 2x forward
            "ours_peak_mib": peak_memory(fns["ours"], device), "ours_rounds": rates["ours"], "compile": compile}
     if ref is not None:
-        row.update({"reference": label, "ref_precision": ref_precision.name,
+        row.update({"reference": label, "ref_precision": ref_precision.label,
                     "ref_img_s": statistics.median(rates["ref"]), "ref_rounds": rates["ref"],
                     "ratio": statistics.median(o / r for o, r in zip(rates["ours"], rates["ref"])),
                     "max_abs_diff_fp32": diff, "ref_peak_mib": peak_memory(fns["ref"], device)})

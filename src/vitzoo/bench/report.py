@@ -3,11 +3,6 @@ the range of its rounds, and a bar chart."""
 from __future__ import annotations
 
 
-def short(precision_name: str) -> str:
-    """'bf16 weights (auto: ...)' -> 'bf16 weights'."""
-    return precision_name.split(" (")[0]
-
-
 def ratio_cell(row: dict) -> str:
     """'1.59x (1.52-1.66)': the median of the rounds' paired ratios and their range (its trust, on a shared host)."""
     ratios = [o / r for o, r in zip(row["ours_rounds"], row["ref_rounds"])]
@@ -26,10 +21,10 @@ def format_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         cells = [r["name"], r["mode"], str(r["batch"]), str(r["img_size"]), f"{r['params_m']:.1f}",
-                 f"{r['gflops']:.2f}", short(r["ours_precision"]), f"{r['ours_img_s']:.1f}",
+                 f"{r['gflops']:.2f}", r["ours_precision"], f"{r['ours_img_s']:.1f}",
                  f"{r['ours_ms_step']:.0f}", f"{100 * r['peak_fraction']:.0f}%" if r["peak_fraction"] else "-"]
         if "reference" in head:
-            cells += [f"{r['reference']} {short(r['ref_precision'])}", f"{r['ref_img_s']:.1f}",
+            cells += [f"{r['reference']} {r['ref_precision']}", f"{r['ref_img_s']:.1f}",
                       ratio_cell(r), f"{r['max_abs_diff_fp32']:.1e}"] if "reference" in r else ["-"] * 4
         if "peak MiB" in head:
             cells += [f"{r['ours_peak_mib']:.0f}" if r["ours_peak_mib"] is not None else "-"]

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             decide=lambda m: _precision(args.precision, args.mode, device, m), calibrated=args.calibrated)
         rows.append(row)
         ratio = f", {row['reference']} {row['ref_img_s']:.1f} img/s, ratio {row['ratio']:.2f}x" if "ratio" in row else ""
-        print(f"# [{i}/{len(runs)}] {name} batch {batch}: {row['ours_precision']}: {row['ours_img_s']:.1f} img/s{ratio}",
+        print(f"# [{i}/{len(runs)}] {name} batch {batch}: {row['ours_precision_why']}: {row['ours_img_s']:.1f} img/s{ratio}",
               flush=True)
     used = {row["_peak_dtype"] for row in rows} | set(peaks)
     # a dtype without units here (bf16 on an AVX2 CPU) runs a scalar fallback: a 512^3 product measures it

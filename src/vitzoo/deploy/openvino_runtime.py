@@ -9,7 +9,7 @@ and 2.2x ORT's dynamic int8, and kept the demo checkpoint's top-1 (0.910 -> 0.91
 offered for fp32 (and fp16) files and refused for int8 files, with that reason. Its default precision is
 not always the faster one: on a 2-core Intel Xeon with avx512_bf16 and no AMX the bf16 default ran at 0.76x
 ONNX Runtime's fp32 and the f32 hint at 1.13x (bf16 products run at half the fp32 rate there), so ``auto``
-times the two once per CPU and model (:func:`vitzoo.runtime.precision.remembered`) and keeps the faster.
+times the two once per CPU and model (:func:`vitzoo.runtime.timing_cache.remembered`) and keeps the faster.
 
 :class:`OpenVINOSession` wraps a compiled model in the part of ``onnxruntime.InferenceSession`` that
 :mod:`vitzoo.deploy.onnx_runtime` uses (``get_inputs``, ``run``, ``get_modelmeta``), so evaluation,
@@ -31,7 +31,8 @@ import numpy as np
 
 from vitzoo.deploy.metadata import parse_metadata
 from vitzoo.errors import UserError
-from vitzoo.runtime.precision import AUTO_MIN_SPEEDUP, remembered
+from vitzoo.runtime.precision import AUTO_MIN_SPEEDUP
+from vitzoo.runtime.timing_cache import remembered
 
 # --precision of the ONNX commands -> OpenVINO's INFERENCE_PRECISION_HINT (auto: the plugin's own choice,
 # bf16 on CPUs with bf16 units, f32 otherwise -- kept where it measures faster than f32)

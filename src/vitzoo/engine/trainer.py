@@ -74,7 +74,8 @@ class Trainer:
         self.precision = self.choose_precision(model)
         self.model = self.precision.cast_model(model)
         self.log.info("model %s: %.2fM parameters, %s, device %s, %d process(es)", self.model_name(),
-                      sum(p.numel() for p in self.model.parameters()) / 1e6, self.precision.name, self.device,
+                      sum(p.numel() for p in self.model.parameters()) / 1e6, self.precision.describe(),
+                      self.device,
                       self.world)
         seed_everything(cfg.seed + self.rank)  # DeiT: seed + rank for data and dropout streams
         self.data = self.build_data()

@@ -118,7 +118,7 @@ def eval_precision(cfg: RunConfig, model, device: torch.device, world: int):
         if dist.all_reduce_sum(agree).item() < world:
             precision = FP32
         if dist.is_main():
-            print(f"precision: {precision.name}", file=sys.stderr, flush=True)
+            print(f"precision: {precision.describe()}", file=sys.stderr, flush=True)
     return precision
 
 

@@ -10,7 +10,13 @@ templates for all but one of deit_small's shapes), without the compile.
 Measured on a 2-core Xeon with AMX (benchmarks/README.md): deit_small / deit_base bf16 forward 1.04-1.12x /
 1.02-1.14x unpacked bf16. The results are oneDNN's, which the tests check against ``F.linear``: the same
 numbers without an activation; with GELU fused, the activation of the fp32 accumulator is rounded once
-instead of twice, within one bf16 step of the unfused model.
+instead of twice, within one bf16 step of the unfused model. Beside the library paths
+(benchmarks/bench_kernels.py, deit_small batch 32, a 2-core AMD EPYC with avx512_bf16 / avx512_vnni, paired
+medians of 3 rounds on a quiet host): fp32 packed 1.13x eager and 1.14x ``torch.compile`` with freezing;
+bf16 packed 1.13x bf16 eager but 1.00x compiled bf16; int8 0.99x / calibrated 0.95x PT2E
+(X86InductorQuantizer + compile) dynamic / static -- the library int8 is as fast here, after a compile
+of 12-70 s per input shape. With oneDNN held to AVX2 (an AVX2-only CPU's kernels): fp32 packed 0.99x
+eager (the policy does not pack fp32 there), int8 per call 1.44x PT2E dynamic, calibrated 1.03x static.
 
 :class:`Int8Linear` is the int8 variant (``--precision int8``): int8 weights and per-call uint8 activations
 through oneDNN's int8 product (``onednn.qlinear_pointwise``), with the same fusions. On a 2-core Xeon with
@@ -36,8 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitzoo.models.beit import BEiTAttention, BEiTBlock
-from vitzoo.runtime.int8 import activation_range, int8_available, to_uint8, uint8_qparams
 from vitzoo.models.layers import Attention, Block, Mlp
+from vitzoo.runtime.int8 import activation_range, int8_available, to_uint8, uint8_qparams
 
 
 @functools.cache

@@ -1,11 +1,14 @@
-"""Which number format a model runs in: one decision for train, eval, infer and attention.
+"""Which number format a model runs in: one decision for train, eval, infer and attention, as data.
+
+The decision is a :class:`Precision`, a frozen dataclass: what to do (autocast / weights dtype, int8,
+packing) and why (``reason`` and the facts it rests on: the CPU's units, a measured speed-up, the model's
+size). :meth:`Precision.describe` renders it as the sentence the commands print; nothing parses that
+sentence, consumers read the fields (DESIGN rule 14).
 
 ``amp_level`` follows the seeds (MindSpore AMP levels): O0 = fp32; O1/O2 = autocast (weights stay fp32,
 matmuls in 16 bits); O3 = the weights and inputs themselves in 16 bits. ``amp_dtype`` picks bf16 or fp16;
 ``auto`` = bf16 where the device has it, fp16 otherwise -- and on a CPU bf16 only when it has bf16 units
-(AVX512-BF16 / AMX) *and* a training step of the model measures faster in bf16, fp32 otherwise. Units
-alone do not decide: on an Intel Xeon with avx512_bf16 but no AMX a bf16 product ran at half the fp32
-rate (oneDNN's avx512_core_bf16 kernel, 158 vs 286 GFLOP/s) and bf16-autocast training steps at 0.61x.
+(:mod:`vitzoo.runtime.cpu`) *and* a training step of the model measures faster in bf16, fp32 otherwise.
 
 Inference (eval, infer, attention, bench; ``--precision auto|fp32|bf16|fp16|int8``) is
 :func:`inference_precision`: ``auto`` = bf16 weights where the device has bf16 units and, on a CPU, a
@@ -15,40 +18,148 @@ numbers more than bf16 does, so ``auto`` never picks it) runs the linear layers 
 """
 from __future__ import annotations
 
-import functools
-import json
-import os
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 
-from vitzoo.runtime.bf16_timing import measure_bf16_speedup
-from vitzoo.checkpoint.files import atomic_write_text
 from vitzoo.errors import UserError
+from vitzoo.runtime import cpu
+from vitzoo.runtime.bf16_timing import measure_bf16_speedup
 from vitzoo.runtime.int8 import int8_available
 from vitzoo.runtime.packed import pack_linears, packing_available
+from vitzoo.runtime.timing_cache import cache_file, remembered
+
+# Precision.reason: why the format was chosen
+DEFAULT = "default"  # nothing to decide (a training config's O0)
+ASKED = "asked"  # named by the user: --precision fp32|bf16|fp16|int8, amp_dtype bf16|fp16
+NO_UNITS = "no_bf16_units"  # auto, on a CPU without bf16 units
+UNITS = "bf16_units"  # auto, on a CPU with bf16 units and no model at hand to time
+TOO_SMALL = "too_small"  # auto: the model's forward is too short to time (< MIN_AUTO_FLOPS)
+MEASURED = "measured"  # auto: bf16 against fp32 timed for this model (``measured``, ``remembered``)
+GPU = "gpu"  # auto on a GPU: bf16 where it supports it, else fp32 (inference) / fp16 (training)
+OTHER_DEVICE = "other_device"  # auto on another device type (mps, ...): fp32
+REASONS = (DEFAULT, ASKED, NO_UNITS, UNITS, TOO_SMALL, MEASURED, GPU, OTHER_DEVICE)
+
+SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+# bf16 asked for on a CPU without bf16 units is obeyed, with its cost said: bf16 products run a scalar
+# fallback there (a 512^3 product at 1.3 GFLOP/s, T2T's bf16 autocast forward 11-20x slower than fp32 on an
+# AVX2-only EPYC, benchmarks/README.md)
+NO_BF16_UNITS = "this CPU has no bf16 units, so it runs slower than fp32 here"
 
 
 @dataclass(frozen=True)
 class Precision:
-    """``autocast``: dtype of autocast regions (None = off); ``weights``: dtype the model and inputs are
-    cast to (O3; None = fp32); ``name``: what to print; ``pack``: pre-pack the linear layers for oneDNN
-    (CPU inference, :mod:`vitzoo.runtime.packed`); ``int8_weight_bits``: run the linear layers in int8 with
-    weights of that many bits (8, or 7 on CPUs without VNNI; None = not int8)."""
+    """How a model runs, and why.
+
+    What: ``autocast``: dtype of autocast regions (None = off); ``weights``: dtype the model and inputs are
+    cast to (None = fp32); ``int8_weight_bits``: the linear layers in int8 with weights of that many bits
+    (8, or 7 on CPUs without VNNI; None = not int8); ``calibrated``: int8 input ranges fixed beforehand;
+    ``pack``: pre-pack the linear layers for oneDNN (:mod:`vitzoo.runtime.packed`).
+
+    Why: ``reason`` (one of :data:`REASONS`); ``device`` its type; ``amp_level`` the training config's
+    level (None: an inference decision); ``bf16_units`` / ``int8_units`` the CPU's units it rests on;
+    ``measured`` the bf16 / fp32 speed-up timed for the model (``remembered``: from an earlier run);
+    ``mflops`` the model's MFLOP per image where it was too small to time; ``int8_hint``: fp32 was kept
+    where int8, asked for by name, would run faster."""
 
     autocast: torch.dtype | None = None
     weights: torch.dtype | None = None
-    name: str = "fp32"
-    pack: bool = False
     int8_weight_bits: int | None = None
+    calibrated: bool = False
+    pack: bool = False
+    reason: str = DEFAULT
+    device: str = "cpu"
+    amp_level: str | None = None
+    bf16_units: tuple[str, ...] = ()
+    int8_units: tuple[str, ...] = ()
+    measured: float | None = None
+    remembered: bool = False
+    mflops: float | None = None
+    int8_hint: bool = False
 
     @property
     def fp16(self) -> bool:
         """fp16 anywhere means gradients need loss scaling."""
         return torch.float16 in (self.autocast, self.weights)
+
+    @property
+    def dtype(self) -> str:
+        """The number format of the matrix products: fp32, bf16, fp16 or int8."""
+        if self.int8_weight_bits:
+            return "int8"
+        return SHORT[self.weights or self.autocast or torch.float32]
+
+    @property
+    def label(self) -> str:
+        """The short name a table shows: 'fp32', 'bf16 weights', 'fp16 autocast', 'int8 calibrated'."""
+        if self.int8_weight_bits:
+            return "int8 calibrated" if self.calibrated else "int8"
+        if self.weights is not None:
+            return f"{self.dtype} weights" + (" and activations" if self.amp_level else "")
+        return f"{self.dtype} autocast" if self.autocast is not None else "fp32"
+
+    def describe(self) -> str:
+        """The decision as one sentence, e.g. 'bf16 weights (auto: CPU has amx_bf16, forward measured 1.80x
+        fp32)': the only place a Precision becomes prose."""
+        why = self._training_why() if self.amp_level else self._inference_why()
+        return f"{self.label} ({why})" if why else self.label
+
+    __str__ = describe
+
+    def _training_why(self) -> str:
+        units, when = "+".join(self.bf16_units), " (remembered from an earlier run)" if self.remembered else ""
+        if self.dtype == "fp32":  # auto kept fp32 (O0 has nothing to say)
+            if self.reason == NO_UNITS:
+                return "amp_dtype auto on a CPU without bf16 units: autocast is slower than fp32 there"
+            if self.reason == TOO_SMALL:
+                return f"amp_dtype auto: model too small for bf16 to pay, ~{self.mflops:.0f} MFLOP/image"
+            if self.reason == MEASURED:
+                return (f"amp_dtype auto: CPU has {units} but a bf16-autocast training step measured "
+                        f"{self.measured:.2f}x fp32 for this model{when}")
+            return ""
+        if self.reason == UNITS:
+            return f"{self.amp_level}; amp_dtype auto: CPU has {units}"
+        if self.reason == MEASURED:
+            return f"{self.amp_level}; amp_dtype auto: CPU has {units}, training step measured {self.measured:.2f}x fp32{when}"
+        if self.reason == ASKED and self._bf16_without_units():
+            return f"{self.amp_level}; {NO_BF16_UNITS}: amp_dtype auto picks fp32"
+        return self.amp_level
+
+    def _inference_why(self) -> str:
+        why = self._inference_reason()
+        if self.int8_hint:
+            uses = (f"would use its {'+'.join(self.int8_units)} units" if self.int8_units
+                    else "would run faster (7-bit weights: this CPU has no VNNI)")
+            why += f"; int8, asked for by name, {uses}"
+        return why
+
+    def _inference_reason(self) -> str:
+        units, when = "+".join(self.bf16_units), " (remembered from an earlier run)" if self.remembered else ""
+        if self.reason == ASKED:
+            if self.int8_weight_bits:
+                has = f"CPU has {'+'.join(self.int8_units)}" if self.int8_units else "7-bit weights: this CPU has no VNNI"
+                return f"asked for; linear layers in int8, {has}; top-1 may move: eval it"
+            if self._bf16_without_units():
+                return f"asked for; {NO_BF16_UNITS}: --precision auto picks fp32"
+            return "asked for; CPU" if self.autocast == torch.float16 and self.device == "cpu" else "asked for"
+        if self.reason == MEASURED and self.dtype == "bf16":
+            return f"auto: CPU has {units}, forward measured {self.measured:.2f}x fp32{when}"
+        if self.reason == MEASURED:
+            return f"auto: CPU has {units} but bf16 measured {self.measured:.2f}x fp32 for this model{when}"
+        if self.reason == TOO_SMALL:
+            return f"auto: model too small for bf16 to pay, ~{self.mflops:.0f} MFLOP/image"
+        if self.reason == NO_UNITS:
+            return "auto: this CPU has no bf16 units: no avx512_bf16 / amx_bf16"
+        if self.reason == UNITS:
+            return f"auto: CPU has {units}"
+        if self.reason == GPU:
+            return "auto: the GPU supports bf16" if self.dtype == "bf16" else "auto: the GPU has no bf16"
+        return f"auto on {self.device}" if self.reason == OTHER_DEVICE else ""
+
+    def _bf16_without_units(self) -> bool:
+        return self.device == "cpu" and self.dtype == "bf16" and not self.bf16_units
 
     def context(self, device: torch.device):
         """The autocast region for a forward pass (a no-op context when off)."""
@@ -69,13 +180,6 @@ class Precision:
 FP32 = Precision()
 
 
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs with bf16 dot-product units
-# bf16 asked for on such a CPU is obeyed, with its cost said: bf16 products run a scalar fallback there (a
-# 512^3 product at 1.3 GFLOP/s, T2T's bf16 autocast forward 11-20x slower than fp32 on an AVX2-only EPYC,
-# benchmarks/README.md)
-NO_BF16_UNITS = "this CPU has no bf16 units, so it runs slower than fp32 here"
-
-
 def resolve_precision(amp_level: str, amp_dtype: str, device: torch.device,
                       model: torch.nn.Module | None = None) -> Precision:
     """amp_level O0|O1|O2|O3 and amp_dtype auto|bf16|fp16 on ``device`` -> a :class:`Precision`.
@@ -86,45 +190,35 @@ def resolve_precision(amp_level: str, amp_dtype: str, device: torch.device,
     refuse_int8(amp_dtype, training=True)
     if amp_level == "O0":
         return FP32
-    why = ""
-    if device.type == "cpu" and amp_dtype == "auto":
-        units = cpu_bf16_units()
-        if not units:
-            return Precision(name="fp32 (amp_dtype auto on a CPU without bf16 units: autocast is slower than "
-                                  "fp32 there)")
-        # measured: deit_tiny / deit_small train steps in bf16 autocast 1.51x / 1.72x timm's fp32 step on
-        # an AMD EPYC with avx512_bf16, 1.61x / 2.14x on a Xeon with AMX, 0.61x / 0.63x on a Xeon with
-        # avx512_bf16 and no AMX (benchmarks/README.md): measure where a model is at hand
-        why = f"; amp_dtype auto: CPU has {'+'.join(units)}"
-        if model is not None:
-            fp32, measured = _measured_training_choice(model, device)
-            if fp32 is not None:
-                return fp32
-            why += measured
-    elif device.type == "cpu" and amp_dtype == "bf16" and not cpu_bf16_units():
-        why = f"; {NO_BF16_UNITS}: amp_dtype auto picks fp32"
+    fields = {"amp_level": amp_level, "device": device.type, "reason": ASKED if amp_dtype != "auto" else GPU}
+    if device.type == "cpu":
+        fields["bf16_units"] = units = cpu.cpu_bf16_units()
+        if amp_dtype == "auto" and not units:
+            return Precision(**{**fields, "reason": NO_UNITS})
+        if amp_dtype == "auto":
+            # measured: deit_tiny / deit_small train steps in bf16 autocast 1.51x / 1.72x timm's fp32 step on
+            # an AMD EPYC with avx512_bf16, 1.61x / 2.14x on a Xeon with AMX, 0.61x / 0.63x on a Xeon with
+            # avx512_bf16 and no AMX (benchmarks/README.md): measure where a model is at hand
+            fields["reason"] = UNITS
+            if model is not None:
+                fields.update(_measured(model, device, train=True))
+                if fields["reason"] == TOO_SMALL or fields["measured"] < AUTO_MIN_SPEEDUP:
+                    return Precision(**fields)
     bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
     use_fp16 = amp_dtype == "fp16" or (amp_dtype == "auto" and not bf16_ok)
-    dtype, short = (torch.float16, "fp16") if use_fp16 else (torch.bfloat16, "bf16")
+    dtype = torch.float16 if use_fp16 else torch.bfloat16
     if amp_level == "O3":
-        return Precision(weights=dtype, name=f"{short} weights and activations (O3{why})")
-    return Precision(autocast=dtype, name=f"{short} autocast ({amp_level}{why})")
+        return Precision(weights=dtype, **fields)
+    return Precision(autocast=dtype, **fields)
 
 
-def _measured_training_choice(model: torch.nn.Module, device: torch.device) -> tuple[Precision | None, str]:
-    """(fp32 with its reason, "") where bf16 autocast does not pay for training ``model`` here, else
-    (None, the measured speed-up to print)."""
+def _measured(model: torch.nn.Module, device: torch.device, train: bool = False) -> dict:
+    """The fields of a decision by timing: too small to time, or the measured bf16 / fp32 speed-up."""
     flops = approx_flops(model)
     if flops < MIN_AUTO_FLOPS:
-        return Precision(name=f"fp32 (amp_dtype auto: model too small for bf16 to pay, ~{flops / 1e6:.0f} "
-                              f"MFLOP/image)"), ""
-    speedup, cached = remembered_speedup(model, device, train=True)
-    when = " (remembered from an earlier run)" if cached else ""
-    if speedup < AUTO_MIN_SPEEDUP:
-        units = "+".join(cpu_bf16_units())
-        return Precision(name=f"fp32 (amp_dtype auto: CPU has {units} but a bf16-autocast training step "
-                              f"measured {speedup:.2f}x fp32 for this model{when})"), ""
-    return None, f", training step measured {speedup:.2f}x fp32{when}"
+        return {"reason": TOO_SMALL, "mflops": flops / 1e6}
+    speedup, cached = remembered_speedup(model, device, train=train)
+    return {"reason": MEASURED, "measured": speedup, "remembered": cached}
 
 
 # --- inference: precision by capability -------------------------------------------------------------------
@@ -135,53 +229,26 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
 # int8 (asked for) runs the linear layers in oneDNN's int8 kernels. On a 2-core Intel Xeon with avx512_vnni
 # and avx512_bf16 but no AMX, whose bf16 units run at half the fp32 rate, deit_small's int8 layers ran
 # 2.1-2.9x their fp32 ones (activation quantization included) and the model 1.6-2.5x timm's fp32, 2.1-2.8x
-# with calibrated ranges (benchmarks/README.md). Not measured on an AMX Xeon (amx_int8), where bf16 weights ran 2.6x timm and torch's
-# older eager int8 only 35 img/s against bf16's 114. ONNX Runtime's int8 is the other route (vitzoo export).
-INT8_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # u8 x s8 products summed in int32, no saturation
+# with calibrated ranges (benchmarks/README.md). ONNX Runtime's int8 is the other route (vitzoo export).
 MIN_AUTO_FLOPS = 1e8  # below ~0.1 GFLOP per image the forward is too short to time, and fp32 is kept
 AUTO_MIN_SPEEDUP = 1.1  # bf16 must measure this much faster than fp32 to be chosen
 
 _decided: dict[tuple, Precision] = {}  # one measurement (and one printed line) per model and device
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
-def cpu_bf16_units() -> list[str]:
-    """The bf16 units this CPU has (AMX-BF16, AVX512-BF16), by their /proc/cpuinfo flag; [] if none."""
-    flags = cpu_flags()
-    return [f for f in BF16_CPU_FLAGS if f in flags]
-
-
 def packs_linears(device: torch.device | None, dtype: torch.dtype) -> bool:
     """Whether inference on ``device`` in ``dtype`` packs the linear layers for oneDNN: on a CPU, for bf16,
-    and for fp32 where the CPU has bf16 units -- where it was measured. On a 2-core AMX Xeon
+    and for fp32 where the CPU has bf16 units -- where it was measured to win. On a 2-core AMX Xeon
     (benchmarks/README.md): bf16 deit_small / deit_base 1.01-1.07x / 1.07-1.16x the unpacked forward; fp32
-    t2t_vit_14 / t2t_vit_t_14 / deit_small 1.05x / 1.02x / 1.04x. On CPUs without bf16 units fp32 keeps
-    timm's operator sequence, which the ">= 1.0x timm" promise there rests on. Never where this CPU lacks
-    oneDNN's path for ``dtype`` (:func:`packing_available`)."""
+    t2t_vit_14 / t2t_vit_t_14 / deit_small 1.05x / 1.02x / 1.04x. Against the library path
+    (benchmarks/bench_kernels.py, deit_small batch 32, a 2-core AMD EPYC with avx512_bf16 / avx512_vnni):
+    fp32 packed 20.4 img/s, eager 18.1, ``torch.compile`` with freezing 17.8; bf16 packed 33.0, bf16 eager
+    29.3, compiled 33.0 (after its compile). On CPUs without bf16 units fp32 keeps timm's operator sequence:
+    packed ran 0.92-0.96x unpacked on an AVX2-only EPYC, 0.99x with oneDNN held to AVX2. Never where this CPU lacks oneDNN's path for ``dtype``
+    (:func:`packing_available`)."""
     if device is None or device.type != "cpu" or not packing_available(dtype):
         return False
-    return dtype == torch.bfloat16 or (dtype == torch.float32 and bool(cpu_bf16_units()))
-
-
-def weights_precision(dtype: torch.dtype, why: str, device: torch.device | None = None) -> Precision:
-    short = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    return Precision(weights=dtype, name=f"{short} weights ({why})", pack=packs_linears(device, dtype))
-
-
-def fp32_precision(why: str, device: torch.device) -> Precision:
-    return Precision(name=f"fp32 ({why})", pack=packs_linears(device, torch.float32))
+    return dtype == torch.bfloat16 or (dtype == torch.float32 and bool(cpu.cpu_bf16_units()))
 
 
 def refuse_int8(choice: str, device: torch.device | None = None, *, training: bool = False) -> None:
@@ -199,24 +266,15 @@ def refuse_int8(choice: str, device: torch.device | None = None, *, training: bo
                         "--precision int8, then vitzoo eval-onnx / infer-onnx")
 
 
-def int8_units() -> list[str]:
-    """This CPU's flags among :data:`INT8_VNNI_FLAGS` (units that sum int8 products in int32)."""
-    return [f for f in INT8_VNNI_FLAGS if f in cpu_flags()]
-
-
-def int8_precision(why: str) -> Precision:
+def int8_precision(reason: str = ASKED) -> Precision:
     """int8 linear layers: 8-bit weights where this CPU sums int8 products in int32 (VNNI, AMX-int8), 7-bit
-    elsewhere (VPMADDUBSW saturates the int16 sum of two 8-bit products: models/packed.Int8Linear)."""
-    units = int8_units()
-    bits = 8 if units else 7
-    has = f"CPU has {'+'.join(units)}" if units else "7-bit weights: this CPU has no VNNI"
-    return Precision(name=f"int8 ({why}; linear layers in int8, {has}; top-1 may move: eval it)",
-                     int8_weight_bits=bits)
+    elsewhere (VPMADDUBSW saturates the int16 sum of two 8-bit products: runtime/packed.Int8Linear)."""
+    return Precision(int8_weight_bits=cpu.int8_weight_bits(), int8_units=cpu.int8_units(), reason=reason)
 
 
 def inference_precision(choice: str, device: torch.device, model: torch.nn.Module | None = None,
                         *, announce: bool = True) -> Precision:
-    """``--precision auto|fp32|bf16|fp16`` of the inference commands -> a :class:`Precision`.
+    """``--precision auto|fp32|bf16|fp16|int8`` of the inference commands -> a :class:`Precision`.
 
     ``auto``: on CUDA bf16 where the GPU supports it, else fp32 (fp16 is never chosen silently: its range
     can overflow). On a CPU, bf16 only when the CPU has bf16 units *and* a forward of ``model`` measures
@@ -228,9 +286,13 @@ def inference_precision(choice: str, device: torch.device, model: torch.nn.Modul
     refuse_int8(choice, device)
     key = (choice, str(device), _model_key(model))
     if key not in _decided:
-        _decided[key] = _with_int8_hint(choice, device, model, _decide(choice, device, model))
+        decided = _decide(choice, device, model)
+        if decided.dtype in ("fp32", "bf16", "fp16"):
+            decided = replace(decided, pack=packs_linears(device, decided.weights or torch.float32)
+                              and decided.autocast is None)
+        _decided[key] = _with_int8_hint(choice, device, model, decided)
         if announce:
-            print(f"precision: {_decided[key].name}", file=sys.stderr, flush=True)
+            print(f"precision: {_decided[key].describe()}", file=sys.stderr, flush=True)
     return _decided[key]
 
 
@@ -242,9 +304,7 @@ def _with_int8_hint(choice: str, device: torch.device, model: torch.nn.Module | 
     if (choice != "auto" or device.type != "cpu" or precision.weights or not int8_available()
             or (model is not None and approx_flops(model) < MIN_AUTO_FLOPS)):
         return precision
-    units = int8_units()
-    uses = f"would use its {'+'.join(units)} units" if units else "would run faster (7-bit weights: this CPU has no VNNI)"
-    return replace(precision, name=f"{precision.name}; int8, asked for by name, {uses}")
+    return replace(precision, int8_hint=True, int8_units=cpu.int8_units())
 
 
 def _model_key(model: torch.nn.Module | None) -> tuple:
@@ -255,53 +315,37 @@ def _model_key(model: torch.nn.Module | None) -> tuple:
 
 
 def _decide(choice: str, device: torch.device, model: torch.nn.Module | None) -> Precision:
+    """The choice as a :class:`Precision` (packing is added by the caller)."""
+    on = device.type
     if choice == "fp32":
-        return fp32_precision("asked for", device)
-    if choice == "bf16":
-        if device.type == "cpu" and not cpu_bf16_units():
-            return weights_precision(torch.bfloat16, f"asked for; {NO_BF16_UNITS}: --precision auto picks fp32", device)
-        return weights_precision(torch.bfloat16, "asked for", device)
+        return Precision(reason=ASKED, device=on)
     if choice == "int8":
-        return int8_precision("asked for")
-    if choice == "fp16":
-        if device.type == "cpu":  # fp16 weights have no fast CPU kernels; autocast keeps fp32 where needed
-            return Precision(autocast=torch.float16, name="fp16 autocast (asked for; CPU)")
-        return weights_precision(torch.float16, "asked for")
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return weights_precision(torch.bfloat16, "auto: the GPU supports bf16")
-        return Precision(name="fp32 (auto: the GPU has no bf16)")
-    if device.type != "cpu":
-        return Precision(name=f"fp32 (auto on {device.type})")
-    units = cpu_bf16_units()
+        return int8_precision()
+    if choice in ("bf16", "fp16"):
+        units = cpu.cpu_bf16_units() if on == "cpu" else ()
+        if choice == "fp16" and on == "cpu":  # fp16 weights have no fast CPU kernels; autocast keeps fp32 where needed
+            return Precision(autocast=torch.float16, reason=ASKED, device=on)
+        dtype = torch.bfloat16 if choice == "bf16" else torch.float16
+        return Precision(weights=dtype, reason=ASKED, device=on, bf16_units=units)
+    if on == "cuda":
+        return Precision(weights=torch.bfloat16 if torch.cuda.is_bf16_supported() else None, reason=GPU, device=on)
+    if on != "cpu":
+        return Precision(reason=OTHER_DEVICE, device=on)
+    units = cpu.cpu_bf16_units()
     if not units:
-        return Precision(name="fp32 (auto: this CPU has no bf16 units: no avx512_bf16 / amx_bf16)")
+        return Precision(reason=NO_UNITS, device=on)
     if model is None:
-        return weights_precision(torch.bfloat16, f"auto: CPU has {'+'.join(units)}", device)
-    flops = approx_flops(model)
-    if flops < MIN_AUTO_FLOPS:
-        return fp32_precision(f"auto: model too small for bf16 to pay, ~{flops / 1e6:.0f} MFLOP/image", device)
-    speedup, cached = remembered_speedup(model, device)
-    when = " (remembered from an earlier run)" if cached else ""
-    if speedup >= AUTO_MIN_SPEEDUP:
-        return weights_precision(torch.bfloat16, f"auto: CPU has {'+'.join(units)}, forward measured "
-                                                 f"{speedup:.2f}x fp32{when}", device)
-    return fp32_precision(f"auto: CPU has {'+'.join(units)} but bf16 measured {speedup:.2f}x fp32 for this "
-                          f"model{when}", device)
-
-
-def cache_file() -> Path:
-    """Where measured speed-ups are kept between runs: $VITZOO_CACHE_DIR or ~/.cache/vitzoo."""
-    return Path(os.environ.get("VITZOO_CACHE_DIR") or Path.home() / ".cache" / "vitzoo") / "precision.json"
+        return Precision(weights=torch.bfloat16, reason=UNITS, device=on, bf16_units=units)
+    fields = _measured(model, device)
+    bf16 = fields["reason"] == MEASURED and fields["measured"] >= AUTO_MIN_SPEEDUP
+    return Precision(weights=torch.bfloat16 if bf16 else None, device=on, bf16_units=units, **fields)
 
 
 def remembered_speedup(model: torch.nn.Module, device: torch.device, train: bool = False) -> tuple[float, bool]:
     """(bf16 / fp32 speed-up of the model's forward -- or, ``train``, of its training step -- and whether
-    it came from the cache). The measurement costs a few forwards (~0.7 s for deit_small on one core),
-    paid by every short ``vitzoo infer``; it depends only on the CPU, torch and the model's shape, so it is
-    kept per (CPU model and flags, torch version, model, infer/train) in :func:`cache_file`. A training
-    step takes longer (3 s for deit_small, 13 s for BEiT-base pre-training on a 2-core Xeon): a line on
-    stderr says what the pause is."""
+    it came from the cache): kept per CPU, torch version, model and infer / train
+    (:mod:`vitzoo.runtime.timing_cache`). A training step takes seconds: a line on stderr says what the
+    pause is."""
     key = [torch.__version__, str(_model_key(model))] + (["train"] if train else [])
 
     def measure() -> float:
@@ -311,39 +355,6 @@ def remembered_speedup(model: torch.nn.Module, device: torch.device, train: bool
         return measure_bf16_speedup(model, device, train=train)
 
     return remembered(key, measure)
-
-
-def remembered(key: list[str], measure) -> tuple[float, bool]:
-    """(``measure()``'s speed-up, whether it came from the cache) for ``key`` on this CPU (its model and
-    bf16 units join the key). Shared by the torch policy and OpenVINO's (:mod:`vitzoo.deploy.openvino_runtime`).
-    An unreadable or unwritable cache only means measuring again (an unwritable one is said, once per
-    measurement)."""
-    key = " | ".join([cpu_model(), " ".join(cpu_bf16_units()), *key])
-    path = cache_file()
-    try:
-        known = json.loads(path.read_text())
-        return float(known[key]), True
-    except (OSError, ValueError, KeyError, TypeError):
-        known = None
-    speedup = float(measure())
-    known = known if isinstance(known, dict) else {}
-    try:  # atomic: a concurrent reader sees the old file or the new one
-        atomic_write_text(path, json.dumps({**known, key: round(speedup, 4)}, indent=1) + "\n")
-    except UserError as e:  # measured again next run: say so, and how to keep it
-        print(f"note: the timing is not remembered ({e}); VITZOO_CACHE_DIR can name a writable folder",
-              file=sys.stderr, flush=True)
-    return speedup, False
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo ("" where there is none)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
 
 
 def approx_flops(model: torch.nn.Module) -> float:
