@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_data import photo_size
 
 from vitzoo.bench import measure as bench
-from vitzoo.runtime import precision
 from vitzoo.checkpoint import save_checkpoint
 from vitzoo.cli import main as vitzoo_cli
 from vitzoo.data.synthetic import photo_like
 from vitzoo.models import create_model
+from vitzoo.runtime import precision
 
 
 def make_jpegs(folder: Path, n: int, size: int, photos: tuple[int, int] | None = None) -> list[Path]:

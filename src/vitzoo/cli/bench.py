@@ -22,9 +22,15 @@ from vitzoo.checkpoint import atomic_write_text
 from vitzoo.cli.helpfmt import HelpFormatter
 from vitzoo.engine.dist import resolve_device
 from vitzoo.errors import UserError
-from vitzoo.runtime.host_allocator import keep_freed_memory
 from vitzoo.models import list_models
-from vitzoo.runtime.precision import FP32, PRECISION_CHOICES, inference_precision, refuse_int8, resolve_precision
+from vitzoo.runtime.host_allocator import keep_freed_memory
+from vitzoo.runtime.precision import (
+    FP32,
+    PRECISION_CHOICES,
+    inference_precision,
+    refuse_int8,
+    resolve_precision,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
