@@ -26,3 +26,19 @@ def test_models_substring_filter_and_no_match(capsys):
     assert cli(["models", "no_such_model_xyz"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no_such_model_xyz" in err
+
+
+def test_models_shows_the_published_weights_of_each_name(capsys):
+    """Every name's row ends with its tags and their top-1, from the weights table; '-' where none."""
+    from vitzoo.models.weights_table import tags_for
+
+    assert cli(["models", "t2t_vit_14"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("t2t_vit_14")}
+    for name, line in lines.items():
+        tags = tags_for(name)
+        if not tags:
+            assert line.rstrip().endswith("-"), line
+        for tag in tags:
+            assert f"{tag.tag.split('.', 1)[1]} {tag.top1:g}" in line, (name, tag.tag)
+    assert any(tags_for(name) for name in lines) and not all(tags_for(name) for name in lines)

@@ -1,5 +1,6 @@
-"""`vitzoo models`: the registered model names as a table (family, input, width/depth/heads, params), and
-with ``--pretrained`` their published weights (:mod:`vitzoo.models.weights_table`: one row per tag).
+"""`vitzoo models`: the registered model names as a table (family, input, width/depth/heads, params, the
+published weights each has, with their top-1), and with ``--pretrained`` the published weights alone
+(:mod:`vitzoo.models.weights_table`: one row per tag, with top-5, license and source).
 
 ``PATTERN`` is a shell-style filter (``'deit_*'``); a pattern without wildcards matches as a substring
 (``vitzoo models distilled``). ``--params`` builds every listed model on PyTorch's *meta* device (shapes,
@@ -17,7 +18,7 @@ from typing import Any
 
 from vitzoo.errors import UserError, nearest
 from vitzoo.models import create_model, get_entry, list_models
-from vitzoo.models.weights_table import TAGS, Tag
+from vitzoo.models.weights_table import TAGS, Tag, tags_for
 
 FAMILIES = {"vit": "ViT", "deit": "DeiT", "t2t": "T2T-ViT", "beit": "BEiT"}
 
@@ -90,7 +91,14 @@ def describe(name: str, with_params: bool = False) -> dict[str, Any]:
     }
     if with_params:
         row["params"], row["fixed"] = count_params(name)
+    row["weights (top-1)"] = weights_cell(name)
     return row
+
+
+def weights_cell(name: str) -> str:
+    """The tags published for ``name`` (the part after the dot), each with its ImageNet top-1; '-' if none."""
+    tags = tags_for(name)
+    return ", ".join(t.tag.split(".", 1)[1] + (f" {t.top1:g}" if t.top1 is not None else "") for t in tags) or "-"
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -98,6 +106,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     cols = ["name", "family", "input", "patch", "embed_dim", "depth", "heads"]
     if rows and "params" in rows[0]:
         cols += ["params", "params (M)", "fixed"]
+    cols.append("weights (top-1)")
     cells = []
     for r in rows:
         c = {k: str(r[k]) for k in cols if k in r}
