@@ -53,3 +53,18 @@ def private_cache(tmp_path_factory, monkeypatch):
     """Each test (and the commands it starts) keeps vitzoo's cache of measurements in its own folder: none
     is read from, or left in, the home directory, and no test sees another's measurement."""
     monkeypatch.setenv("VITZOO_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+def write_image_folder(root, classes, counts, size, seed=0):
+    """An ImageNet-style folder of random-pixel PNGs: ``root/<split>/<class>/<i>.png``, image ``i`` of a
+    split in ``classes[i % len(classes)]``; ``counts`` maps a split to its image count. Returns ``root``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in counts.items():
+        for i in range(n):
+            folder = root / split / classes[i % len(classes)]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return root

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
+from conftest import write_image_folder
 from hub_server import ARCH, REPO, TAG, TINY, model_fixture, server_fixture  # noqa: F401 (fixtures)
-from PIL import Image
 
 from vitzoo.checkpoint import load_checkpoint
 from vitzoo.cli import main as vitzoo
@@ -22,15 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def my_images(tmp_path_factory):
     """A user's folder: train/ and val/ with 3 classes of small pictures."""
-    out = tmp_path_factory.mktemp("my_images")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 24), ("val", 6)):
-        for i in range(n):
-            name = ("cat", "dog", "owl")[i % 3]
-            folder = out / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return out
+    return write_image_folder(tmp_path_factory.mktemp("my_images"), ("cat", "dog", "owl"),
+                              {"train": 24, "val": 6}, size=40)
 
 
 def test_finetune_journey_on_a_served_tag(model, server, my_images, tmp_path, capsys):

@@ -8,6 +8,7 @@ import re
 
 import pytest
 import yaml
+from conftest import write_image_folder
 
 from vitzoo.checkpoint import load_checkpoint
 from vitzoo.cli import main as cli
@@ -22,16 +23,7 @@ CLASSES = ("circle", "square", "stripe")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """One epoch of a tiny DeiT on 12 / 6 generated images of three classes; returns the final checkpoint."""
-    import numpy as np
-    from PIL import Image
-
-    data = tmp_path_factory.mktemp("shapes")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 12), ("val", 6)):
-        for i in range(n):
-            folder = data / split / CLASSES[i % 3]
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    data = write_image_folder(tmp_path_factory.mktemp("shapes"), CLASSES, {"train": 12, "val": 6}, size=32)
     out = tmp_path_factory.mktemp("run")
     cfg = load_config(None, ["--model", "deit_tiny_patch16_224", "--model_overrides",
                              "{patch_size: 8, depth: 1, embed_dim: 24, num_heads: 2}", "--input_size", "32",
